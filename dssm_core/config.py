@@ -1,0 +1,129 @@
+"""Training configuration: one frozen dataclass, passed whole and saved with every run.
+
+A stored run's model is rebuilt from ``TrainConfig.from_dict(run.config)`` plus the stored
+encoders (which carry the data-sized feature specs) and weights.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+OBJECTIVES = ("pointwise", "inbatch")
+PROTOCOLS = ("T", "L")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run. Sizes that come from data are not here.
+
+    preset: name of the preset this config started from ("default", "article", "custom").
+    objective: "pointwise" (BCE on sigmoid(gamma*cos), the article) or "inbatch"
+        (sampled softmax over the batch's items with logQ correction, Yi et al. 2019).
+    protocol: "T" (time split: first 80% train, last eighth of it validation, last 20% test)
+        or "L" (per user, the last interaction held out).
+    label_threshold: a rating strictly above it is a positive (the article: > 3).
+    history_len: the last L positively rated items (strictly before the event) form ``hist``.
+    gamma: the cosine scale; score = sigmoid(gamma * cos(u, v)). For "inbatch" the softmax
+        temperature is 1 / gamma.
+    negatives: for implicit data (no ratings), sampled negatives per positive (pointwise).
+    """
+
+    preset: str = "default"
+    objective: str = "pointwise"
+    protocol: str = "T"
+    epochs: int = 10
+    batch_size: int = 1024
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.0
+    embedding_dim: int = 16
+    user_hidden: tuple[int, ...] = (128, 64)
+    item_hidden: tuple[int, ...] = (128, 64)
+    batch_norm: bool = False
+    dropout: float = 0.0
+    activation: str = "relu"
+    gamma: float = 10.0
+    label_threshold: float = 3.0
+    history_len: int = 50
+    negatives: int = 4
+    val_fraction: float = 0.125
+    test_fraction: float = 0.2
+    early_stopping_patience: int = 2
+    seed: int = 42
+    num_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        for name in ("epochs", "batch_size", "embedding_dim", "history_len", "num_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.user_hidden or not self.item_hidden:
+            raise ValueError("user_hidden and item_hidden need at least one layer")
+        if self.user_hidden[-1] != self.item_hidden[-1]:
+            raise ValueError(
+                "the two towers must end in the same size: "
+                f"user {self.user_hidden[-1]} vs item {self.item_hidden[-1]}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 < self.test_fraction < 1.0 or not 0.0 < self.val_fraction < 1.0:
+            raise ValueError("test_fraction and val_fraction must be in (0, 1)")
+        if self.gamma <= 0:
+            raise ValueError(f"gamma must be > 0, got {self.gamma}")
+
+    @property
+    def output_dim(self) -> int:
+        return self.user_hidden[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["user_hidden"] = list(self.user_hidden)
+        d["item_hidden"] = list(self.item_hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        d = dict(d)
+        for k in ("user_hidden", "item_hidden"):
+            if k in d:
+                d[k] = tuple(int(x) for x in d[k])
+        return cls(**d)
+
+    def with_(self, **changes: Any) -> "TrainConfig":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+
+#: Named starting points. "article" is the article's model as written (towers 300-300-128,
+#: embedding dim 4, gamma 1, batch 256, batch norm); "default" is ours (see BENCHMARKS.md).
+PRESETS: dict[str, TrainConfig] = {
+    "default": TrainConfig(),
+    "article": TrainConfig(
+        preset="article",
+        epochs=10,
+        batch_size=256,
+        learning_rate=1e-3,
+        embedding_dim=4,
+        user_hidden=(300, 300, 128),
+        item_hidden=(300, 300, 128),
+        batch_norm=True,
+        gamma=1.0,
+        early_stopping_patience=10,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    """The named preset with overrides applied; the result is marked "custom" if changed."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    cfg = PRESETS[name]
+    if overrides:
+        cfg = replace(cfg, **overrides)
+    return cfg
