@@ -1,0 +1,156 @@
+"""App latency: ``streamlit run app.py`` to a rendered home page, and page clicks.
+
+Measured on ML-100K-sized data (synthetic: 943 users, 1,682 items, 100,000 interactions)
+with one stored run of 10 epochs (its metrics and tiny fake artefacts: page latency does not
+depend on the model), in one run, threads pinned:
+
+A. start to first paint: launch ``streamlit run app.py`` (fresh server each time) and time
+   until headless Chromium shows the home page's heading and its "Where to go next" section;
+   also the time until the server answers its health check.
+B. clicks in the browser: from a rendered page, click a sidebar link and time until the new
+   page's heading is visible and Streamlit reports the script finished.
+C. server-side script time per page (AppTest, no browser): the Python part of B.
+
+Usage: OMP_NUM_THREADS=1 python bench/app_bench.py [--repeat 3] [--clicks 5] [--json FILE]
+Needs /usr/bin/chromium (see .ci/browser.sh) and Playwright for Python.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "app")]
+
+from apphelpers import (  # noqa: E402
+    CHROMIUM, CHROMIUM_ARGS, add_finished_run, new_app, start_server, stop_server)
+
+PAGES = [("Data", "pages/data.py", "Data"), ("Train", "pages/train.py", "Train a model"),
+         ("Runs", "pages/runs.py", "Runs"), ("Home", "pages/home.py", "Audience explorer")]
+
+
+def prepare_store(url: str) -> None:
+    from dssm_core import synthetic
+    from dssm_core.store import Store
+
+    store = Store(url)
+    ds = synthetic.generate(n_users=943, n_items=1682, n_interactions=100_000, seed=1)
+    ds_id = store.add_dataset(ds, name="ML-100K-sized synthetic")
+    history = [{"epoch": e, "train_loss": 0.7 - 0.02 * e, "train_auc": 0.6 + 0.02 * e,
+                "train_logloss": 0.7 - 0.02 * e, "val_auc": 0.6 + 0.015 * e,
+                "val_logloss": 0.7 - 0.01 * e, "seconds": 1.0} for e in range(1, 11)]
+    add_finished_run(store, ds_id, history,
+                     {"test_auc": 0.77, "test_logloss": 0.59, "i2u_recall@50": 0.4})
+    store.dispose()
+
+
+def wait_idle(page, timeout_ms: int = 30_000) -> None:
+    """Until Streamlit's "running" indicator is gone (the script run finished)."""
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
+
+
+def bench_first_paint(url: str, repeat: int) -> dict[str, list[float]]:
+    from playwright.sync_api import sync_playwright
+
+    ready, paint = [], []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            proc, base = start_server(url)
+            t_ready = time.perf_counter() - t0
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(base + "/")
+                page.get_by_role("heading", name="Audience explorer").wait_for()
+                page.get_by_role("heading", name="Where to go next").wait_for()
+                paint.append(time.perf_counter() - t0)
+                ready.append(t_ready)
+                page.close()
+            finally:
+                stop_server(proc)
+        browser.close()
+    return {"server_ready_s": ready, "first_paint_s": paint}
+
+
+def bench_clicks(url: str, clicks: int) -> dict[str, list[float]]:
+    from playwright.sync_api import sync_playwright
+
+    out: dict[str, list[float]] = {label: [] for label, _, _ in PAGES}
+    proc, base = start_server(url)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(base + "/")
+            page.get_by_role("heading", name="Audience explorer").wait_for()
+            wait_idle(page)
+            nav = page.get_by_test_id("stSidebarNav")
+            for _ in range(clicks):
+                for label, _, heading in PAGES:
+                    t0 = time.perf_counter()
+                    nav.get_by_role("link", name=label, exact=True).click()
+                    page.get_by_role("heading", name=heading, exact=True).wait_for()
+                    wait_idle(page)
+                    out[label].append(time.perf_counter() - t0)
+            browser.close()
+    finally:
+        stop_server(proc)
+    return out
+
+
+def bench_script(url: str, clicks: int) -> dict[str, list[float]]:
+    os.environ.update(DSSM_DB_URL=url, DSSM_DEMO="off")
+    out: dict[str, list[float]] = {label: [] for label, _, _ in PAGES}
+    at = new_app()
+    for _ in range(clicks):
+        for label, path, _ in PAGES:
+            t0 = time.perf_counter()
+            at.switch_page(path).run()
+            out[label].append(time.perf_counter() - t0)
+            if at.exception:
+                raise RuntimeError(f"{path}: {at.exception}")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3, help="server starts to time")
+    ap.add_argument("--clicks", type=int, default=5, help="rounds of page clicks")
+    ap.add_argument("--json", type=Path, help="write the raw timings here")
+    args = ap.parse_args()
+    if not Path(CHROMIUM).exists():
+        print(f"{CHROMIUM} is missing: source .ci/browser.sh first", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/store.db"
+        prepare_store(url)
+        results = {"first_paint": bench_first_paint(url, args.repeat),
+                   "browser_click_s": bench_clicks(url, args.clicks),
+                   "script_run_s": bench_script(url, args.clicks)}
+    med = statistics.median
+    fp = results["first_paint"]
+    print(f"streamlit run -> server ready: median {med(fp['server_ready_s']):.2f} s "
+          f"({', '.join(f'{x:.2f}' for x in fp['server_ready_s'])})")
+    print(f"streamlit run -> home page rendered: median {med(fp['first_paint_s']):.2f} s "
+          f"({', '.join(f'{x:.2f}' for x in fp['first_paint_s'])})  goal <= 5 s")
+    print(f"{'page':<6} {'browser click median (max)':>28} {'script run median (max)':>26}")
+    for label, _, _ in PAGES:
+        b, s = results["browser_click_s"][label], results["script_run_s"][label]
+        print(f"{label:<6} {med(b):>20.3f} s ({max(b):.3f}) {med(s):>18.3f} s ({max(s):.3f})")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Data-loading benchmark: ML-100K from ../shared and a synthetic 10M-row ml-latest ratings.csv.
+
+    OMP_NUM_THREADS=1 python bench/load_bench.py [--rows 10000000] [--repeat 2]
+
+The synthetic file (ml-latest layout: ``userId,movieId,rating,timestamp`` header, half-star
+ratings, ~160k users, ~50k movies with a long-tail popularity) is written to a temp folder, never
+into the repository. Each measurement runs ``movielens.load`` in a fresh Python process and
+reports the load's wall time and the process's peak resident memory (``ru_maxrss``), so the
+engines cannot share caches or memory. The goal (issue 2): 10M rows parsed and validated in
+<= 15 s with peak memory <= 2 GB on the 2-core development machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
+
+CHILD = r"""
+import json, os, resource, sys, time
+os.environ["OMP_NUM_THREADS"] = "1"
+sys.path.insert(0, sys.argv[1])
+from dssm_core import movielens
+t0 = time.perf_counter()
+ds = movielens.load(sys.argv[2], engine=sys.argv[3])
+seconds = time.perf_counter() - t0
+print(json.dumps({
+    "seconds": round(seconds, 2),
+    "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    "n_interactions": int(len(ds.interactions)),
+    "n_users": int(ds.interactions["user_id"].nunique()),
+    "n_items": int(ds.interactions["item_id"].nunique()),
+    "warnings": len(ds.warnings),
+}))
+"""
+
+
+def write_ratings(path: Path, rows: int, seed: int = 0) -> None:
+    """A ml-latest-style ratings.csv of ``rows`` lines (plus header), written in chunks."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n_users, n_items = 160_000, 50_000
+    pop = 1.0 / np.arange(1, n_items + 1) ** 0.9
+    pop /= pop.sum()
+    movie_ids = np.sort(rng.choice(200_000, n_items, replace=False)) + 1
+    stars = np.array([f"{x:.1f}" for x in np.arange(0.5, 5.01, 0.5)])
+    t0 = 1_100_000_000
+    with path.open("w", encoding="utf-8", newline="\n") as fh:
+        fh.write("userId,movieId,rating,timestamp\n")
+        chunk = 1_000_000
+        done = 0
+        while done < rows:
+            k = min(chunk, rows - done)
+            users = np.sort(rng.integers(1, n_users + 1, k))
+            items = movie_ids[rng.choice(n_items, k, p=pop)]
+            rating = stars[rng.integers(0, len(stars), k)]
+            ts = t0 + rng.integers(0, 400_000_000, k)
+            lines = "\n".join(
+                f"{u},{i},{r},{t}" for u, i, r, t in zip(users.tolist(), items.tolist(),
+                                                        rating.tolist(), ts.tolist())
+            )
+            fh.write(lines + "\n")
+            done += k
+
+
+def measure(data: str | Path, engine: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(ROOT), str(data), engine],
+        capture_output=True, text=True, check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"load failed ({engine}): {out.stderr.strip()[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--repeat", type=int, default=2, help="fresh processes per engine")
+    args = ap.parse_args()
+
+    results: dict[str, list[dict]] = {}
+    if (ML100K / "u.data").exists():
+        results["ml-100k (folder)"] = [measure(ML100K, "auto") for _ in range(args.repeat)]
+    with tempfile.TemporaryDirectory(prefix="load_bench_") as tmp:
+        folder = Path(tmp) / "ml-latest-synthetic"
+        folder.mkdir()
+        t = time.perf_counter()
+        write_ratings(folder / "ratings.csv", args.rows)
+        size_mb = (folder / "ratings.csv").stat().st_size / 1e6
+        print(f"wrote {args.rows:,} rows ({size_mb:.0f} MB) in {time.perf_counter() - t:.0f} s",
+              file=sys.stderr)
+        for engine in ("auto", "pandas"):
+            label = f"{args.rows:,}-row ratings.csv, engine={engine}"
+            results[label] = [measure(folder, engine) for _ in range(args.repeat)]
+    print(f"{'case':<44} {'load s (best)':>13} {'peak RSS MB (max)':>18}  counts")
+    for label, runs in results.items():
+        best = min(r["seconds"] for r in runs)
+        rss = max(r["peak_rss_mb"] for r in runs)
+        r0 = runs[0]
+        counts = f"{r0['n_users']:,} users, {r0['n_items']:,} items, {r0['n_interactions']:,} rows"
+        print(f"{label:<44} {best:>13.2f} {rss:>18.0f}  {counts}")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

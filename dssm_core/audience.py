@@ -1,0 +1,758 @@
+"""Audiences: which users for an item (or a campaign of items), lookalikes, insights, export.
+
+The two towers were run once at training time and their L2-normalised outputs stored, so an
+audience is a similarity search: the cosine of every user vector with a query vector, read in
+blocks (memory bounded at any N), keeping the best k.
+
+* :class:`UserIndex` - exact top-k by matrix product over L2-normalised float32
+  (``index(matrix, ids)`` then ``query(vectors, k) -> (scores, ids)``, TFRS ``BruteForce`` style).
+* :func:`load_run` - everything a page needs about one stored run (cache it in the caller).
+* :func:`build_audience` - ONE call per page action: members with rank, score and percentile,
+  exclusions, filters, insights (share and index vs all users) and the similarity-reach curve.
+* :func:`overlap`, :func:`to_csv_bytes` - comparing two audiences, the spreadsheet-safe export.
+
+Conventions documented for analysts:
+
+* **score** is the cosine similarity in [-1, 1]; **percentile** is the share of *all* users of
+  the run whose score is at most the member's (100 = the single best match).
+* **Size**: ``top_n`` users, or ``percent`` of all users of the run (rounded, at least 1). When
+  more users are asked for than are eligible (after exclusions and filters), the audience is
+  clamped to the eligible users and a warning says so; it is never an error.
+* A campaign of several items queries with the mean of their normalised vectors, renormalised;
+  a lookalike queries with the renormalised centroid of its seed users, who are then excluded.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:  # the store is only needed by the functions that read from it
+    from .store import Store
+
+log = logging.getLogger(__name__)
+
+#: Rows of the user matrix scored per step (d=64: 4 MiB read, 64 KiB of scores).
+DEFAULT_BLOCK_ROWS = 16_384
+#: Cells starting with these are formulas to a spreadsheet; they are prefixed with "'".
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+#: An attribute with more distinct values than this shows its top values and "(other)".
+MAX_CATEGORIES = 12
+#: A numeric attribute with more distinct values than this is shown in quantile bands.
+MAX_NUMERIC_VALUES = 10
+#: A text attribute with more distinct values than this and than a fifth of the users is
+#: id-like (e.g. zip codes) and left out of insights.
+ID_LIKE_VALUES = 50
+FAVOURITE_GENRE = "favourite genre"
+NO_HISTORY = "(no history)"
+MISSING = "(missing)"
+OTHER = "(other)"
+
+
+def _name_unknown(kind: str, missing: Sequence[str], where: str = "") -> str:
+    shown = ", ".join(repr(str(m)) for m in missing[:10])
+    more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+    return f"unknown {kind} ids{where}: {shown}{more}"
+
+
+def _l2_normalise(matrix: np.ndarray, what: str, ids: np.ndarray | None = None) -> np.ndarray:
+    """Rows scaled to unit length (float32); a copy only when some row is not unit already."""
+    m = np.ascontiguousarray(matrix, dtype=np.float32)                       # (N, D)
+    norms = np.sqrt(np.einsum("ij,ij->i", m, m, dtype=np.float32))          # (N,)
+    zero = norms <= 1e-12
+    if zero.any():
+        bad = ids[zero][:10].tolist() if ids is not None else np.flatnonzero(zero)[:10].tolist()
+        raise ValueError(f"{what} vectors of length zero (cannot be normalised): {bad}")
+    if np.all(np.abs(norms - 1.0) < 1e-5):
+        return m
+    return m / norms[:, None]
+
+
+def _top_k_desc(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (score, row) pairs, best first; ties by lower row (deterministic)."""
+    if len(scores) > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        scores, rows = scores[part], rows[part]
+    order = np.lexsort((rows, -scores))
+    return scores[order], rows[order]
+
+
+# --------------------------------------------------------------------------------------------
+# The index
+# --------------------------------------------------------------------------------------------
+class UserIndex:
+    """Exact maximum-inner-product search over L2-normalised user vectors (cosine).
+
+    ``block_rows``: rows scored per step; memory beyond the matrix is
+    ``block_rows * Q`` scores plus a few ``k`` candidates per query, at any N.
+    """
+
+    def __init__(self, block_rows: int = DEFAULT_BLOCK_ROWS) -> None:
+        if int(block_rows) < 1:
+            raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+        self.block_rows = int(block_rows)
+
+    # fitted attributes end in "_"
+    def index(self, matrix: Any, ids: Any) -> "UserIndex":
+        """Index ``matrix`` (N, D) whose rows belong to ``ids`` (N,); returns self."""
+        ids_arr = np.asarray(ids)
+        if ids_arr.ndim != 1:
+            raise ValueError(f"ids must be 1-D, got shape {ids_arr.shape}")
+        ids_arr = ids_arr.astype(str)
+        m = np.asarray(matrix)
+        if m.ndim != 2:
+            raise ValueError(f"matrix must be 2-D (N, D), got shape {m.shape}")
+        if m.shape[0] != len(ids_arr):
+            raise ValueError(f"{len(ids_arr)} ids for {m.shape[0]} vectors")
+        if m.shape[0] == 0 or m.shape[1] == 0:
+            raise ValueError(f"cannot index an empty matrix of shape {m.shape}")
+        if not np.all(np.isfinite(m)):
+            raise ValueError("the matrix holds NaN or infinite values")
+        lookup = pd.Index(ids_arr)
+        if not lookup.is_unique:
+            dup = lookup[lookup.duplicated()].unique()[:10].tolist()
+            raise ValueError(f"ids are not unique: {dup}")
+        self.matrix_ = _l2_normalise(m, "user", ids_arr)                     # (N, D)
+        self.ids_ = ids_arr                                                  # (N,)
+        self._lookup = lookup
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "matrix_"):
+            raise ValueError("the index is empty: call index(matrix, ids) first")
+
+    @property
+    def size(self) -> int:
+        """Number of indexed users."""
+        self._check_fitted()
+        return int(self.matrix_.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Vector length D."""
+        self._check_fitted()
+        return int(self.matrix_.shape[1])
+
+    def positions(self, ids: Iterable[Any], *, missing: str = "raise") -> np.ndarray:
+        """Row numbers of ``ids``. ``missing="raise"``: ValueError naming unknown ids;
+        ``"ignore"``: unknown ids are dropped."""
+        self._check_fitted()
+        want = np.asarray([str(i) for i in ids], dtype=object)
+        if len(want) == 0:
+            return np.empty(0, dtype=np.int64)
+        pos = self._lookup.get_indexer(want)
+        if (pos < 0).any():
+            if missing == "raise":
+                raise ValueError(_name_unknown("user", want[pos < 0].tolist()))
+            pos = pos[pos >= 0]
+        return pos.astype(np.int64)
+
+    def _queries(self, vectors: Any) -> np.ndarray:
+        q = np.asarray(vectors, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"query vectors must be (Q, {self.dim}) or ({self.dim},), "
+                             f"got shape {np.shape(vectors)}")
+        if not np.all(np.isfinite(q)):
+            raise ValueError("query vectors hold NaN or infinite values")
+        return _l2_normalise(q, "query")                                     # (Q, D)
+
+    def scores(self, vector: Any) -> np.ndarray:
+        """Cosine of one query vector (D,) with every user: (N,) float32, in index order."""
+        q = self._queries(vector)[0]                                         # (D,)
+        out = np.empty(self.size, dtype=np.float32)                          # (N,)
+        m, b = self.matrix_, self.block_rows
+        for start in range(0, self.size, b):
+            np.matmul(m[start:start + b], q, out=out[start:start + b])
+        return out
+
+    def query_rows(self, vectors: Any, k: int, *, allowed: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`query` but returns row numbers: ``(scores (Q, k'), rows (Q, k'))``
+        with ``k' = min(k, number of allowed rows)``.
+
+        ``allowed``: optional boolean mask (N,); rows where it is False are never returned.
+        """
+        self._check_fitted()
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        q = self._queries(vectors)                                           # (Q, D)
+        n = self.size
+        if allowed is not None:
+            allowed = np.asarray(allowed, dtype=bool)
+            if allowed.shape != (n,):
+                raise ValueError(f"allowed must be a boolean mask of shape ({n},)")
+            k = min(int(k), int(allowed.sum()))
+        else:
+            k = min(int(k), n)
+        nq = q.shape[0]
+        if k == 0:
+            return np.empty((nq, 0), np.float32), np.empty((nq, 0), np.int64)
+        m, b = self.matrix_, self.block_rows
+        qt = np.ascontiguousarray(q.T)                                       # (D, Q)
+        # per query: candidate buffers and the score a new row must beat (the k-th best so far)
+        cand_s: list[list[np.ndarray]] = [[] for _ in range(nq)]
+        cand_r: list[list[np.ndarray]] = [[] for _ in range(nq)]
+        n_cand = [0] * nq
+        thresh = [-np.inf] * nq
+        for start in range(0, n, b):
+            block = m[start:start + b]                                       # (b, D)
+            s_blk = block @ (qt[:, 0] if nq == 1 else qt)                    # (b,) or (b, Q)
+            for j in range(nq):
+                s = s_blk if nq == 1 else s_blk[:, j]                        # (b,)
+                if thresh[j] > -np.inf:
+                    idx = np.flatnonzero(s >= thresh[j])
+                else:
+                    idx = np.arange(len(s))
+                if allowed is not None and len(idx):
+                    idx = idx[allowed[start + idx]]
+                if not len(idx):
+                    continue
+                cand_s[j].append(s[idx])
+                cand_r[j].append(idx + start)
+                n_cand[j] += len(idx)
+                if n_cand[j] >= 2 * k or (thresh[j] == -np.inf and n_cand[j] >= k):
+                    ts, tr = _top_k_desc(np.concatenate(cand_s[j]), np.concatenate(cand_r[j]), k)
+                    cand_s[j], cand_r[j], n_cand[j] = [ts], [tr], len(ts)
+                    if len(ts) == k:
+                        thresh[j] = float(ts[-1])
+        out_s = np.empty((nq, k), np.float32)
+        out_r = np.empty((nq, k), np.int64)
+        for j in range(nq):
+            ts, tr = _top_k_desc(np.concatenate(cand_s[j]), np.concatenate(cand_r[j]), k)
+            out_s[j], out_r[j] = ts, tr
+        return out_s, out_r
+
+    def query(self, vectors: Any, k: int, *, allowed: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` users per query vector: ``(scores (Q, k), ids (Q, k))``, best first.
+
+        ``vectors``: (Q, D) or (D,) (normalised here). ``k`` larger than the population (or the
+        allowed rows) is clamped to it. Ties go to the earlier indexed user.
+        """
+        s, r = self.query_rows(vectors, k, allowed=allowed)
+        return s, self.ids_[r]
+
+
+# --------------------------------------------------------------------------------------------
+# A loaded run (what a page caches)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoadedRun:
+    """One stored run, ready for audiences. Read-only; cache it (``st.cache_resource``).
+
+    users: attributes aligned to ``index.ids_`` (index = user_id; users absent from the
+    dataset's user table have missing attributes). items: ``title``/``genres`` by item_id.
+    seen: (user_id, item_id) pairs of the dataset's interactions (for "exclude seen").
+    favourite_genre: (N,) each user's most frequent genre in their history (ties:
+    alphabetical), ``"(no history)"`` when none.
+    """
+
+    run_id: int
+    dataset_id: int
+    index: UserIndex
+    item_ids: np.ndarray
+    item_vectors: np.ndarray
+    users: pd.DataFrame
+    items: pd.DataFrame
+    seen: pd.DataFrame
+    favourite_genre: np.ndarray
+
+    def item_positions(self, item_ids: Sequence[Any]) -> np.ndarray:
+        """Rows of ``item_ids`` in ``item_vectors``; ValueError naming unknown ones."""
+        lookup = pd.Index(self.item_ids)
+        want = np.asarray([str(i) for i in item_ids], dtype=object)
+        pos = lookup.get_indexer(want)
+        if (pos < 0).any():
+            raise ValueError(_name_unknown("item", want[pos < 0].tolist(),
+                                           f" in run {self.run_id}"))
+        return pos.astype(np.int64)
+
+
+def favourite_genres(interactions: pd.DataFrame, items: pd.DataFrame,
+                     user_ids: np.ndarray) -> np.ndarray:
+    """Each user's most frequent genre over their interactions (ties: alphabetical first)."""
+    out = np.full(len(user_ids), NO_HISTORY, dtype=object)
+    if "genres" not in items.columns or not len(interactions):
+        return out
+    g = items[["item_id", "genres"]].copy()
+    g["item_id"] = g["item_id"].astype(str)
+    g = g.explode("genres").dropna(subset=["genres"])
+    inter = pd.DataFrame({"user_id": interactions["user_id"].astype(str).to_numpy(),
+                          "item_id": interactions["item_id"].astype(str).to_numpy()})
+    m = inter.merge(g, on="item_id", how="inner")
+    if not len(m):
+        return out
+    counts = m.groupby(["user_id", "genres"], sort=False).size().reset_index(name="n")
+    counts = counts.sort_values(["user_id", "n", "genres"], ascending=[True, False, True])
+    fav = counts.drop_duplicates("user_id").set_index("user_id")["genres"]
+    vals = fav.reindex(pd.Index(user_ids.astype(str)))
+    have = vals.notna().to_numpy()
+    out[have] = vals.to_numpy()[have].astype(str)
+    return out
+
+
+def load_run(store: "Store", run_id: int | None = None, *,
+             block_rows: int = DEFAULT_BLOCK_ROWS) -> LoadedRun:
+    """Load a succeeded run's vectors and its dataset's tables (newest succeeded if None)."""
+    if run_id is None:
+        run_id = store.newest_succeeded_run()
+        if run_id is None:
+            raise ValueError("there is no succeeded run in this database; train one first")
+    run = store.get_run(run_id)
+    if run["status"] != "succeeded":
+        raise ValueError(f"run {run_id} is {run['status']}; audiences need a succeeded run")
+    user_ids, user_vecs = store.load_embeddings(run_id, "user")
+    item_ids, item_vecs = store.load_embeddings(run_id, "item")
+    index = UserIndex(block_rows).index(user_vecs, user_ids)
+    ds = store.load_dataset(run["dataset_id"])
+    users = ds.users.copy()
+    users["user_id"] = users["user_id"].astype(str)
+    users = users.drop_duplicates("user_id").set_index("user_id").reindex(index.ids_)
+    items = ds.items.copy()
+    items["item_id"] = items["item_id"].astype(str)
+    items = items.drop_duplicates("item_id").set_index("item_id")
+    seen = pd.DataFrame({"user_id": ds.interactions["user_id"].astype(str).to_numpy(),
+                         "item_id": ds.interactions["item_id"].astype(str).to_numpy()})
+    fav = favourite_genres(ds.interactions, ds.items, index.ids_)
+    return LoadedRun(run_id=int(run_id), dataset_id=int(run["dataset_id"]), index=index,
+                     item_ids=np.asarray(item_ids).astype(str),
+                     item_vectors=_l2_normalise(item_vecs, "item", np.asarray(item_ids)),
+                     users=users, items=items, seen=seen, favourite_genre=fav)
+
+
+# --------------------------------------------------------------------------------------------
+# Requests and results
+# --------------------------------------------------------------------------------------------
+def _as_str_tuple(values: Any) -> tuple[str, ...]:
+    if values is None:
+        return ()
+    if isinstance(values, (str, bytes)):
+        values = [values]
+    return tuple(str(v).strip() for v in values if str(v).strip() != "")
+
+
+@dataclass(frozen=True)
+class AudienceRequest:
+    """What audience to build. Exactly one of ``items`` / ``seed_users``; exactly one of
+    ``top_n`` / ``percent``.
+
+    items: item ids (one, or several for a campaign). seed_users: user ids for a lookalike.
+    top_n: audience size; percent: size as % of all users of the run (0 < percent <= 100).
+    exclude_seen: drop users who already interacted with any of the items.
+    exclude_users: drop these user ids (an uploaded list; ids unknown to the run are ignored).
+    where: attribute filters, attribute -> allowed values (compared as text), e.g.
+        ``{"gender": ["F"], "age": ["25-34", "35-44"]}``.
+    """
+
+    items: tuple[str, ...] = ()
+    seed_users: tuple[str, ...] = ()
+    top_n: int | None = None
+    percent: float | None = None
+    exclude_seen: bool = False
+    exclude_users: tuple[str, ...] = ()
+    where: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "items", tuple(dict.fromkeys(_as_str_tuple(self.items))))
+        object.__setattr__(self, "seed_users",
+                           tuple(dict.fromkeys(_as_str_tuple(self.seed_users))))
+        object.__setattr__(self, "exclude_users", _as_str_tuple(self.exclude_users))
+        object.__setattr__(self, "where", {str(k): _as_str_tuple(v)
+                                           for k, v in dict(self.where or {}).items()})
+        if bool(self.items) == bool(self.seed_users):
+            if not self.items:
+                raise ValueError("give one or more item ids, or a non-empty list of seed users")
+            raise ValueError("give item ids or seed users, not both")
+        if (self.top_n is None) == (self.percent is None):
+            raise ValueError("give the audience size as top_n or as percent (exactly one)")
+        if self.top_n is not None:
+            if isinstance(self.top_n, bool) or int(self.top_n) != self.top_n or self.top_n < 1:
+                raise ValueError(f"top_n must be a whole number >= 1, got {self.top_n!r}")
+            object.__setattr__(self, "top_n", int(self.top_n))
+        if self.percent is not None:
+            p = float(self.percent)
+            if not (0.0 < p <= 100.0) or not math.isfinite(p):
+                raise ValueError(f"percent must be in (0, 100], got {self.percent!r}")
+            object.__setattr__(self, "percent", p)
+        for attr, allowed in self.where.items():
+            if not allowed:
+                raise ValueError(f"filter on {attr!r} has no allowed values")
+
+    @property
+    def kind(self) -> str:
+        """"item" (users for items) or "lookalike"."""
+        return "item" if self.items else "lookalike"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able definition (saved with an audience)."""
+        return {"kind": self.kind, "items": list(self.items), "seed_users": list(self.seed_users),
+                "top_n": self.top_n, "percent": self.percent, "exclude_seen": self.exclude_seen,
+                "exclude_users": list(self.exclude_users),
+                "where": {k: list(v) for k, v in self.where.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AudienceRequest":
+        """Inverse of :meth:`to_dict` (the ``kind`` key is ignored)."""
+        keys = {"items", "seed_users", "top_n", "percent", "exclude_seen", "exclude_users",
+                "where"}
+        return cls(**{k: v for k, v in d.items() if k in keys})
+
+
+@dataclass
+class AudienceResult:
+    """Everything a page draws for one audience.
+
+    members: rank, user_id, score, percentile, then the user attributes and
+        ``favourite genre``. insights: see :func:`insights`. reach: see :func:`reach_curve`.
+    threshold: the lowest member score (the similarity cut-off this audience implies).
+    population: users in the run; eligible: users left after exclusions and filters.
+    excluded: users removed per reason (each counted once, in the order applied).
+    requested: the size asked for (before clamping).
+    """
+
+    run_id: int
+    request: AudienceRequest
+    members: pd.DataFrame
+    insights: pd.DataFrame
+    reach: pd.DataFrame
+    threshold: float
+    population: int
+    eligible: int
+    requested: int
+    excluded: dict[str, int]
+    item_ids: tuple[str, ...]
+    item_titles: tuple[str, ...]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return int(len(self.members))
+
+    def definition(self) -> dict[str, Any]:
+        """What to save with the audience (``Store.save_audience``)."""
+        return {**self.request.to_dict(), "run_id": self.run_id, "size": self.size,
+                "threshold": self.threshold}
+
+    def to_csv_bytes(self) -> bytes:
+        """The export file (see :func:`to_csv_bytes`)."""
+        return to_csv_bytes(self.members, run_id=self.run_id, item_ids=self.item_ids,
+                            item_titles=self.item_titles)
+
+
+# --------------------------------------------------------------------------------------------
+# Insights, reach, overlap
+# --------------------------------------------------------------------------------------------
+def _attribute_labels(col: pd.Series) -> pd.Series:
+    """Display categories of one attribute over the population (bands for rich numerics)."""
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col) \
+            and col.nunique(dropna=True) > MAX_NUMERIC_VALUES:
+        vals = col.astype(float)
+        edges = np.unique(np.nanquantile(vals.to_numpy(), np.linspace(0, 1, 6)))
+        if len(edges) >= 2:
+            names = [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:])]
+            binned = pd.cut(vals, bins=edges, labels=names, include_lowest=True)
+            return binned.astype(object).where(binned.notna(), MISSING)
+    out = col.astype(object).where(col.notna(), MISSING)
+    return out.map(str)
+
+
+def insights(members_rows: np.ndarray, attributes: pd.DataFrame) -> pd.DataFrame:
+    """Composition of an audience against all users, per attribute.
+
+    ``attributes``: one row per user of the population (same order as the index), one
+    column per attribute (categorical). ``members_rows``: the audience's rows in it.
+    Returns columns ``attribute, value, audience_count, audience_share, population_count,
+    population_share, index``; shares are % (summing to 100 per attribute), index =
+    audience_share / population_share * 100 (100 = as common as among all users).
+    Attributes with more than ``MAX_CATEGORIES`` values keep their most common values in the
+    audience and pool the rest as "(other)"; id-like attributes (more than ``ID_LIKE_VALUES``
+    distinct values and more than a fifth of the population, e.g. zip codes) are left out.
+    """
+    cols = ["attribute", "value", "audience_count", "audience_share", "population_count",
+            "population_share", "index"]
+    frames = []
+    n_pop = len(attributes)
+    n_aud = len(members_rows)
+    if n_pop == 0 or n_aud == 0:
+        return pd.DataFrame(columns=cols)
+    for attr in attributes.columns:
+        n_distinct = attributes[attr].astype(object).nunique(dropna=True)
+        if n_distinct > ID_LIKE_VALUES and n_distinct > 0.2 * n_pop \
+                and not pd.api.types.is_numeric_dtype(attributes[attr]):
+            continue
+        labels = _attribute_labels(attributes[attr]).to_numpy(dtype=object)
+        pop = pd.Series(labels).value_counts()
+        aud = pd.Series(labels[members_rows]).value_counts()
+        if len(pop) > MAX_CATEGORIES:
+            keep = list(aud.index[:MAX_CATEGORIES - 1])
+            labels = np.where(pd.Series(labels).isin(keep).to_numpy(), labels, OTHER)
+            pop = pd.Series(labels).value_counts()
+            aud = pd.Series(labels[members_rows]).value_counts()
+        df = pd.DataFrame({"value": pop.index.astype(str), "population_count": pop.to_numpy()})
+        df["audience_count"] = aud.reindex(pop.index).fillna(0).to_numpy().astype(np.int64)
+        df["attribute"] = str(attr)
+        df["audience_share"] = df["audience_count"] / n_aud * 100.0
+        df["population_share"] = df["population_count"] / n_pop * 100.0
+        df["index"] = df["audience_share"] / df["population_share"] * 100.0
+        df = df.sort_values(["audience_count", "population_count", "value"],
+                            ascending=[False, False, True])
+        frames.append(df[cols])
+    out = pd.concat(frames, ignore_index=True)
+    out["population_count"] = out["population_count"].astype(np.int64)
+    return out
+
+
+def reach_curve(scores: np.ndarray, population: int, points: int = 60) -> pd.DataFrame:
+    """Similarity threshold vs audience size over the eligible users' ``scores``.
+
+    Returns columns ``threshold, size, percent_of_population``: ``size`` users score at least
+    ``threshold`` (sizes spaced geometrically from 1 to all eligible users).
+    """
+    s = np.sort(np.asarray(scores, dtype=np.float32))[::-1]                  # (M,) best first
+    if len(s) == 0:
+        return pd.DataFrame({"threshold": [], "size": [], "percent_of_population": []})
+    sizes = np.unique(np.round(np.geomspace(1, len(s), num=min(points, len(s)))).astype(np.int64))
+    thr = s[sizes - 1]
+    # everyone tied with the threshold is inside: size = count of scores >= threshold
+    sizes = np.searchsorted(-s, -thr, side="right")
+    df = pd.DataFrame({"threshold": thr.astype(np.float64), "size": sizes.astype(np.int64)})
+    df = df.drop_duplicates("size").reset_index(drop=True)
+    df["percent_of_population"] = df["size"] / max(population, 1) * 100.0
+    return df
+
+
+def overlap(a: Iterable[Any], b: Iterable[Any]) -> dict[str, Any]:
+    """Overlap of two audiences given as user ids: sizes, common count, Jaccard, each only."""
+    sa, sb = {str(x) for x in a}, {str(x) for x in b}
+    common = len(sa & sb)
+    union = len(sa | sb)
+    return {"size_a": len(sa), "size_b": len(sb), "common": common,
+            "only_a": len(sa) - common, "only_b": len(sb) - common,
+            "jaccard": common / union if union else 0.0}
+
+
+def overlap_saved(store: "Store", audience_a: int, audience_b: int) -> dict[str, Any]:
+    """:func:`overlap` of two saved audiences (by id)."""
+    a = store.load_audience(audience_a)["members"]["user_id"]
+    b = store.load_audience(audience_b)["members"]["user_id"]
+    return overlap(a, b)
+
+
+# --------------------------------------------------------------------------------------------
+# Building an audience
+# --------------------------------------------------------------------------------------------
+def _filter_mask(run: LoadedRun, where: Mapping[str, tuple[str, ...]]) -> np.ndarray:
+    mask = np.ones(run.index.size, dtype=bool)
+    known = [str(c) for c in run.users.columns]
+    for attr, allowed in where.items():
+        if attr == FAVOURITE_GENRE:
+            col = pd.Series(run.favourite_genre)
+        elif attr in run.users.columns:
+            col = run.users[attr].reset_index(drop=True)
+        else:
+            raise ValueError(f"unknown user attribute {attr!r}; known: "
+                             f"{', '.join(known + [FAVOURITE_GENRE])}")
+        text = col.astype(object).where(col.notna(), None).map(
+            lambda v: None if v is None else str(v))
+        mask &= text.isin(set(allowed)).to_numpy()
+    return mask
+
+
+def audience_size(request: AudienceRequest, population: int) -> int:
+    """The size asked for: ``top_n``, or ``percent`` of the population (rounded, >= 1)."""
+    if request.top_n is not None:
+        return int(request.top_n)
+    return max(1, int(round(float(request.percent) / 100.0 * population)))
+
+
+def build_audience(run: LoadedRun, request: AudienceRequest) -> AudienceResult:
+    """Build one audience on a loaded run: members, insights and reach in one call.
+
+    Raises ValueError naming unknown item or seed ids, for an empty seed list, unknown filter
+    attributes, or when exclusions and filters leave nobody.
+    """
+    idx = run.index
+    n_pop = idx.size
+    warnings: list[str] = []
+    item_ids: tuple[str, ...] = ()
+    titles: tuple[str, ...] = ()
+    seed_rows = np.empty(0, dtype=np.int64)
+    if request.items:
+        rows = run.item_positions(request.items)
+        item_ids = tuple(request.items)
+        if "title" in run.items.columns:
+            t = run.items["title"].reindex(list(item_ids))
+            titles = tuple("" if pd.isna(x) else str(x) for x in t)
+        q = run.item_vectors[rows].mean(axis=0)                              # (D,)
+    else:
+        seed_rows = idx.positions(request.seed_users)
+        q = idx.matrix_[seed_rows].mean(axis=0)                              # (D,)
+    norm = float(np.linalg.norm(q))
+    if norm < 1e-6:
+        raise ValueError("the query vectors cancel out (their mean is zero); "
+                         "choose other items or seeds")
+    q = (q / norm).astype(np.float32)
+    scores = idx.scores(q)                                                   # (N,)
+
+    eligible = np.ones(n_pop, dtype=bool)
+    excluded: dict[str, int] = {}
+
+    def drop(reason: str, mask_out: np.ndarray) -> None:
+        newly = int((eligible & mask_out).sum())
+        excluded[reason] = newly
+        eligible[mask_out] = False
+
+    if len(seed_rows):
+        m = np.zeros(n_pop, bool)
+        m[seed_rows] = True
+        drop("seed users", m)
+    if request.exclude_seen and request.items:
+        seen_users = run.seen.loc[run.seen["item_id"].isin(set(item_ids)), "user_id"].unique()
+        m = np.zeros(n_pop, bool)
+        m[idx.positions(seen_users, missing="ignore")] = True
+        drop("already interacted", m)
+    elif request.exclude_seen:
+        warnings.append("exclude_seen applies to item audiences only; ignored for a lookalike")
+    if request.exclude_users:
+        rows = idx.positions(request.exclude_users, missing="ignore")
+        unknown = len(set(request.exclude_users)) - len(rows)
+        if unknown:
+            warnings.append(f"{unknown} ids of the exclusion list are not users of this run")
+        m = np.zeros(n_pop, bool)
+        m[rows] = True
+        drop("exclusion list", m)
+    if request.where:
+        drop("attribute filters", ~_filter_mask(run, request.where))
+
+    n_elig = int(eligible.sum())
+    if n_elig == 0:
+        raise ValueError("no user is left after the exclusions and filters")
+    requested = audience_size(request, n_pop)
+    n = min(requested, n_elig)
+    if requested > n:
+        warnings.append(f"asked for {requested} users but only {n_elig} are eligible "
+                        f"(of {n_pop}); the audience has {n}")
+    elig_rows = np.flatnonzero(eligible)
+    top_s, top_r = _top_k_desc(scores[elig_rows], elig_rows, n)
+    sorted_all = np.sort(scores)
+    pct = np.searchsorted(sorted_all, top_s, side="right") / n_pop * 100.0
+
+    members = pd.DataFrame({
+        "rank": np.arange(1, n + 1, dtype=np.int64),
+        "user_id": idx.ids_[top_r].astype(object),
+        "score": top_s.astype(np.float64),
+        "percentile": pct.astype(np.float64),
+    })
+    attrs = run.users.iloc[top_r].reset_index(drop=True)
+    for c in attrs.columns:
+        if c not in members.columns:
+            members[c] = attrs[c].to_numpy()
+    members[FAVOURITE_GENRE] = run.favourite_genre[top_r]
+
+    attr_table = run.users.reset_index(drop=True).copy()
+    attr_table[FAVOURITE_GENRE] = run.favourite_genre
+    result = AudienceResult(
+        run_id=run.run_id, request=request, members=members,
+        insights=insights(top_r, attr_table),
+        reach=reach_curve(scores[elig_rows], n_pop), threshold=float(top_s[-1]),
+        population=n_pop, eligible=n_elig, requested=requested, excluded=excluded,
+        item_ids=item_ids, item_titles=titles, warnings=warnings,
+    )
+    log.info("audience of %d users for run %s (%s)", n, run.run_id, request.kind)
+    return result
+
+
+def audience_for(store: "Store", run_id: int | None, request: AudienceRequest
+                 ) -> AudienceResult:
+    """:func:`build_audience` on :func:`load_run` (no caching; the CLI's path)."""
+    return build_audience(load_run(store, run_id), request)
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------
+def escape_cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula gets a leading "'"; others unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def to_csv_bytes(members: pd.DataFrame, *, run_id: int, item_ids: Sequence[str] = (),
+                 item_titles: Sequence[str] = ()) -> bytes:
+    """The audience as UTF-8 CSV: ``rank,user_id,score,percentile``, the user attributes,
+    then ``run_id``, ``item_ids`` and ``item_titles`` (several items joined by "; ").
+
+    Every text cell (and header) starting with ``= + - @``, tab or CR is prefixed with "'".
+    """
+    missing = {"rank", "user_id", "score", "percentile"} - set(members.columns)
+    if missing:
+        raise ValueError(f"members lack columns: {', '.join(sorted(missing))}")
+    first = ["rank", "user_id", "score", "percentile"]
+    rest = [c for c in members.columns if c not in first
+            and c not in ("run_id", "item_ids", "item_titles")]
+    buf = io.StringIO()
+    # CRLF (RFC 4180): a field holding CR or LF is then quoted, never split across lines
+    w = csv.writer(buf, lineterminator="\r\n")
+    w.writerow([escape_cell(str(c)) for c in first + rest + ["run_id", "item_ids", "item_titles"]])
+    items_cell = escape_cell("; ".join(str(i) for i in item_ids))
+    titles_cell = escape_cell("; ".join(str(t) for t in item_titles))
+    cols = [members[c].to_numpy(dtype=object) for c in rest]
+    ranks = members["rank"].to_numpy()
+    uids = members["user_id"].to_numpy(dtype=object)
+    scores = members["score"].to_numpy(dtype=np.float64)
+    pcts = members["percentile"].to_numpy(dtype=np.float64)
+    for i in range(len(members)):
+        row: list[Any] = [int(ranks[i]), escape_cell(str(uids[i])), f"{scores[i]:.6f}",
+                          f"{pcts[i]:.3f}"]
+        for col in cols:
+            v = col[i]
+            if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+                row.append("")
+            elif isinstance(v, (list, tuple, np.ndarray)):
+                row.append(escape_cell("|".join(str(x) for x in v)))
+            elif isinstance(v, str):
+                row.append(escape_cell(v))
+            else:  # numbers and the like are written as they are (a number is no formula)
+                row.append(str(v))
+        row += [int(run_id), items_cell, titles_cell]
+        w.writerow(row)
+    return buf.getvalue().encode("utf-8")
+
+
+def unescape_cell(value: str) -> str:
+    """Undo :func:`escape_cell` (a "'" before a formula character is dropped)."""
+    if len(value) >= 2 and value[0] == "'" and value[1:].startswith(FORMULA_PREFIXES):
+        return value[1:]
+    return value
+
+
+def read_user_ids(data: bytes | str) -> list[str]:
+    """User ids from an uploaded file: a CSV with a ``user_id`` column (e.g. an export of
+    this app, escaping undone), else one id per line (blank lines and ``#`` comments skipped).
+    Duplicates are dropped, order kept."""
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    text = text.removeprefix("\ufeff")
+    lines = text.splitlines()
+    first = next((ln for ln in lines if ln.strip()), "")
+    ids: list[str] = []
+    if "user_id" in [c.strip().strip('"') for c in first.split(",")]:
+        reader = csv.DictReader(io.StringIO(text))
+        for row in reader:
+            v = (row.get("user_id") or "").strip()
+            if v:
+                ids.append(unescape_cell(v))
+    else:
+        for ln in lines:
+            v = ln.strip()
+            if v and not v.startswith("#"):
+                ids.append(unescape_cell(v))
+    return list(dict.fromkeys(ids))

@@ -1,0 +1,729 @@
+"""Leak-free model inputs: vocabularies, bucketing, history and statistics *as of event time*.
+
+``FeatureEncoder`` follows scikit-learn's written contract: ``__init__`` only stores its
+arguments, ``fit`` returns ``self``, fitted attributes end in ``_``, and index 0 of every
+vocabulary means padding/unknown (ids unseen in training map there, so a user who first appears
+after training still gets a vector from attributes and history). It is saved as JSON
+(``to_json``/``from_json``), never pickled.
+
+As of event time: the history (``hist``: the last ``history_len`` positively rated items) and
+the statistics (mean rating, like-rate, activity count; item mean, like-rate, popularity)
+attached to an event at time ``t`` come only from pool interactions with timestamp strictly
+below ``t``; another event at the same second, and the event itself, never count. The pool is
+the whole dataset by default (a live system knows the past, test period included) or the rows
+passed as ``pool``. Vocabularies, buckets, smoothing priors and scalers are fitted on the
+training rows only. Everything is vectorised: prefix sums over events sorted by (entity, time)
+and binary search, no Python loop per event.
+
+Features (names are unique across both towers):
+- user tower: ``user_id``; one sparse feature per user attribute (``zip``-like columns cut to a
+  prefix, numeric columns with many values bucketed by training quantiles, others as
+  categories); ``hist`` (sequence sharing the ``item_id`` table); ``user_stats`` (dense).
+- item tower: ``item_id``; ``genres`` (sequence, mean pooled); low-cardinality categorical
+  extras; ``item_stats`` (dense); ``year`` (dense: scaled year, known flag) where known.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .dataset import Dataset
+from .features import (
+    DenseFeature,
+    Feature,
+    SequenceFeature,
+    SparseFeature,
+    feature_from_dict,
+    feature_to_dict,
+)
+
+log = logging.getLogger(__name__)
+
+#: Every timestamp is below this: "as of" it means "after every event".
+END_OF_TIME = np.iinfo(np.int64).max
+#: Names the encoder itself uses; a user/item column with one of them gets a prefix.
+_RESERVED = frozenset({"user_id", "item_id", "hist", "genres", "user_stats", "item_stats",
+                       "year", "label"})
+#: A numeric user attribute with more distinct values than this is bucketed by quantiles.
+_MAX_NUMERIC_CATEGORIES = 16
+#: Item columns never used as categorical features.
+_ITEM_SKIP = frozenset({"item_id", "title", "genres"})
+_YEAR_COLUMNS = ("year", "release_year")
+_JSON_VERSION = 1
+
+
+def _as_str_array(values: pd.Series | np.ndarray | Sequence[Any]) -> np.ndarray:
+    """Ids as an object array of ``str`` (works for category dtype too)."""
+    s = pd.Series(values) if not isinstance(values, pd.Series) else values
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        cats = np.asarray(s.cat.categories.astype(str), dtype=object)
+        codes = s.cat.codes.to_numpy()
+        out = np.where(codes >= 0, cats[np.maximum(codes, 0)], "")
+        return out.astype(object)
+    return s.astype(str).to_numpy(dtype=object)
+
+
+def _lookup(vocab: Sequence[str], values: np.ndarray) -> np.ndarray:
+    """Index of each value in ``vocab`` plus one; 0 for unknown. -> (N,) int64."""
+    if len(values) == 0:
+        return np.zeros(0, dtype=np.int64)
+    idx = pd.Index(list(vocab), dtype=object).get_indexer(values)
+    return (idx + 1).astype(np.int64)
+
+
+class _EventIndex:
+    """Events of one entity kind (users or items) sorted by (entity code, time rank).
+
+    Answers "how many / which events of entity e strictly before time t" by binary search
+    over ``key = code * stride + time_rank``.
+    """
+
+    def __init__(self, codes: np.ndarray, ranks: np.ndarray, stride: int,
+                 values: dict[str, np.ndarray]) -> None:
+        key = codes.astype(np.int64) * stride + ranks
+        order = np.argsort(key, kind="stable")
+        self.stride = stride
+        self.key = key[order]
+        self.order = order
+        self.prefix = {}
+        for name, v in values.items():
+            cs = np.zeros(len(order) + 1, dtype=np.float64)
+            np.cumsum(v[order], out=cs[1:])
+            self.prefix[name] = cs
+
+    def bounds(self, codes: np.ndarray, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(start, end) positions of each query's events strictly before its time rank."""
+        base = codes.astype(np.int64) * self.stride
+        start = np.searchsorted(self.key, base, side="left")
+        end = np.searchsorted(self.key, base + ranks, side="left")
+        return start, end
+
+    def sums(self, name: str, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        cs = self.prefix[name]
+        return cs[end] - cs[start]
+
+
+class FeatureEncoder:
+    """Turns a ``Dataset`` into the two towers' inputs, leak-free as of each event's time.
+
+    history_len: L, the number of most recent positively rated items in ``hist``.
+    label_threshold: a rating strictly above it is a positive (implicit data: every event).
+    embedding_dim: the embedding size given to every sparse and sequence feature spec.
+    zip_prefix_len: characters of a zip/postal code kept as its category.
+    n_buckets: quantile buckets for numeric user attributes with many values (e.g. raw age).
+    smoothing: pseudo-count pulling a mean rating / like-rate towards the training mean.
+    max_genres: cap on the genre sequence length (the fitted length is the longest list seen
+        in training, at most this).
+    """
+
+    def __init__(
+        self,
+        history_len: int = 50,
+        label_threshold: float = 3.0,
+        embedding_dim: int = 16,
+        *,
+        zip_prefix_len: int = 1,
+        n_buckets: int = 8,
+        smoothing: float = 5.0,
+        max_genres: int = 8,
+    ) -> None:
+        self.history_len = history_len
+        self.label_threshold = label_threshold
+        self.embedding_dim = embedding_dim
+        self.zip_prefix_len = zip_prefix_len
+        self.n_buckets = n_buckets
+        self.smoothing = smoothing
+        self.max_genres = max_genres
+
+    # ------------------------------------------------------------------ fit
+    def _check_params(self) -> None:
+        for name in ("history_len", "embedding_dim", "zip_prefix_len", "n_buckets", "max_genres"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.smoothing < 0:
+            raise ValueError(f"smoothing must be >= 0, got {self.smoothing}")
+
+    def fit(self, dataset: Dataset, train_rows: np.ndarray | Sequence[int]) -> "FeatureEncoder":
+        """Fit vocabularies, buckets, priors and scalers on ``train_rows`` (positions into
+        ``dataset.interactions``) only. Returns ``self``."""
+        self._check_params()
+        rows = _check_rows(dataset, train_rows)
+        if len(rows) == 0:
+            raise ValueError("cannot fit the encoder on zero training rows")
+        inter = dataset.interactions
+        tr_users = _as_str_array(inter["user_id"].iloc[rows])
+        tr_items = _as_str_array(inter["item_id"].iloc[rows])
+        ratings = inter["rating"].to_numpy(dtype=np.float64)[rows]
+        self.implicit_ = bool(dataset.implicit)
+        self.user_vocab_ = sorted(set(tr_users.tolist()))
+        self.item_vocab_ = sorted(set(tr_items.tolist()))
+        likes = self._likes(ratings)
+        self.global_mean_rating_ = float(ratings.mean())
+        self.global_like_rate_ = float(likes.mean())
+        # Training popularity per item vocabulary index (index 0 = unknown: 0 events).
+        counts = np.zeros(len(self.item_vocab_) + 1, dtype=np.int64)
+        np.add.at(counts, _lookup(self.item_vocab_, tr_items), 1)
+        self.item_counts_ = counts.tolist()
+
+        # User attributes, fitted on users seen in training.
+        users = dataset.users
+        seen_users = users[users["user_id"].astype(str).isin(set(self.user_vocab_))]
+        self.user_attrs_ = []
+        used = set(_RESERVED)
+        for col in dataset.user_columns:
+            attr = self._fit_column(seen_users[col], col, prefix="user_", used=used, zip_ok=True)
+            if attr is not None:
+                self.user_attrs_.append(attr)
+
+        # Item genres and categorical extras, fitted on items seen in training.
+        items = dataset.items
+        seen_items = items[items["item_id"].astype(str).isin(set(self.item_vocab_))]
+        if "genres" in items.columns:
+            g = seen_items["genres"].explode().dropna().astype(str)
+            self.genre_vocab_ = sorted(set(g.tolist()))
+            lens = seen_items["genres"].map(lambda x: len(x) if isinstance(x, (list, tuple,
+                                                                          np.ndarray)) else 0)
+            self.genres_len_ = int(max(1, min(int(self.max_genres), int(lens.max() or 1))))
+        else:
+            self.genre_vocab_ = []
+            self.genres_len_ = 1
+        self.item_attrs_ = []
+        year_col = next((c for c in items.columns if c.lower() in _YEAR_COLUMNS), None)
+        for col in dataset.item_columns:
+            if col in _ITEM_SKIP or col == year_col:
+                continue
+            s = seen_items[col]
+            if not (isinstance(s.dtype, pd.CategoricalDtype) or s.dtype == object
+                    or pd.api.types.is_bool_dtype(s) or pd.api.types.is_string_dtype(s)):
+                continue
+            try:
+                n_unique = s.nunique(dropna=True)
+            except TypeError:  # unhashable cells (lists): not a categorical column
+                continue
+            if 1 < n_unique <= min(100, max(2, len(seen_items) // 4)):
+                attr = self._fit_column(s, col, prefix="item_", used=used, zip_ok=False,
+                                        force_prefix=True)
+                if attr is not None:
+                    self.item_attrs_.append(attr)
+        years = _item_years(items, year_col)
+        seen_years = years[items["item_id"].astype(str).isin(set(self.item_vocab_)).to_numpy()]
+        seen_years = seen_years[np.isfinite(seen_years)]
+        if len(seen_years):
+            self.year_ = {"column": year_col, "mean": float(seen_years.mean()),
+                          "scale": float(seen_years.std() or 1.0)}
+        else:
+            self.year_ = None
+
+        # Dense scalers from the training rows' as-of-event statistics.
+        self.dense_mean_, self.dense_scale_ = {}, {}
+        raw = self._raw_events(dataset, rows, None)
+        for name in ("user_stats", "item_stats"):
+            x = raw[name]
+            self.dense_mean_[name] = x.mean(axis=0).tolist()
+            sd = x.std(axis=0)
+            self.dense_scale_[name] = np.where(sd > 1e-12, sd, 1.0).tolist()
+        self._build_specs()
+        log.info("encoder fitted on %d rows: %d users, %d items, %d user attributes",
+                 len(rows), len(self.user_vocab_), len(self.item_vocab_), len(self.user_attrs_))
+        return self
+
+    def _likes(self, ratings: np.ndarray) -> np.ndarray:
+        if self.implicit_:
+            return np.ones_like(ratings, dtype=np.float64)
+        return (ratings > self.label_threshold).astype(np.float64)
+
+    def _fit_column(self, s: pd.Series, col: str, *, prefix: str, used: set[str],
+                    zip_ok: bool, force_prefix: bool = False) -> dict[str, Any] | None:
+        name = f"{prefix}{col}" if (force_prefix or col in used) else col
+        while name in used:
+            name = prefix + name
+        lower = col.lower()
+        if zip_ok and ("zip" in lower or "postal" in lower):
+            kind = "prefix"
+            vals = _column_values(s, "prefix", self.zip_prefix_len, None)
+            vocab = sorted(set(v for v in vals.tolist() if v))
+            edges: list[float] = []
+        elif pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) \
+                and s.nunique(dropna=True) > _MAX_NUMERIC_CATEGORIES:
+            kind = "bins"
+            x = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
+            x = x[np.isfinite(x)]
+            if len(x) == 0:
+                return None
+            qs = np.linspace(0, 1, int(self.n_buckets) + 1)[1:-1]
+            edges = sorted(set(np.quantile(x, qs).tolist()))
+            vocab = []
+        else:
+            kind = "category"
+            vals = _column_values(s, "category", 0, None)
+            vocab = sorted(set(v for v in vals.tolist() if v))
+            edges = []
+        if kind != "bins" and not vocab:
+            return None
+        used.add(name)
+        return {"name": name, "column": col, "kind": kind, "vocab": vocab, "edges": edges}
+
+    def _build_specs(self) -> None:
+        d = int(self.embedding_dim)
+        n_items = len(self.item_vocab_) + 1
+        user: list[Feature] = [SparseFeature("user_id", len(self.user_vocab_) + 1, d)]
+        for a in self.user_attrs_:
+            user.append(SparseFeature(a["name"], _attr_vocab_size(a), d))
+        user.append(SequenceFeature("hist", n_items, d, int(self.history_len), "mean",
+                                    shared_with="item_id"))
+        user.append(DenseFeature("user_stats", len(self.dense_mean_["user_stats"])))
+        item: list[Feature] = [SparseFeature("item_id", n_items, d)]
+        if self.genre_vocab_:
+            item.append(SequenceFeature("genres", len(self.genre_vocab_) + 1, d,
+                                        self.genres_len_, "mean"))
+        for a in self.item_attrs_:
+            item.append(SparseFeature(a["name"], _attr_vocab_size(a), d))
+        item.append(DenseFeature("item_stats", len(self.dense_mean_["item_stats"])))
+        if self.year_ is not None:
+            item.append(DenseFeature("year", 2))
+        self.user_specs_: tuple[Feature, ...] = tuple(user)
+        self.item_specs_: tuple[Feature, ...] = tuple(item)
+
+    # ------------------------------------------------------------ transform
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "user_specs_"):
+            raise ValueError("this FeatureEncoder is not fitted yet: call fit() first")
+
+    @property
+    def vocab_sizes_(self) -> dict[str, int]:
+        """Vocabulary size (index 0 included) of every sparse and sequence feature."""
+        self._check_fitted()
+        return {s.name: s.vocab_size for s in self.user_specs_ + self.item_specs_
+                if not isinstance(s, DenseFeature)}
+
+    def transform_events(
+        self,
+        dataset: Dataset,
+        rows: np.ndarray | Sequence[int],
+        *,
+        pool: np.ndarray | Sequence[int] | None = None,
+        negatives: int = 0,
+        seed: int = 0,
+    ) -> dict[str, np.ndarray]:
+        """Both towers' features for the events at ``rows`` (positions into
+        ``dataset.interactions``), each as of its own time, plus ``"label"`` (float32 0/1).
+
+        pool: the interactions history and statistics may come from (default: all).
+        negatives: implicit data only: per event, this many sampled items the user never
+            interacted with (by training popularity, seeded) are added with label 0 at the
+            same time. Ignored for explicit data (labels come from the rating).
+        """
+        self._check_fitted()
+        rows = _check_rows(dataset, rows)
+        inter = dataset.interactions
+        users = _as_str_array(inter["user_id"].iloc[rows])
+        items = _as_str_array(inter["item_id"].iloc[rows])
+        ts = inter["timestamp"].to_numpy(dtype=np.int64)[rows]
+        if self.implicit_:
+            label = np.ones(len(rows), dtype=np.float32)
+        else:
+            label = (inter["rating"].to_numpy(dtype=np.float64)[rows]
+                     > self.label_threshold).astype(np.float32)
+        if self.implicit_ and negatives > 0 and len(rows):
+            neg_items, neg_users, neg_ts = self.sample_negatives(dataset, rows, negatives,
+                                                                 seed=seed)
+            users = np.concatenate([users, neg_users])
+            items = np.concatenate([items, neg_items])
+            ts = np.concatenate([ts, neg_ts])
+            label = np.concatenate([label, np.zeros(len(neg_items), dtype=np.float32)])
+        out = self.transform_pairs(dataset, users, items, ts, pool=pool)
+        out["label"] = label
+        return out
+
+    def transform_pairs(
+        self,
+        dataset: Dataset,
+        user_ids: np.ndarray,
+        item_ids: np.ndarray,
+        times: np.ndarray,
+        *,
+        pool: np.ndarray | Sequence[int] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Both towers' features for arbitrary (user, item, time) triples (no label)."""
+        self._check_fitted()
+        times = np.asarray(times, dtype=np.int64)
+        if not (len(user_ids) == len(item_ids) == len(times)):
+            raise ValueError("user_ids, item_ids and times must have the same length")
+        ctx = _Context(self, dataset, pool)
+        ucode = ctx.user_codes(np.asarray(user_ids, dtype=object))
+        icode = ctx.item_codes(np.asarray(item_ids, dtype=object))
+        out = self._user_features(ctx, ucode, times)
+        out.update(self._item_features(ctx, icode, times))
+        return out
+
+    def user_table(
+        self,
+        dataset: Dataset,
+        as_of: int | np.ndarray | None = None,
+        *,
+        pool: np.ndarray | Sequence[int] | None = None,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Every user of ``dataset.users`` with the user tower's features as of ``as_of``
+        (a timestamp, one per user aligned with ``dataset.users``, or None = after every
+        event). Returns ``(user_ids, features)``."""
+        self._check_fitted()
+        ctx = _Context(self, dataset, pool)
+        n = len(dataset.users)
+        times = _as_of_times(as_of, n)
+        return ctx.user_ids.copy(), self._user_features(ctx, np.arange(n), times)
+
+    def item_table(
+        self,
+        dataset: Dataset,
+        as_of: int | np.ndarray | None = None,
+        *,
+        pool: np.ndarray | Sequence[int] | None = None,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Every item of ``dataset.items`` with the item tower's features as of ``as_of``
+        (see ``user_table``). Returns ``(item_ids, features)``."""
+        self._check_fitted()
+        ctx = _Context(self, dataset, pool)
+        n = len(dataset.items)
+        times = _as_of_times(as_of, n)
+        return ctx.item_ids.copy(), self._item_features(ctx, np.arange(n), times)
+
+    def _raw_events(self, dataset: Dataset, rows: np.ndarray,
+                    pool: np.ndarray | None) -> dict[str, np.ndarray]:
+        ctx = _Context(self, dataset, pool)
+        inter = dataset.interactions
+        ucode = ctx.user_codes(_as_str_array(inter["user_id"].iloc[rows]))
+        icode = ctx.item_codes(_as_str_array(inter["item_id"].iloc[rows]))
+        ts = inter["timestamp"].to_numpy(dtype=np.int64)[rows]
+        r_user = ctx.ranks(ts)
+        return {"user_stats": self._stats(ctx.by_user, ucode, r_user),
+                "item_stats": self._stats(ctx.by_item, icode, r_user)}
+
+    def _stats(self, index: _EventIndex, codes: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+        """Raw (unscaled) statistics before each query's time -> (N, 3) or (N, 1) float64."""
+        valid = codes >= 0
+        start, end = index.bounds(np.maximum(codes, 0), ranks)
+        n = np.where(valid, end - start, 0).astype(np.float64)
+        cols = [np.log1p(n)]
+        if not self.implicit_:
+            k = float(self.smoothing)
+            s_r = np.where(valid, index.sums("rating", start, end), 0.0)
+            s_l = np.where(valid, index.sums("like", start, end), 0.0)
+            mean = (s_r + k * self.global_mean_rating_) / np.maximum(n + k, 1e-12)
+            rate = (s_l + k * self.global_like_rate_) / np.maximum(n + k, 1e-12)
+            mean = np.where(n + k > 0, mean, self.global_mean_rating_)
+            rate = np.where(n + k > 0, rate, self.global_like_rate_)
+            cols = [mean, rate, np.log1p(n)]
+        return np.stack(cols, axis=1)
+
+    def _scaled(self, name: str, x: np.ndarray) -> np.ndarray:
+        mean = np.asarray(self.dense_mean_[name], dtype=np.float64)
+        scale = np.asarray(self.dense_scale_[name], dtype=np.float64)
+        return ((x - mean) / scale).astype(np.float32)
+
+    def _user_features(self, ctx: "_Context", ucode: np.ndarray,
+                       times: np.ndarray) -> dict[str, np.ndarray]:
+        ranks = ctx.ranks(times)
+        valid = ucode >= 0
+        safe = np.maximum(ucode, 0)
+        out: dict[str, np.ndarray] = {
+            "user_id": np.where(valid, ctx.user_vocab_idx[safe] if len(ctx.user_vocab_idx)
+                                else 0, 0).astype(np.int64)}
+        for a in self.user_attrs_:
+            codes = ctx.user_attr_codes[a["name"]]
+            out[a["name"]] = np.where(valid, codes[safe] if len(codes) else 0, 0).astype(np.int64)
+        out["hist"] = ctx.history(safe, ranks, valid, int(self.history_len))
+        out["user_stats"] = self._scaled("user_stats", self._stats(ctx.by_user, ucode, ranks))
+        return out
+
+    def _item_features(self, ctx: "_Context", icode: np.ndarray,
+                       times: np.ndarray) -> dict[str, np.ndarray]:
+        ranks = ctx.ranks(times)
+        valid = icode >= 0
+        safe = np.maximum(icode, 0)
+        out: dict[str, np.ndarray] = {
+            "item_id": np.where(valid, ctx.item_vocab_idx[safe] if len(ctx.item_vocab_idx)
+                                else 0, 0).astype(np.int64)}
+        if self.genre_vocab_:
+            g = ctx.item_genres[safe] if len(ctx.item_genres) else np.zeros(
+                (len(icode), self.genres_len_), dtype=np.int64)
+            out["genres"] = np.where(valid[:, None], g, 0).astype(np.int64)
+        for a in self.item_attrs_:
+            codes = ctx.item_attr_codes[a["name"]]
+            out[a["name"]] = np.where(valid, codes[safe] if len(codes) else 0, 0).astype(np.int64)
+        out["item_stats"] = self._scaled("item_stats", self._stats(ctx.by_item, icode, ranks))
+        if self.year_ is not None:
+            y = ctx.item_years[safe] if len(ctx.item_years) else np.full(len(icode), np.nan)
+            y = np.where(valid, y, np.nan)
+            known = np.isfinite(y)
+            z = np.where(known, (y - self.year_["mean"]) / self.year_["scale"], 0.0)
+            out["year"] = np.stack([z, known.astype(np.float64)], axis=1).astype(np.float32)
+        return out
+
+    # ----------------------------------------------------------- negatives
+    def sample_negatives(
+        self,
+        dataset: Dataset,
+        rows: np.ndarray,
+        n: int,
+        *,
+        seed: int = 0,
+        by: str = "popularity",
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``n`` negatives per event at ``rows``: items the user never interacted with,
+        drawn by training popularity (``count ** 0.75 + 1``) or uniformly, seeded.
+        Returns ``(item_ids, user_ids, timestamps)`` (object, object, int64), one per draw."""
+        self._check_fitted()
+        if by not in ("popularity", "uniform"):
+            raise ValueError(f"by must be 'popularity' or 'uniform', got {by!r}")
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        rows = _check_rows(dataset, rows)
+        rng = np.random.default_rng(seed)
+        inter = dataset.interactions
+        all_items = _as_str_array(dataset.items["item_id"])
+        n_items = len(all_items)
+        if by == "popularity":
+            cnt = np.asarray(self.item_counts_, dtype=np.float64)[_lookup(self.item_vocab_,
+                                                                         all_items)]
+            w = cnt ** 0.75 + 1.0
+        else:
+            w = np.ones(n_items)
+        p = w / w.sum()
+        item_index = pd.Index(all_items)
+        user_index = pd.Index(_as_str_array(dataset.users["user_id"]))
+        ucode_all = user_index.get_indexer(_as_str_array(inter["user_id"]))
+        icode_all = item_index.get_indexer(_as_str_array(inter["item_id"]))
+        seen = np.unique(ucode_all.astype(np.int64) * n_items + icode_all)
+        ucode = np.repeat(ucode_all[rows], n)
+        ts = np.repeat(inter["timestamp"].to_numpy(dtype=np.int64)[rows], n)
+        draw = rng.choice(n_items, size=len(ucode), p=p)
+        hit = np.zeros(len(draw), dtype=bool)
+        for _ in range(10):  # redraw the few that hit an item the user has seen
+            hit = np.isin(ucode.astype(np.int64) * n_items + draw, seen)
+            if not hit.any():
+                break
+            draw[hit] = rng.choice(n_items, size=int(hit.sum()), p=p)
+        keep = np.ones(len(draw), dtype=bool)
+        if hit.any():
+            # heavy users: draw directly from the items they have not seen (few rows)
+            seen_u = seen // n_items
+            for pos in np.flatnonzero(hit):
+                u = int(ucode[pos])
+                mine = seen[seen_u == u] - u * n_items
+                free = np.setdiff1d(np.arange(n_items), mine)
+                if len(free) == 0:       # the user has seen every item: no negative exists
+                    keep[pos] = False
+                    continue
+                pf = p[free] / p[free].sum()
+                draw[pos] = free[rng.choice(len(free), p=pf)]
+            if not keep.all():
+                log.info("%d negatives dropped: their users have seen every item",
+                         int((~keep).sum()))
+        draw, ucode, ts = draw[keep], ucode[keep], ts[keep]
+        return all_items[draw], _as_str_array(dataset.users["user_id"])[ucode], ts
+
+    # ---------------------------------------------------------------- JSON
+    def to_json(self) -> dict[str, Any]:
+        """Everything needed to transform data and rebuild the model's specs (JSON-able)."""
+        self._check_fitted()
+        return {
+            "version": _JSON_VERSION,
+            "params": {"history_len": int(self.history_len),
+                       "label_threshold": float(self.label_threshold),
+                       "embedding_dim": int(self.embedding_dim),
+                       "zip_prefix_len": int(self.zip_prefix_len),
+                       "n_buckets": int(self.n_buckets), "smoothing": float(self.smoothing),
+                       "max_genres": int(self.max_genres)},
+            "implicit": self.implicit_,
+            "user_vocab": list(self.user_vocab_),
+            "item_vocab": list(self.item_vocab_),
+            "item_counts": list(self.item_counts_),
+            "global_mean_rating": self.global_mean_rating_,
+            "global_like_rate": self.global_like_rate_,
+            "user_attrs": self.user_attrs_,
+            "item_attrs": self.item_attrs_,
+            "genre_vocab": list(self.genre_vocab_),
+            "genres_len": self.genres_len_,
+            "year": self.year_,
+            "dense_mean": self.dense_mean_,
+            "dense_scale": self.dense_scale_,
+            "user_specs": [feature_to_dict(s) for s in self.user_specs_],
+            "item_specs": [feature_to_dict(s) for s in self.item_specs_],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "FeatureEncoder":
+        """Rebuild a fitted encoder from ``to_json()`` output."""
+        if not isinstance(d, dict) or d.get("version") != _JSON_VERSION:
+            raise ValueError("not a FeatureEncoder JSON document (or an unknown version)")
+        enc = cls(**d["params"])
+        enc.implicit_ = bool(d["implicit"])
+        enc.user_vocab_ = [str(x) for x in d["user_vocab"]]
+        enc.item_vocab_ = [str(x) for x in d["item_vocab"]]
+        enc.item_counts_ = [int(x) for x in d["item_counts"]]
+        enc.global_mean_rating_ = float(d["global_mean_rating"])
+        enc.global_like_rate_ = float(d["global_like_rate"])
+        enc.user_attrs_ = [dict(a) for a in d["user_attrs"]]
+        enc.item_attrs_ = [dict(a) for a in d["item_attrs"]]
+        enc.genre_vocab_ = [str(x) for x in d["genre_vocab"]]
+        enc.genres_len_ = int(d["genres_len"])
+        enc.year_ = dict(d["year"]) if d["year"] else None
+        enc.dense_mean_ = {k: list(v) for k, v in d["dense_mean"].items()}
+        enc.dense_scale_ = {k: list(v) for k, v in d["dense_scale"].items()}
+        enc.user_specs_ = tuple(feature_from_dict(s) for s in d["user_specs"])
+        enc.item_specs_ = tuple(feature_from_dict(s) for s in d["item_specs"])
+        return enc
+
+
+class _Context:
+    """Per-call lookup tables for one dataset and pool (never cached across calls)."""
+
+    def __init__(self, enc: FeatureEncoder, dataset: Dataset,
+                 pool: np.ndarray | Sequence[int] | None) -> None:
+        inter = dataset.interactions
+        self.user_ids = _as_str_array(dataset.users["user_id"])
+        self.item_ids = _as_str_array(dataset.items["item_id"])
+        self._user_index = pd.Index(self.user_ids)
+        self._item_index = pd.Index(self.item_ids)
+        self.user_vocab_idx = _lookup(enc.user_vocab_, self.user_ids)
+        self.item_vocab_idx = _lookup(enc.item_vocab_, self.item_ids)
+        self.user_attr_codes = {
+            a["name"]: _encode_attr(a, dataset.users[a["column"]], enc.zip_prefix_len)
+            if a["column"] in dataset.users.columns else np.zeros(len(self.user_ids), np.int64)
+            for a in enc.user_attrs_}
+        self.item_attr_codes = {
+            a["name"]: _encode_attr(a, dataset.items[a["column"]], enc.zip_prefix_len)
+            if a["column"] in dataset.items.columns else np.zeros(len(self.item_ids), np.int64)
+            for a in enc.item_attrs_}
+        self.item_genres = _genre_matrix(dataset.items, enc.genre_vocab_, enc.genres_len_) \
+            if enc.genre_vocab_ else np.zeros((len(self.item_ids), 1), np.int64)
+        if enc.year_ is not None:
+            self.item_years = _item_years(dataset.items, enc.year_.get("column"))
+        else:
+            self.item_years = np.full(len(self.item_ids), np.nan)
+
+        rows = np.arange(len(inter)) if pool is None else _check_rows(dataset, pool)
+        ucode = self._user_index.get_indexer(_as_str_array(inter["user_id"].iloc[rows]))
+        icode = self._item_index.get_indexer(_as_str_array(inter["item_id"].iloc[rows]))
+        keep = (ucode >= 0) & (icode >= 0)
+        ts = inter["timestamp"].to_numpy(dtype=np.int64)[rows][keep]
+        ucode, icode = ucode[keep], icode[keep]
+        rating = inter["rating"].to_numpy(dtype=np.float64)[rows][keep]
+        like = enc._likes(rating) if hasattr(enc, "implicit_") else np.ones_like(rating)
+        self.times = np.unique(ts)                                 # sorted distinct seconds
+        rank = np.searchsorted(self.times, ts)
+        stride = len(self.times) + 1
+        values = {"rating": rating, "like": like}
+        self.by_user = _EventIndex(ucode, rank, stride, values)
+        self.by_item = _EventIndex(icode, rank, stride, values)
+        # Positives only, per user, for the history: item vocabulary index in time order.
+        pos = like > 0
+        self.pos_index = _EventIndex(ucode[pos], rank[pos], stride, {})
+        self.pos_items = self.item_vocab_idx[icode[pos]][self.pos_index.order]
+
+    def ranks(self, times: np.ndarray) -> np.ndarray:
+        """Number of distinct pool seconds strictly before each time."""
+        return np.searchsorted(self.times, np.asarray(times, dtype=np.int64), side="left")
+
+    def user_codes(self, ids: np.ndarray) -> np.ndarray:
+        return self._user_index.get_indexer(ids)
+
+    def item_codes(self, ids: np.ndarray) -> np.ndarray:
+        return self._item_index.get_indexer(ids)
+
+    def history(self, ucode: np.ndarray, ranks: np.ndarray, valid: np.ndarray,
+                length: int) -> np.ndarray:
+        """The last ``length`` positive items strictly before each rank, most recent first,
+        right-padded with 0 -> (N, length) int64."""
+        start, end = self.pos_index.bounds(ucode, ranks)
+        idx = end[:, None] - 1 - np.arange(length)[None, :]         # (N, L)
+        ok = (idx >= start[:, None]) & valid[:, None]
+        if len(self.pos_items) == 0:
+            return np.zeros((len(ucode), length), dtype=np.int64)
+        hist = np.where(ok, self.pos_items[np.clip(idx, 0, len(self.pos_items) - 1)], 0)
+        return hist.astype(np.int64)
+
+
+def _check_rows(dataset: Dataset, rows: np.ndarray | Sequence[int]) -> np.ndarray:
+    arr = np.asarray(rows)
+    if arr.dtype == bool:
+        if len(arr) != len(dataset.interactions):
+            raise ValueError("a boolean row mask must have one entry per interaction")
+        return np.flatnonzero(arr)
+    arr = arr.astype(np.int64, copy=False).ravel()
+    if len(arr) and (arr.min() < 0 or arr.max() >= len(dataset.interactions)):
+        raise ValueError("row positions out of range of dataset.interactions")
+    return arr
+
+
+def _as_of_times(as_of: int | np.ndarray | None, n: int) -> np.ndarray:
+    if as_of is None:
+        return np.full(n, END_OF_TIME, dtype=np.int64)
+    arr = np.asarray(as_of, dtype=np.int64)
+    if arr.ndim == 0:
+        return np.full(n, int(arr), dtype=np.int64)
+    if arr.shape != (n,):
+        raise ValueError(f"as_of must be a timestamp or one per row ({n}), got {arr.shape}")
+    return arr
+
+
+def _column_values(s: pd.Series, kind: str, prefix_len: int, _unused: Any) -> np.ndarray:
+    """A column as category strings; missing values become ''."""
+    missing = s.isna().to_numpy()
+    vals = s.astype(str).str.strip()
+    if kind == "prefix":
+        vals = vals.str.upper().str[:prefix_len]
+    out = vals.to_numpy(dtype=object)
+    out[missing] = ""
+    return out
+
+
+def _attr_vocab_size(a: dict[str, Any]) -> int:
+    if a["kind"] == "bins":
+        return len(a["edges"]) + 2
+    return len(a["vocab"]) + 1
+
+
+def _encode_attr(a: dict[str, Any], s: pd.Series, prefix_len: int) -> np.ndarray:
+    """Codes of one attribute column (0 = missing/unknown) -> (N,) int64."""
+    if a["kind"] == "bins":
+        x = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
+        codes = np.searchsorted(np.asarray(a["edges"], dtype=np.float64), x, side="right") + 1
+        return np.where(np.isfinite(x), codes, 0).astype(np.int64)
+    vals = _column_values(s, a["kind"], prefix_len, None)
+    return _lookup(a["vocab"], vals)
+
+
+def _genre_matrix(items: pd.DataFrame, vocab: list[str], length: int) -> np.ndarray:
+    """(n_items, length) genre indices, right-padded with 0."""
+    n = len(items)
+    out = np.zeros((n, length), dtype=np.int64)
+    if "genres" not in items.columns or n == 0:
+        return out
+    g = items["genres"].reset_index(drop=True)
+    g = g.map(lambda x: list(x) if isinstance(x, (list, tuple, np.ndarray)) else [])
+    ex = g.explode().dropna()
+    if len(ex) == 0:
+        return out
+    row = ex.index.to_numpy(dtype=np.int64)
+    pos = ex.groupby(level=0).cumcount().to_numpy()
+    code = _lookup(vocab, ex.astype(str).to_numpy(dtype=object))
+    keep = pos < length
+    out[row[keep], pos[keep]] = code[keep]
+    return out
+
+
+def _item_years(items: pd.DataFrame, year_col: str | None) -> np.ndarray:
+    """Release year per item (float, NaN when unknown): a year column, else "(1995)" in
+    the title."""
+    if year_col and year_col in items.columns:
+        y = pd.to_numeric(items[year_col], errors="coerce").to_numpy(dtype=np.float64)
+    elif "title" in items.columns:
+        y = pd.to_numeric(items["title"].astype(str).str.extract(r"\((\d{4})\)\s*$")[0],
+                          errors="coerce").to_numpy(dtype=np.float64)
+    else:
+        y = np.full(len(items), np.nan)
+    return np.where((y > 1800) & (y < 2200), y, np.nan)

@@ -1,0 +1,279 @@
+"""Background training jobs: each run trains in its own OS process, never in the UI thread.
+
+The app (or anything else) calls :func:`start_training`; it creates the run in the store
+(status ``queued``), launches ``python -m dssm_core train --db URL --dataset-id N --run-id R
+--config-json ...`` in a new process session, and records the child's pid. The child reports
+status and per-epoch metrics through the store, so progress survives page reloads, several
+runs can train at once, and a server restart does not lose them. :func:`cancel` sets the
+run's cancel flag (the trainer checks it between batches); :func:`reap_orphans` marks runs
+whose process died without finishing (kill -9, machine reboot) as failed.
+
+No module-level mutable state: everything lives in the store and in the OS.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from .config import PRESETS, TrainConfig
+
+log = logging.getLogger(__name__)
+
+#: Run statuses that mean "a process should be working on this".
+ACTIVE_STATUSES = ("queued", "running")
+#: Name given to the synthetic demo dataset created on first start.
+DEMO_NAME = "Demo (synthetic)"
+#: Lines of a dead job's log quoted in its error text.
+LOG_TAIL_LINES = 15
+#: A run still queued with no process after this many seconds is considered abandoned.
+QUEUED_GRACE_S = 300.0
+#: The repository root (parent of the ``dssm_core`` package), put on the child's PYTHONPATH.
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- paths
+def absolute_db_url(db_url: str) -> str:
+    """The URL with a relative SQLite file path made absolute (the child may not share our cwd).
+
+    Other URLs (PostgreSQL, in-memory SQLite) are returned unchanged.
+    """
+    url = make_url(db_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        if not url.database.startswith("file:"):
+            url = url.set(database=str(Path(url.database).expanduser().resolve()))
+    return url.render_as_string(hide_password=False)
+
+
+def data_dir(db_url: str) -> Path:
+    """Where job logs and locks go: the SQLite file's folder, else ``$DSSM_DATA_DIR`` (./data)."""
+    url = make_url(db_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return Path(url.database).expanduser().resolve().parent
+    return Path(os.environ.get("DSSM_DATA_DIR", "data")).resolve()
+
+
+def log_path(db_url: str, run_id: int) -> Path:
+    """The file the training process of ``run_id`` writes its stdout and stderr to."""
+    return data_dir(db_url) / "logs" / f"run-{int(run_id)}.log"
+
+
+def store_url(store: Any) -> str:
+    """The database URL of a ``Store``, password included (it is handed to our own child)."""
+    engine = getattr(store, "engine", None)
+    if engine is not None:
+        return engine.url.render_as_string(hide_password=False)
+    url = getattr(store, "url", None)
+    if isinstance(url, str) and url:
+        return url
+    raise ValueError("the store has neither an 'engine' nor a 'url' attribute")
+
+
+def _open_store(db_url: str) -> Any:
+    from .store import Store
+
+    return Store(db_url)
+
+
+# --------------------------------------------------------------------------- processes
+def is_alive(pid: int | None) -> bool:
+    """True when ``pid`` is a live (not zombie) process that is one of our training jobs.
+
+    A child of this process that has exited is reaped here (it would otherwise linger as a
+    zombie, which ``kill(pid, 0)`` reports as alive). Where ``/proc`` exists, a pid that was
+    reused by an unrelated program (its command line does not mention ``dssm_core``) counts
+    as dead.
+    """
+    if pid is None or int(pid) <= 0:
+        return False
+    pid = int(pid)
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: ask the OS below
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else; cannot tell more
+    proc = Path("/proc") / str(pid)
+    if proc.is_dir():
+        try:
+            stat = (proc / "stat").read_text()
+            state = stat[stat.rindex(")") + 2:].split()[0]
+            if state in ("Z", "X"):
+                return False
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+            return b"dssm_core" in cmdline
+        except (OSError, ValueError, IndexError):
+            return False
+    return True
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def _log_tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+# --------------------------------------------------------------------------- public API
+def build_command(db_url: str, dataset_id: int, run_id: int, cfg: TrainConfig) -> list[str]:
+    """The argv of the training process for one run (no shell is involved)."""
+    return [
+        sys.executable, "-m", "dssm_core", "train",
+        "--db", db_url,
+        "--dataset-id", str(int(dataset_id)),
+        "--run-id", str(int(run_id)),
+        "--config-json", json.dumps(cfg.to_dict(), sort_keys=True),
+    ]
+
+
+def start_training(db_url: str, dataset_id: int, cfg: TrainConfig) -> int:
+    """Create a queued run for ``dataset_id`` and train it in a new background process.
+
+    The child runs in its own process session (closing the browser tab or stopping the
+    Streamlit script does not stop it), writes stdout/stderr to :func:`log_path`, and reports
+    progress through the store. Returns the new run id at once.
+    Raises ``ValueError`` for an unknown dataset.
+    """
+    db_url = absolute_db_url(db_url)
+    store = _open_store(db_url)
+    store.get_dataset(int(dataset_id))  # StoreError (a ValueError) when unknown
+    run_id = int(store.create_run(
+        int(dataset_id), cfg.to_dict(),
+        preset=cfg.preset, objective=cfg.objective, protocol=cfg.protocol,
+    ))
+    logfile = log_path(db_url, run_id)
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    env.setdefault("OMP_NUM_THREADS", str(cfg.num_threads))
+    env.setdefault("MKL_NUM_THREADS", str(cfg.num_threads))
+    env["PYTHONUNBUFFERED"] = "1"
+    cmd = build_command(db_url, dataset_id, run_id, cfg)
+    try:
+        with open(logfile, "ab") as out:
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True, close_fds=True,
+            )
+    except OSError as exc:
+        store.fail_run(run_id, f"could not start the training process: {exc}")
+        raise
+    # Record the pid at once so reap_orphans can tell a dead job from one still starting.
+    # The child marks itself running with the same pid once its imports are done.
+    try:
+        store.mark_running(run_id, proc.pid)
+    except ValueError:  # the child already ended the run (it failed fast, or finished)
+        log.info("run %d ended before its pid was recorded", run_id)
+    log.info("run %d: training process %d started (log %s)", run_id, proc.pid, logfile)
+    return run_id
+
+
+def cancel(db_url: str, run_id: int) -> None:
+    """Ask run ``run_id`` to stop: its trainer checks the flag between batches and marks the
+    run cancelled. A queued/running run whose process is already gone is marked cancelled
+    here. Raises ``ValueError`` when the run does not exist or has already ended.
+    """
+    db_url = absolute_db_url(db_url)
+    store = _open_store(db_url)
+    run = store.get_run(int(run_id))  # StoreError (a ValueError) when unknown
+    if run.get("status") not in ACTIVE_STATUSES:
+        raise ValueError(f"run {run_id} has already ended ({run.get('status')}); nothing to cancel")
+    store.request_cancel(int(run_id))
+    if not is_alive(run.get("pid")):
+        store.fail_run(int(run_id), "cancelled before its process ran", status="cancelled")
+
+
+def reap_orphans(store: Any, *, queued_grace_s: float = QUEUED_GRACE_S) -> list[int]:
+    """Mark queued/running runs whose process is dead as failed; returns their ids.
+
+    Called when the app starts (and whenever the progress view sees a dead job): jobs killed
+    with the server or by kill -9 would otherwise show "running" for ever. The store re-checks
+    each run's status inside its write transaction, so a run that finishes meanwhile is left
+    alone. The error text then quotes the last lines of the job's log. A run still queued
+    without a pid ``queued_grace_s`` after it was created (its launcher died between creating
+    it and starting the process) is failed too.
+    """
+    url = store_url(store)
+    reaped = [int(r) for r in store.mark_orphans_failed(is_alive)]
+    now = datetime.now(timezone.utc)
+    for run in store.list_runs():
+        created = run.get("created_at")
+        if (run.get("status") == "queued" and run.get("pid") is None
+                and isinstance(created, datetime)
+                and (now - _aware(created)).total_seconds() > queued_grace_s):
+            try:
+                store.fail_run(int(run["id"]), "the training process never started")
+            except ValueError:
+                continue
+            reaped.append(int(run["id"]))
+    for run_id in reaped:
+        tail = _log_tail(log_path(url, run_id))
+        run = store.get_run(run_id)
+        if tail and run.get("status") == "failed":
+            text = (f"{run.get('error') or 'the training process stopped unexpectedly'} "
+                    f"(pid {run.get('pid')}: killed, crashed, or the server stopped).\n"
+                    f"Last lines of its log:\n{tail}")
+            try:
+                store.fail_run(run_id, text)
+            except ValueError:
+                pass
+        log.warning("run %d: its process is gone; marked failed", run_id)
+    return reaped
+
+
+def active_runs(store: Any) -> list[dict[str, Any]]:
+    """The runs that are queued or training right now (newest first, as the store lists)."""
+    return [r for r in store.list_runs() if r.get("status") in ACTIVE_STATUSES]
+
+
+def ensure_demo(
+    store: Any, cfg: TrainConfig | None = None, *, sizes: dict[str, int] | None = None
+) -> tuple[int, int] | None:
+    """On first start (no dataset in the store) add the synthetic demo and start training it.
+
+    Returns ``(dataset_id, run_id)`` when it did so, ``None`` when the store already had a
+    dataset. A file lock in :func:`data_dir` keeps two app sessions (or two servers on one
+    store) from both creating the demo. ``sizes`` are ``synthetic.generate`` arguments
+    (defaults: about 2,000 users, 1,000 items, 100,000 interactions).
+    """
+    import fcntl
+
+    from . import synthetic
+
+    url = store_url(store)
+    lock = data_dir(url) / ".demo.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            if store.list_datasets():
+                return None
+            ds = synthetic.generate(**(sizes or {}))
+            dataset_id = int(store.add_dataset(ds, name=DEMO_NAME))
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    run_id = start_training(url, dataset_id, cfg or PRESETS["default"])
+    log.info("first start: demo dataset %d added, training run %d", dataset_id, run_id)
+    return dataset_id, run_id

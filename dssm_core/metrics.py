@@ -1,0 +1,209 @@
+"""Evaluation metrics: pure numpy functions, no state, no torch.
+
+Classification (pointwise scores): ``auc``, ``logloss``.
+Retrieval, in either direction (a query is a user and the candidates items, or a query is an
+item and the candidates users): ``recall_at_k``, ``hit_rate_at_k``, ``ndcg_at_k`` over a score
+matrix ``(Q, N)``, with exact ranking (every candidate scored; ties broken by the lower
+candidate index) and already-seen filtering (``exclude``: candidates removed from a query's
+ranking before the top K is taken). ``ranking_counts`` returns the per-query numbers so a
+caller can evaluate a large set chunk by chunk and ``summarize`` the totals.
+
+Metric names are stable strings built by ``metric_name``: ``"recall@50"``, ``"ndcg@10"``...
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+#: Probabilities are clipped to [EPS, 1 - EPS] before taking logs.
+EPS = 1e-7
+
+Relevance = np.ndarray | Sequence[Sequence[int]]
+
+
+def metric_name(metric: str, k: int) -> str:
+    """The stable name of a top-K metric, e.g. ``metric_name("recall", 50) == "recall@50"``."""
+    return f"{metric}@{int(k)}"
+
+
+def auc(labels: np.ndarray | Sequence[float], scores: np.ndarray | Sequence[float]) -> float:
+    """Area under the ROC curve: the probability that a random positive outranks a random
+    negative, ties counted one half (Mann-Whitney U with average ranks).
+
+    Raises ValueError when the lengths differ or only one class is present.
+    """
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"labels ({len(y)}) and scores ({len(s)}) differ in length")
+    pos = y > 0.5
+    n_pos = int(pos.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUC needs both positive and negative labels")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores contain NaN or infinity")
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    # average rank (1-based) of each tie group
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    avg = (starts + ends + 1) / 2.0                      # mean of ranks starts+1 .. ends
+    ranks = np.empty(len(s), dtype=np.float64)
+    ranks[order] = np.repeat(avg, ends - starts)
+    u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def logloss(labels: np.ndarray | Sequence[float], probs: np.ndarray | Sequence[float],
+            eps: float = EPS) -> float:
+    """Mean binary cross-entropy of probabilities clipped to ``[eps, 1 - eps]``."""
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"labels ({len(y)}) and probs ({len(p)}) differ in length")
+    if len(y) == 0:
+        raise ValueError("logloss of zero samples")
+    if not 0 < eps < 0.5:
+        raise ValueError(f"eps must be in (0, 0.5), got {eps}")
+    p = np.clip(p, eps, 1.0 - eps)
+    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))
+
+
+def _as_mask(x: Relevance | None, shape: tuple[int, int], what: str) -> np.ndarray:
+    """A (Q, N) bool mask from a bool matrix or from one list of candidate indices per query."""
+    q, n = shape
+    if x is None:
+        return np.zeros(shape, dtype=bool)
+    if isinstance(x, np.ndarray) and x.dtype == bool and x.ndim == 2:
+        if x.shape != shape:
+            raise ValueError(f"{what} mask has shape {x.shape}, scores have {shape}")
+        return x
+    if len(x) != q:
+        raise ValueError(f"{what} has {len(x)} entries, scores have {q} queries")
+    mask = np.zeros(shape, dtype=bool)
+    for row, idx in enumerate(x):
+        idx = np.asarray(idx, dtype=np.int64).ravel()
+        if len(idx) and (idx.min() < 0 or idx.max() >= n):
+            raise ValueError(f"{what} index out of range [0, {n}) in query {row}")
+        mask[row, idx] = True
+    return mask
+
+
+def top_k(scores: np.ndarray, k: int, exclude: Relevance | None = None) -> np.ndarray:
+    """Indices (Q, min(k, N)) of each query's k best candidates, best first, excluded ones
+    left out (a query with fewer than k candidates left is padded with -1). Exact: every
+    candidate is scored; ties go to the lower index."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2:
+        raise ValueError(f"scores must be (queries, candidates), got shape {s.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    ex = _as_mask(exclude, s.shape, "exclude")
+    k = min(int(k), s.shape[1])
+    s = np.where(ex, -np.inf, s)
+    # stable sort of -score keeps the lower index first among equal scores
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    top = order.astype(np.int64)
+    taken = np.take_along_axis(ex, order, axis=1)
+    top[taken] = -1
+    return top
+
+
+def ranking_counts(
+    scores: np.ndarray,
+    relevant: Relevance,
+    ks: Iterable[int],
+    exclude: Relevance | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-query counts for recall/hit-rate/NDCG at every k in ``ks``.
+
+    scores: (Q, N) higher = better. relevant: (Q, N) bool or per-query candidate indices.
+    exclude: already-seen candidates, removed from the ranking (a relevant candidate that is
+    also excluded is not counted as relevant).
+    Returns ``n_relevant`` (Q,) and, per k, ``hits@k`` (Q,) and ``ndcg@k`` (Q,).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2:
+        raise ValueError(f"scores must be (queries, candidates), got shape {s.shape}")
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    rel = _as_mask(relevant, s.shape, "relevant")
+    ex = _as_mask(exclude, s.shape, "exclude")
+    rel = rel & ~ex
+    n_rel = rel.sum(axis=1)
+    out: dict[str, np.ndarray] = {"n_relevant": n_rel}
+    if s.shape[1] == 0:
+        for k in ks:
+            out[metric_name("hits", k)] = np.zeros(len(s))
+            out[metric_name("ndcg", k)] = np.zeros(len(s))
+        return out
+    top = top_k(s, max(ks), ex)                                   # (Q, K)
+    got = np.where(top >= 0, np.take_along_axis(rel, np.maximum(top, 0), axis=1), False)
+    discount = 1.0 / np.log2(np.arange(2, top.shape[1] + 2))       # (K,)
+    for k in ks:
+        kk = min(k, top.shape[1])
+        hits = got[:, :kk].sum(axis=1)
+        dcg = (got[:, :kk] * discount[:kk]).sum(axis=1)
+        ideal_n = np.minimum(n_rel, kk)
+        idcg = np.cumsum(np.r_[0.0, discount[:kk]])[ideal_n]
+        out[metric_name("hits", k)] = hits.astype(np.float64)
+        out[metric_name("ndcg", k)] = np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1), 0.0)
+    return out
+
+
+def summarize(counts: dict[str, np.ndarray], ks: Iterable[int],
+              average: str = "query") -> dict[str, float]:
+    """recall@k, hit_rate@k, ndcg@k from ``ranking_counts`` output (possibly concatenated
+    over chunks). Queries with no relevant candidate are skipped.
+
+    average="query": mean over queries of hits / n_relevant (macro);
+    average="relevant": total hits / total relevant (micro: each relevant pair counts once).
+    hit_rate and ndcg are always means over queries.
+    """
+    if average not in ("query", "relevant"):
+        raise ValueError(f"average must be 'query' or 'relevant', got {average!r}")
+    n_rel = np.asarray(counts["n_relevant"], dtype=np.float64)
+    keep = n_rel > 0
+    out: dict[str, float] = {}
+    for k in sorted({int(k) for k in ks}):
+        hits = np.asarray(counts[metric_name("hits", k)], dtype=np.float64)[keep]
+        ndcg = np.asarray(counts[metric_name("ndcg", k)], dtype=np.float64)[keep]
+        nr = n_rel[keep]
+        if not keep.any():
+            out[metric_name("recall", k)] = float("nan")
+            out[metric_name("hit_rate", k)] = float("nan")
+            out[metric_name("ndcg", k)] = float("nan")
+            continue
+        if average == "query":
+            recall = float(np.mean(hits / nr))
+        else:
+            recall = float(hits.sum() / nr.sum())
+        out[metric_name("recall", k)] = recall
+        out[metric_name("hit_rate", k)] = float(np.mean(hits > 0))
+        out[metric_name("ndcg", k)] = float(np.mean(ndcg))
+    return out
+
+
+def recall_at_k(scores: np.ndarray, relevant: Relevance, k: int,
+                exclude: Relevance | None = None, average: str = "query") -> float:
+    """Share of each query's relevant candidates found in its top k (mean over queries with
+    at least one relevant candidate; ``average="relevant"`` pools all pairs)."""
+    return summarize(ranking_counts(scores, relevant, [k], exclude), [k], average)[
+        metric_name("recall", k)]
+
+
+def hit_rate_at_k(scores: np.ndarray, relevant: Relevance, k: int,
+                  exclude: Relevance | None = None) -> float:
+    """Share of queries with at least one relevant candidate in their top k."""
+    return summarize(ranking_counts(scores, relevant, [k], exclude), [k])[
+        metric_name("hit_rate", k)]
+
+
+def ndcg_at_k(scores: np.ndarray, relevant: Relevance, k: int,
+              exclude: Relevance | None = None) -> float:
+    """Mean normalised discounted cumulative gain at k (binary relevance, log2 discount)."""
+    return summarize(ranking_counts(scores, relevant, [k], exclude), [k])[
+        metric_name("ndcg", k)]

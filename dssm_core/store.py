@@ -1,0 +1,911 @@
+"""Stored datasets, training runs, embeddings, projections and audiences (SQLAlchemy 2.x).
+
+One repository class, :class:`Store`, given an engine or a URL. SQLite is the default (a file in
+``$DSSM_DATA_DIR``, WAL mode, foreign keys on, a busy timeout, writes under ``BEGIN IMMEDIATE``
+so several processes - training jobs and the app - can share it); PostgreSQL works by URL
+(``postgresql+psycopg://...``) with the same code.
+
+Storage choices:
+
+* Canonical dataset tables are Parquet bytes (never pickle), so ``load_dataset`` round-trips
+  dtypes and list-valued genres exactly.
+* Embeddings: per (run, kind) one row holding the ids (a ``.npy`` of fixed-width unicode,
+  ``allow_pickle=False``) and the float32 matrix split into chunks of ``CHUNK_ROWS`` rows, so a
+  run's million vectors load in one ``SELECT`` of a few rows (not a million fetches), no single
+  value grows past what PostgreSQL's ``bytea`` accepts, and ``get_vectors`` reads only the chunks
+  that hold the requested ids.
+* ``finish_run`` writes weights, encoders, embeddings, summary and ``status='succeeded'`` in one
+  transaction: a process killed before the commit leaves a run that is still queued/running
+  (later marked failed by ``mark_orphans_failed``) and none of its artefacts.
+
+The store knows nothing of torch: weights are opaque bytes (the pipeline saves them with
+``torch.save`` and reads them with ``torch.load(..., weights_only=True)``).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from .dataset import Dataset
+
+log = logging.getLogger(__name__)
+
+#: Version of the schema this code writes. A database with a newer version is refused.
+SCHEMA_VERSION = 1
+#: Rows of an embedding matrix per stored chunk (d=64: 16 MiB a chunk).
+CHUNK_ROWS = 65_536
+#: Run states. A run is "active" while queued or running.
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+ACTIVE_STATUSES = ("queued", "running")
+ORPHAN_ERROR = "the training process stopped unexpectedly"
+EMBEDDING_KINDS = ("user", "item")
+
+
+class StoreError(ValueError):
+    """A problem with the database the person can act on (unknown id, newer schema...)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaVersion(Base):
+    __tablename__ = "schema_version"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class DatasetRow(Base):
+    __tablename__ = "datasets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(400))
+    format: Mapped[str] = mapped_column(String(64))
+    n_users: Mapped[int] = mapped_column(Integer)
+    n_items: Mapped[int] = mapped_column(Integer)
+    n_interactions: Mapped[int] = mapped_column(Integer)
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    rating_scale: Mapped[Any] = mapped_column(JSON, nullable=True)
+    warnings: Mapped[Any] = mapped_column(JSON)
+    truth: Mapped[Any] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DatasetTableRow(Base):
+    """One canonical table of a dataset (interactions, users, items) as Parquet bytes."""
+
+    __tablename__ = "dataset_tables"
+    dataset_id: Mapped[int] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class RunRow(Base):
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[int] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    config: Mapped[Any] = mapped_column(JSON)
+    preset: Mapped[str] = mapped_column(String(64))
+    objective: Mapped[str] = mapped_column(String(32))
+    protocol: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    summary: Mapped[Any] = mapped_column(JSON, nullable=True)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    epochs_total: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class EpochRow(Base):
+    __tablename__ = "epoch_metrics"
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    metrics: Mapped[Any] = mapped_column(JSON)
+
+
+class WeightsRow(Base):
+    __tablename__ = "model_weights"
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class EncodersRow(Base):
+    __tablename__ = "encoders"
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[Any] = mapped_column(JSON)
+
+
+class EmbeddingRow(Base):
+    """Header of one embedding matrix: its ids (one .npy blob) and shape."""
+
+    __tablename__ = "embeddings"
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)
+    dim: Mapped[int] = mapped_column(Integer)
+    chunk_rows: Mapped[int] = mapped_column(Integer)
+    ids: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class EmbeddingChunkRow(Base):
+    """Rows ``[chunk * chunk_rows, (chunk + 1) * chunk_rows)`` of a matrix, float32 C order."""
+
+    __tablename__ = "embedding_chunks"
+    run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    # composite FK to the header: deleting the header (or its run) deletes the chunks
+    __table_args__ = (
+        ForeignKeyConstraint(["run_id", "kind"], ["embeddings.run_id", "embeddings.kind"],
+                             ondelete="CASCADE"),
+    )
+
+
+class ProjectionRow(Base):
+    __tablename__ = "projections"
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    ids: Mapped[bytes] = mapped_column(LargeBinary)
+    xy: Mapped[bytes] = mapped_column(LargeBinary)
+    params: Mapped[Any] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AudienceRow(Base):
+    __tablename__ = "audiences"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(400))
+    definition: Mapped[Any] = mapped_column(JSON)
+    size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AudienceMemberRow(Base):
+    __tablename__ = "audience_members"
+    audience_id: Mapped[int] = mapped_column(
+        ForeignKey("audiences.id", ondelete="CASCADE"), primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(200))
+    score: Mapped[float] = mapped_column(Float)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers (pure functions)
+# --------------------------------------------------------------------------------------------
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; everything stored is UTC."""
+    if dt is None:
+        return None
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON values; non-finite floats become None (PostgreSQL's JSON rejects NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if obj is None or isinstance(obj, (int, str)):
+        return obj
+    raise TypeError(f"cannot store a value of type {type(obj).__name__} as JSON")
+
+
+def _truth_to_json(truth: dict[str, Any]) -> dict[str, Any]:
+    """``Dataset.truth`` as JSON: Series are tagged so they come back as Series."""
+    out: dict[str, Any] = {}
+    for key, val in truth.items():
+        if isinstance(val, pd.Series):
+            out[key] = {"__series__": True, "name": val.name,
+                        "index": [str(i) for i in val.index], "values": _jsonable(val.to_numpy())}
+        else:
+            out[key] = _jsonable(val)
+    return out
+
+
+def _truth_from_json(data: dict[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, val in (data or {}).items():
+        if isinstance(val, dict) and val.get("__series__"):
+            out[key] = pd.Series(val["values"], index=pd.Index(val["index"], dtype=object),
+                                 name=val["name"])
+        else:
+            out[key] = val
+    return out
+
+
+def _list_columns(df: pd.DataFrame) -> list[str]:
+    """Object columns whose values are lists (e.g. ``genres``)."""
+    cols = []
+    for c in df.columns:
+        if df[c].dtype == object and len(df) and isinstance(df[c].iloc[0], (list, tuple)):
+            cols.append(c)
+    return cols
+
+
+def _frame_to_parquet(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, engine="pyarrow", index=False)
+    return buf.getvalue()
+
+
+def _frame_from_parquet(data: bytes) -> pd.DataFrame:
+    df = pd.read_parquet(io.BytesIO(data), engine="pyarrow")
+    # Arrow list columns come back as numpy arrays per cell; the canonical form is list[str].
+    for c in df.columns:
+        if df[c].dtype == object and len(df) and isinstance(df[c].iloc[0], np.ndarray):
+            df[c] = [list(v) if v is not None else [] for v in df[c]]
+    return df
+
+
+def _ids_to_bytes(ids: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(ids).astype(str), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _ids_from_bytes(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _array_to_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _check_matrix(ids: Any, vectors: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    ids_arr = np.asarray(ids).astype(str)
+    vec = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+    if vec.ndim != 2:
+        raise ValueError(f"{what} vectors must be 2-D (N, D), got shape {vec.shape}")
+    if ids_arr.ndim != 1 or len(ids_arr) != vec.shape[0]:
+        raise ValueError(f"{what}: {len(ids_arr)} ids for {vec.shape[0]} vectors")
+    if len(np.unique(ids_arr)) != len(ids_arr):
+        raise ValueError(f"{what} ids are not unique")
+    return ids_arr, vec
+
+
+def default_url() -> str:
+    """``$DSSM_DB_URL``, else ``sqlite:///$DSSM_DATA_DIR/dssm.db`` (``DSSM_DATA_DIR``: ./data)."""
+    url = os.environ.get("DSSM_DB_URL")
+    if url:
+        return url
+    data_dir = Path(os.environ.get("DSSM_DATA_DIR", "data"))
+    return f"sqlite:///{data_dir / 'dssm.db'}"
+
+
+def _prepare_sqlite_file(url: str) -> None:
+    """Create the folder of a SQLite file URL (not for ``:memory:``)."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+        Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def make_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
+    """An engine with this project's SQLite settings (WAL, foreign keys, busy timeout).
+
+    SQLite transactions that write start with ``BEGIN IMMEDIATE`` (so two writers queue on the
+    busy timeout instead of failing on a lock upgrade); reads start with a plain ``BEGIN``.
+    """
+    _prepare_sqlite_file(url)
+    is_sqlite = url.startswith("sqlite")
+    kwargs: dict[str, Any] = {}
+    if is_sqlite:
+        kwargs["connect_args"] = {"timeout": busy_timeout_ms / 1000.0, "check_same_thread": False}
+    else:
+        kwargs["pool_pre_ping"] = True
+    engine = create_engine(url, **kwargs)
+    if is_sqlite:
+        _configure_sqlite(engine, busy_timeout_ms)
+    return engine
+
+
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # the driver leaves BEGIN to us (see _on_begin)
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        cur.execute("PRAGMA foreign_keys = ON")
+        if engine.url.database not in (None, "", ":memory:"):
+            cur.execute("PRAGMA page_size = 16384")  # only takes effect on a new file
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        write = conn.get_execution_options().get("dssm_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+# --------------------------------------------------------------------------------------------
+# The repository
+# --------------------------------------------------------------------------------------------
+class Store:
+    """Repository over the database: datasets, runs, embeddings, projections, audiences.
+
+    ``url_or_engine``: a SQLAlchemy URL string, an :class:`~sqlalchemy.engine.Engine` (use
+    :func:`make_engine` for the SQLite settings), or ``None`` for :func:`default_url`.
+    Tables are created on first use; a database written by a newer schema is refused.
+    Public methods return plain Python/pandas/numpy values, never ORM objects.
+    """
+
+    def __init__(self, url_or_engine: str | Engine | None = None) -> None:
+        if isinstance(url_or_engine, Engine):
+            self.engine = url_or_engine
+        else:
+            self.engine = make_engine(url_or_engine or default_url())
+        self._init_schema()
+
+    @staticmethod
+    def default_url() -> str:
+        """See :func:`default_url`."""
+        return default_url()
+
+    @property
+    def url(self) -> str:
+        """The database URL with any password hidden."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def dispose(self) -> None:
+        """Close pooled connections (call before deleting a SQLite file)."""
+        self.engine.dispose()
+
+    # -- sessions ------------------------------------------------------------------------------
+    @contextmanager
+    def _session(self, *, write: bool = False) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on any error."""
+        with self.engine.connect() as conn:
+            if write:
+                conn.execution_options(dssm_write=True)
+            with Session(bind=conn, expire_on_commit=False) as session:
+                with session.begin():
+                    yield session
+
+    def _init_schema(self) -> None:
+        Base.metadata.create_all(self.engine, checkfirst=True)
+        with self._session(write=True) as s:
+            row = s.get(SchemaVersion, 1)
+            if row is None:
+                s.add(SchemaVersion(id=1, version=SCHEMA_VERSION))
+            elif row.version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the database at {self.url} uses schema version {row.version}, newer than "
+                    f"this program supports ({SCHEMA_VERSION}); upgrade dssm_core or use "
+                    "another database"
+                )
+
+    # -- datasets ------------------------------------------------------------------------------
+    def add_dataset(self, ds: Dataset, name: str | None = None) -> int:
+        """Store a dataset (its three canonical tables as Parquet) and return its id."""
+        tables = {
+            "interactions": _frame_to_parquet(ds.interactions),
+            "users": _frame_to_parquet(ds.users),
+            "items": _frame_to_parquet(ds.items),
+        }
+        h = hashlib.sha256()
+        for kind in ("interactions", "users", "items"):
+            h.update(kind.encode())
+            h.update(tables[kind])
+        inter = ds.interactions
+        row = DatasetRow(
+            name=(name or ds.name or ds.format or "dataset")[:400],
+            format=ds.format,
+            n_users=int(inter["user_id"].nunique()) if len(inter) else int(len(ds.users)),
+            n_items=int(inter["item_id"].nunique()) if len(inter) else int(len(ds.items)),
+            n_interactions=int(len(inter)),
+            content_hash=h.hexdigest(),
+            rating_scale=list(ds.rating_scale) if ds.rating_scale is not None else None,
+            warnings=list(ds.warnings),
+            truth=_truth_to_json(ds.truth),
+            created_at=_now(),
+        )
+        with self._session(write=True) as s:
+            s.add(row)
+            s.flush()
+            for kind, data in tables.items():
+                s.add(DatasetTableRow(dataset_id=row.id, kind=kind, data=data))
+            dataset_id = int(row.id)
+        log.info("stored dataset %s (%s)", dataset_id, row.name)
+        return dataset_id
+
+    @staticmethod
+    def _dataset_dict(r: DatasetRow) -> dict[str, Any]:
+        return {
+            "id": r.id, "name": r.name, "format": r.format, "n_users": r.n_users,
+            "n_items": r.n_items, "n_interactions": r.n_interactions,
+            "content_hash": r.content_hash,
+            "rating_scale": tuple(r.rating_scale) if r.rating_scale is not None else None,
+            "warnings": list(r.warnings or []), "created_at": _utc(r.created_at),
+        }
+
+    def list_datasets(self) -> list[dict[str, Any]]:
+        """Every dataset, newest first, as plain dicts (no table data)."""
+        with self._session() as s:
+            rows = s.scalars(select(DatasetRow).order_by(DatasetRow.id.desc())).all()
+            return [self._dataset_dict(r) for r in rows]
+
+    def get_dataset(self, dataset_id: int) -> dict[str, Any]:
+        """One dataset's metadata; ``StoreError`` if unknown."""
+        with self._session() as s:
+            r = s.get(DatasetRow, int(dataset_id))
+            if r is None:
+                raise StoreError(f"no dataset with id {dataset_id}")
+            return self._dataset_dict(r)
+
+    def find_dataset(self, content_hash: str) -> int | None:
+        """The newest dataset with this content hash, or None."""
+        with self._session() as s:
+            return s.scalar(select(DatasetRow.id).where(DatasetRow.content_hash == content_hash)
+                            .order_by(DatasetRow.id.desc()).limit(1))
+
+    def load_dataset(self, dataset_id: int) -> Dataset:
+        """The stored dataset, exactly as it was added (dtypes, list-valued genres, truth)."""
+        with self._session() as s:
+            r = s.get(DatasetRow, int(dataset_id))
+            if r is None:
+                raise StoreError(f"no dataset with id {dataset_id}")
+            tables = dict(s.execute(select(DatasetTableRow.kind, DatasetTableRow.data)
+                                    .where(DatasetTableRow.dataset_id == r.id)).all())
+            meta = self._dataset_dict(r)
+            truth = _truth_from_json(r.truth)
+        return Dataset(
+            interactions=_frame_from_parquet(tables["interactions"]),
+            users=_frame_from_parquet(tables["users"]),
+            items=_frame_from_parquet(tables["items"]),
+            format=meta["format"], name=meta["name"], rating_scale=meta["rating_scale"],
+            warnings=meta["warnings"], truth=truth,
+        )
+
+    def delete_dataset(self, dataset_id: int) -> None:
+        """Delete a dataset with its runs and everything they own."""
+        with self._session(write=True) as s:
+            if s.get(DatasetRow, int(dataset_id)) is None:
+                raise StoreError(f"no dataset with id {dataset_id}")
+            s.execute(delete(DatasetRow).where(DatasetRow.id == int(dataset_id)))
+
+    # -- runs ----------------------------------------------------------------------------------
+    def create_run(self, dataset_id: int, config: dict[str, Any], *, preset: str = "custom",
+                   objective: str = "pointwise", protocol: str = "T") -> int:
+        """A new queued run of ``dataset_id`` with ``config`` (``TrainConfig.to_dict()``)."""
+        with self._session(write=True) as s:
+            if s.get(DatasetRow, int(dataset_id)) is None:
+                raise StoreError(f"no dataset with id {dataset_id}")
+            row = RunRow(
+                dataset_id=int(dataset_id), config=_jsonable(config), preset=preset,
+                objective=objective, protocol=protocol, status="queued", pid=None,
+                cancel_requested=False, created_at=_now(), epoch=0,
+                epochs_total=int(config.get("epochs", 0) or 0),
+            )
+            s.add(row)
+            s.flush()
+            return int(row.id)
+
+    def _run(self, s: Session, run_id: int) -> RunRow:
+        r = s.get(RunRow, int(run_id))
+        if r is None:
+            raise StoreError(f"no run with id {run_id}")
+        return r
+
+    def mark_running(self, run_id: int, pid: int | None = None) -> None:
+        """Queued -> running, recording the training process id and the start time."""
+        with self._session(write=True) as s:
+            r = self._run(s, run_id)
+            if r.status not in ACTIVE_STATUSES:
+                raise StoreError(f"run {run_id} is {r.status}; it cannot start")
+            r.status = "running"
+            r.pid = int(pid) if pid is not None else os.getpid()
+            r.started_at = _now()
+
+    def add_epoch(self, run_id: int, metrics: dict[str, Any]) -> None:
+        """Record one epoch's metrics (``metrics["epoch"]``, else the next number)."""
+        with self._session(write=True) as s:
+            r = self._run(s, run_id)
+            epoch = metrics.get("epoch")
+            if epoch is None:
+                last = s.scalar(select(func.max(EpochRow.epoch)).where(EpochRow.run_id == r.id))
+                epoch = (last or 0) + 1
+            epoch = int(epoch)
+            existing = s.get(EpochRow, (r.id, epoch))
+            if existing is not None:
+                existing.metrics = _jsonable(metrics)
+            else:
+                s.add(EpochRow(run_id=r.id, epoch=epoch, metrics=_jsonable(metrics)))
+            r.epoch = max(r.epoch or 0, epoch)
+
+    def request_cancel(self, run_id: int) -> None:
+        """Ask the training process to stop (it checks ``cancel_requested`` between batches)."""
+        with self._session(write=True) as s:
+            self._run(s, run_id).cancel_requested = True
+
+    def cancel_requested(self, run_id: int) -> bool:
+        """True once ``request_cancel`` was called for this run."""
+        with self._session() as s:
+            return bool(self._run(s, run_id).cancel_requested)
+
+    def fail_run(self, run_id: int, error: str, *, status: str = "failed") -> None:
+        """End a run as ``failed`` (with the error text) or ``cancelled``."""
+        if status not in ("failed", "cancelled"):
+            raise ValueError(f"status must be 'failed' or 'cancelled', got {status!r}")
+        with self._session(write=True) as s:
+            r = self._run(s, run_id)
+            if r.status == "succeeded":
+                raise StoreError(f"run {run_id} already succeeded")
+            r.status = status
+            r.error = str(error)
+            r.finished_at = _now()
+
+    def finish_run(self, run_id: int, *, summary: dict[str, Any], weights: bytes,
+                   encoders: dict[str, Any], user_ids: Any, user_vectors: Any,
+                   item_ids: Any, item_vectors: Any) -> None:
+        """Write weights, encoders, both embedding matrices, the summary and ``succeeded``
+        in ONE transaction: either all of it is visible afterwards or none of it."""
+        uids, uvec = _check_matrix(user_ids, user_vectors, "user")
+        iids, ivec = _check_matrix(item_ids, item_vectors, "item")
+        if uvec.shape[1] != ivec.shape[1]:
+            raise ValueError(f"user and item vectors differ in size: {uvec.shape[1]} vs "
+                             f"{ivec.shape[1]}")
+        if not isinstance(weights, (bytes, bytearray, memoryview)):
+            raise ValueError("weights must be bytes (torch.save output)")
+        enc = _jsonable(encoders)
+        summ = _jsonable(summary)
+        with self._session(write=True) as s:
+            r = self._run(s, run_id)
+            if r.status not in ACTIVE_STATUSES:
+                raise StoreError(f"run {run_id} is {r.status}; only a queued or running run "
+                                 "can finish")
+            rid = r.id
+            for table in (WeightsRow, EncodersRow, EmbeddingRow):
+                s.execute(delete(table).where(table.run_id == rid))
+            s.execute(insert(WeightsRow), [{"run_id": rid, "data": bytes(weights)}])
+            s.execute(insert(EncodersRow), [{"run_id": rid, "data": enc}])
+            self._write_embeddings(s, rid, "user", uids, uvec)
+            self._write_embeddings(s, rid, "item", iids, ivec)
+            now = _now()
+            s.execute(update(RunRow).where(RunRow.id == rid).values(
+                status="succeeded", summary=summ, finished_at=now, error=None,
+                started_at=func.coalesce(RunRow.started_at, now)))
+        log.info("run %s succeeded (%d users, %d items)", rid, len(uids), len(iids))
+
+    def _write_embeddings(self, s: Session, run_id: int, kind: str, ids: np.ndarray,
+                          vectors: np.ndarray) -> None:
+        n, dim = vectors.shape
+        s.execute(insert(EmbeddingRow), [{
+            "run_id": run_id, "kind": kind, "n": n, "dim": dim, "chunk_rows": CHUNK_ROWS,
+            "ids": _ids_to_bytes(ids)}])
+        for c, start in enumerate(range(0, n, CHUNK_ROWS)):
+            self._write_chunk(s, run_id, kind, c, vectors[start:start + CHUNK_ROWS])
+
+    def _write_chunk(self, s: Session, run_id: int, kind: str, chunk: int,
+                     block: np.ndarray) -> None:
+        s.execute(insert(EmbeddingChunkRow), [{
+            "run_id": run_id, "kind": kind, "chunk": chunk,
+            "data": memoryview(np.ascontiguousarray(block)).cast("B")}])
+
+    @staticmethod
+    def _run_dict(r: RunRow, dataset_name: str | None) -> dict[str, Any]:
+        started, finished = _utc(r.started_at), _utc(r.finished_at)
+        if started is not None:
+            end = finished or (_now() if r.status in ACTIVE_STATUSES else started)
+            duration: float | None = max(0.0, (end - started).total_seconds())
+        else:
+            duration = None
+        return {
+            "id": r.id, "dataset_id": r.dataset_id, "dataset_name": dataset_name,
+            "status": r.status, "preset": r.preset, "objective": r.objective,
+            "protocol": r.protocol, "config": dict(r.config or {}), "pid": r.pid,
+            "cancel_requested": bool(r.cancel_requested), "created_at": _utc(r.created_at),
+            "started_at": started, "finished_at": finished, "duration_s": duration,
+            "error": r.error, "summary": dict(r.summary) if r.summary else {},
+            "epoch": r.epoch or 0, "epochs_total": r.epochs_total or 0,
+        }
+
+    def list_runs(self, dataset_id: int | None = None) -> list[dict[str, Any]]:
+        """Runs (newest first) as plain dicts, with ``dataset_name`` and ``duration_s``."""
+        with self._session() as s:
+            q = (select(RunRow, DatasetRow.name).join(DatasetRow, RunRow.dataset_id == DatasetRow.id)
+                 .order_by(RunRow.id.desc()))
+            if dataset_id is not None:
+                q = q.where(RunRow.dataset_id == int(dataset_id))
+            return [self._run_dict(r, name) for r, name in s.execute(q).all()]
+
+    def get_run(self, run_id: int) -> dict[str, Any]:
+        """One run as a plain dict (see ``list_runs``); ``StoreError`` if unknown."""
+        with self._session() as s:
+            r = self._run(s, run_id)
+            name = s.scalar(select(DatasetRow.name).where(DatasetRow.id == r.dataset_id))
+            return self._run_dict(r, name)
+
+    def newest_succeeded_run(self, dataset_id: int | None = None) -> int | None:
+        """Id of the most recent succeeded run (of one dataset if given), or None."""
+        with self._session() as s:
+            q = select(RunRow.id).where(RunRow.status == "succeeded")
+            if dataset_id is not None:
+                q = q.where(RunRow.dataset_id == int(dataset_id))
+            return s.scalar(q.order_by(RunRow.id.desc()).limit(1))
+
+    def epochs(self, run_id: int) -> pd.DataFrame:
+        """Per-epoch metrics, one row per epoch in order (missing values as NaN)."""
+        with self._session() as s:
+            self._run(s, run_id)
+            rows = s.execute(select(EpochRow.epoch, EpochRow.metrics)
+                             .where(EpochRow.run_id == int(run_id))
+                             .order_by(EpochRow.epoch)).all()
+        records = [{**(m or {}), "epoch": e} for e, m in rows]
+        df = pd.DataFrame.from_records(records) if records else pd.DataFrame({"epoch": []})
+        cols = ["epoch"] + [c for c in df.columns if c != "epoch"]
+        df = df[cols]
+        for c in df.columns:
+            if df[c].dtype == object:
+                conv = pd.to_numeric(df[c], errors="coerce")
+                if conv.notna().sum() == df[c].notna().sum():
+                    df[c] = conv.astype(float)
+        return df.reset_index(drop=True)
+
+    def load_weights(self, run_id: int) -> bytes:
+        """The model weights bytes of a succeeded run (read with ``torch.load(weights_only=True)``)."""
+        with self._session() as s:
+            self._run(s, run_id)
+            data = s.scalar(select(WeightsRow.data).where(WeightsRow.run_id == int(run_id)))
+        if data is None:
+            raise StoreError(f"run {run_id} has no stored weights (it did not succeed)")
+        return bytes(data)
+
+    def load_encoders(self, run_id: int) -> dict[str, Any]:
+        """The fitted encoders' JSON of a succeeded run."""
+        with self._session() as s:
+            self._run(s, run_id)
+            data = s.scalar(select(EncodersRow.data).where(EncodersRow.run_id == int(run_id)))
+        if data is None:
+            raise StoreError(f"run {run_id} has no stored encoders (it did not succeed)")
+        return dict(data)
+
+    def _embedding_header(self, s: Session, run_id: int, kind: str) -> EmbeddingRow:
+        if kind not in EMBEDDING_KINDS:
+            raise ValueError(f"kind must be one of {EMBEDDING_KINDS}, got {kind!r}")
+        self._run(s, run_id)
+        head = s.get(EmbeddingRow, (int(run_id), kind))
+        if head is None:
+            raise StoreError(f"run {run_id} has no stored {kind} embeddings (it did not succeed)")
+        return head
+
+    def load_embeddings(self, run_id: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """All ids and vectors of one kind ("user"/"item"): ``(ids (N,), vectors (N, D))``.
+
+        One query returns the id blob and the matrix's few chunks; the float32 matrix is
+        assembled into one writable C-contiguous array.
+        """
+        with self._session() as s:
+            head = self._embedding_header(s, run_id, kind)
+            n, dim, rows_per = head.n, head.dim, head.chunk_rows
+            ids = _ids_from_bytes(head.ids)
+            out = np.empty((n, dim), dtype=np.float32)                    # (N, D)
+            flat = out.reshape(-1)
+            result = s.execute(select(EmbeddingChunkRow.chunk, EmbeddingChunkRow.data)
+                               .where(EmbeddingChunkRow.run_id == int(run_id),
+                                      EmbeddingChunkRow.kind == kind))
+            seen = 0
+            for chunk, data in result:
+                block = np.frombuffer(data, dtype=np.float32)
+                start = chunk * rows_per * dim
+                flat[start:start + block.size] = block
+                seen += block.size
+        if seen != n * dim:
+            raise StoreError(f"run {run_id}: stored {kind} embeddings are incomplete")
+        return ids, out
+
+    def get_vectors(self, run_id: int, kind: str, ids: Sequence[str]) -> np.ndarray:
+        """Vectors of some ids (in the given order), reading only the chunks that hold them.
+
+        Unknown ids raise ``ValueError`` naming them.
+        """
+        want = np.asarray([str(i) for i in ids])
+        with self._session() as s:
+            head = self._embedding_header(s, run_id, kind)
+            all_ids = _ids_from_bytes(head.ids)
+            order = np.argsort(all_ids, kind="stable")
+            pos = np.searchsorted(all_ids[order], want)
+            pos = np.minimum(pos, len(all_ids) - 1)
+            found = (len(all_ids) > 0) & (all_ids[order][pos] == want) if len(all_ids) else \
+                np.zeros(len(want), bool)
+            if not np.all(found):
+                missing = [str(x) for x in want[~found]]
+                raise ValueError(f"unknown {kind} ids in run {run_id}: "
+                                 f"{', '.join(repr(m) for m in missing[:10])}"
+                                 + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
+            rows = order[pos]
+            chunks = sorted(set((rows // head.chunk_rows).tolist()))
+            out = np.empty((len(want), head.dim), dtype=np.float32)        # (K, D)
+            data = dict(s.execute(select(EmbeddingChunkRow.chunk, EmbeddingChunkRow.data)
+                                  .where(EmbeddingChunkRow.run_id == int(run_id),
+                                         EmbeddingChunkRow.kind == kind,
+                                         EmbeddingChunkRow.chunk.in_(chunks))).all())
+            for j, row in enumerate(rows.tolist()):
+                c, off = divmod(row, head.chunk_rows)
+                block = np.frombuffer(data[c], dtype=np.float32).reshape(-1, head.dim)
+                out[j] = block[off]
+        return out
+
+    def delete_run(self, run_id: int) -> None:
+        """Delete a run with its metrics, weights, encoders, embeddings, maps and audiences."""
+        with self._session(write=True) as s:
+            self._run(s, run_id)
+            s.execute(delete(RunRow).where(RunRow.id == int(run_id)))
+
+    def mark_orphans_failed(self, is_alive: Callable[[int], bool]) -> list[int]:
+        """Queued/running runs whose recorded process is dead become ``failed``.
+
+        ``is_alive(pid)`` says whether a process still runs. Runs without a pid (queued and not
+        yet picked up) are left alone. Returns the ids marked failed.
+        """
+        with self._session() as s:
+            cands = s.execute(select(RunRow.id, RunRow.pid)
+                              .where(RunRow.status.in_(ACTIVE_STATUSES),
+                                     RunRow.pid.is_not(None))).all()
+        dead = [rid for rid, pid in cands if not is_alive(int(pid))]
+        marked: list[int] = []
+        for rid in dead:
+            with self._session(write=True) as s:
+                # re-check inside the write transaction: it may have finished meanwhile
+                res = s.execute(update(RunRow).where(RunRow.id == rid,
+                                                     RunRow.status.in_(ACTIVE_STATUSES))
+                                .values(status="failed", error=ORPHAN_ERROR, finished_at=_now()))
+                if res.rowcount:
+                    marked.append(rid)
+        if marked:
+            log.warning("runs %s: %s", marked, ORPHAN_ERROR)
+        return marked
+
+    # -- projections ---------------------------------------------------------------------------
+    def save_projection(self, run_id: int, kind: str, ids: Any, xy: Any,
+                        params: dict[str, Any]) -> None:
+        """Store (replace) the 2-D map of a run's ``kind`` vectors: ids (M,), xy (M, 2)."""
+        ids_arr = np.asarray(ids).astype(str)
+        xy_arr = np.ascontiguousarray(np.asarray(xy, dtype=np.float32))
+        if xy_arr.ndim != 2 or xy_arr.shape[0] != len(ids_arr):
+            raise ValueError(f"xy must be (M, k) for {len(ids_arr)} ids, got {xy_arr.shape}")
+        with self._session(write=True) as s:
+            self._run(s, run_id)
+            s.execute(delete(ProjectionRow).where(ProjectionRow.run_id == int(run_id),
+                                                  ProjectionRow.kind == kind))
+            s.add(ProjectionRow(run_id=int(run_id), kind=kind, ids=_ids_to_bytes(ids_arr),
+                                xy=_array_to_bytes(xy_arr), params=_jsonable(params),
+                                created_at=_now()))
+
+    def load_projection(self, run_id: int, kind: str
+                        ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+        """``(ids (M,), xy (M, 2) float32, params)`` or None when not computed yet."""
+        with self._session() as s:
+            self._run(s, run_id)
+            r = s.get(ProjectionRow, (int(run_id), kind))
+            if r is None:
+                return None
+            return (_ids_from_bytes(r.ids), np.load(io.BytesIO(r.xy), allow_pickle=False),
+                    dict(r.params or {}))
+
+    # -- audiences -----------------------------------------------------------------------------
+    def save_audience(self, run_id: int, name: str, definition: dict[str, Any],
+                      members: pd.DataFrame) -> int:
+        """Save an audience: ``members`` has ``user_id`` and ``score`` (and ``rank``, else the
+        row order is the rank). Returns the audience id."""
+        if not name or not str(name).strip():
+            raise ValueError("an audience needs a name")
+        missing = {"user_id", "score"} - set(members.columns)
+        if missing:
+            raise ValueError(f"members lack columns: {', '.join(sorted(missing))}")
+        ranks = (members["rank"].to_numpy(np.int64) if "rank" in members.columns
+                 else np.arange(1, len(members) + 1))
+        rows = [{"rank": int(r), "user_id": str(u), "score": float(sc)}
+                for r, u, sc in zip(ranks, members["user_id"].astype(str), members["score"])]
+        with self._session(write=True) as s:
+            self._run(s, run_id)
+            a = AudienceRow(run_id=int(run_id), name=str(name).strip()[:400],
+                            definition=_jsonable(definition), size=len(rows),
+                            created_at=_now())
+            s.add(a)
+            s.flush()
+            if rows:
+                for r in rows:
+                    r["audience_id"] = a.id
+                s.execute(insert(AudienceMemberRow), rows)
+            return int(a.id)
+
+    def list_audiences(self, run_id: int | None = None) -> list[dict[str, Any]]:
+        """Saved audiences (newest first): id, run_id, name, size, definition, created_at."""
+        with self._session() as s:
+            q = select(AudienceRow).order_by(AudienceRow.id.desc())
+            if run_id is not None:
+                q = q.where(AudienceRow.run_id == int(run_id))
+            return [{"id": a.id, "run_id": a.run_id, "name": a.name, "size": a.size,
+                     "definition": dict(a.definition or {}), "created_at": _utc(a.created_at)}
+                    for a in s.scalars(q).all()]
+
+    def load_audience(self, audience_id: int) -> dict[str, Any]:
+        """A saved audience as in ``list_audiences`` plus ``members``: DataFrame
+        (rank, user_id, score) ordered by rank."""
+        with self._session() as s:
+            a = s.get(AudienceRow, int(audience_id))
+            if a is None:
+                raise StoreError(f"no audience with id {audience_id}")
+            rows = s.execute(select(AudienceMemberRow.rank, AudienceMemberRow.user_id,
+                                    AudienceMemberRow.score)
+                             .where(AudienceMemberRow.audience_id == a.id)
+                             .order_by(AudienceMemberRow.rank)).all()
+            out = {"id": a.id, "run_id": a.run_id, "name": a.name, "size": a.size,
+                   "definition": dict(a.definition or {}), "created_at": _utc(a.created_at)}
+        out["members"] = pd.DataFrame({
+            "rank": np.array([r[0] for r in rows], dtype=np.int64),
+            "user_id": pd.Series([r[1] for r in rows], dtype=object),
+            "score": np.array([r[2] for r in rows], dtype=np.float64),
+        })
+        return out
+
+    def delete_audience(self, audience_id: int) -> None:
+        """Delete a saved audience and its members."""
+        with self._session(write=True) as s:
+            if s.get(AudienceRow, int(audience_id)) is None:
+                raise StoreError(f"no audience with id {audience_id}")
+            s.execute(delete(AudienceRow).where(AudienceRow.id == int(audience_id)))

@@ -1,0 +1,369 @@
+"""Training loop, prediction and embedding for ``model.DSSM``.
+
+Data is a ``dict[str, np.ndarray]`` keyed by feature name (both towers) plus ``"label"``
+(float 0/1), as ``encoding.FeatureEncoder.transform_events`` returns it. Arrays are turned
+into tensors once; each epoch permutes them once and batches are contiguous slices (no
+``DataLoader``, no per-example Python).
+
+``fit`` reports one dict per epoch to ``on_epoch_end`` with the stable keys ``epoch``,
+``train_loss``, ``train_auc``, ``train_logloss``, ``val_auc``, ``val_logloss``, ``seconds``
+(a metric that cannot be computed, e.g. without validation data, is ``None``). Metrics are
+computed once per epoch from the collected predictions, never per batch.
+
+Objectives (``cfg.objective``):
+- ``"pointwise"``: BCE on every labelled row; train metrics come from the predictions
+  collected while training the epoch.
+- ``"inbatch"``: sampled softmax over positive rows only (``label == 1``); since those rows
+  hold one class, train AUC/logloss are measured after the epoch, in eval mode, on a fixed
+  seeded sample of up to ``TRAIN_METRIC_ROWS`` labelled training rows. Validation always uses
+  every validation row. Note that logloss is not what this objective optimises: its
+  probabilities ``sigmoid(gamma * cos)`` are not calibrated, so compare it on AUC.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import TrainConfig
+from .features import DenseFeature, Feature
+from .losses import InBatchSoftmax, pointwise_loss
+from .model import DSSM
+
+log = logging.getLogger(__name__)
+
+#: Labelled training rows sampled to measure train AUC/logloss under the in-batch objective.
+TRAIN_METRIC_ROWS = 20_000
+#: Keys of every per-epoch record, in order.
+EPOCH_KEYS = ("epoch", "train_loss", "train_auc", "train_logloss", "val_auc", "val_logloss",
+              "seconds")
+#: Metrics early stopping can watch, and whether higher is better.
+MONITORS = {"val_logloss": False, "val_auc": True}
+STOP_REASONS = ("completed", "early", "cancelled")
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns; the model itself holds the best epoch's weights.
+
+    history: one dict per finished epoch (keys ``EPOCH_KEYS``).
+    best_epoch: the (1-based) epoch whose weights were restored; 0 when none finished.
+    stopped: "completed" (all epochs), "early" (patience ran out) or "cancelled".
+    monitor: the validation metric early stopping watched (None without validation data).
+    train_rows: training rows per epoch (positives only for "inbatch").
+    train_seconds: wall time of the optimisation steps only, summed over epochs.
+    """
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped: str = "completed"
+    monitor: str | None = None
+    train_rows: int = 0
+    train_seconds: float = 0.0
+
+    @property
+    def samples_per_second(self) -> float:
+        """Training rows processed per second of optimisation (0 when nothing ran)."""
+        done = self.train_rows * len(self.history)
+        return done / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+def fit(
+    model: DSSM,
+    train: Mapping[str, np.ndarray],
+    val: Mapping[str, np.ndarray] | None,
+    cfg: TrainConfig,
+    *,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    monitor: str | None = None,
+    item_to_user_weight: float | None = None,
+    temperature: float | None = None,
+    logq: bool = True,
+) -> FitResult:
+    """Train ``model`` in place with Adam; restore the best epoch's weights; return the record.
+
+    cfg: uses objective, epochs, batch_size, learning_rate, weight_decay,
+        early_stopping_patience (< 1 disables early stopping), seed, num_threads and, for
+        "inbatch", gamma (temperature 1 / gamma) and ``item_to_user_weight`` if the config
+        has such a field (else 0).
+    on_epoch_end: called with each epoch's record (see module docstring).
+    should_stop: polled before every batch; True cancels (``stopped == "cancelled"``).
+    monitor: "val_logloss" or "val_auc"; default val_logloss for "pointwise", val_auc for
+        "inbatch" (whose probabilities are not calibrated).
+    item_to_user_weight / temperature / logq: "inbatch" options overriding the config (see
+        ``losses.InBatchSoftmax``).
+    """
+    if monitor is None:
+        monitor = "val_auc" if cfg.objective == "inbatch" else "val_logloss"
+    if monitor not in MONITORS:
+        raise ValueError(f"monitor must be one of {sorted(MONITORS)}, got {monitor!r}")
+    specs = model.feature_specs
+    names = tuple(specs)
+    x_train, y_train = _as_tensors(train, specs, "train", need_label=True)
+    assert y_train is not None
+    x_val, y_val = (None, None)
+    if val is not None:
+        x_val, y_val = _as_tensors(val, specs, "val", need_label=True)
+        if y_val is not None and len(y_val) == 0:
+            x_val, y_val = None, None
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(int(cfg.num_threads))
+    try:
+        torch.manual_seed(int(cfg.seed))                         # dropout
+        order_gen = torch.Generator().manual_seed(int(cfg.seed))  # shuffling
+
+        criterion: InBatchSoftmax | None = None
+        item_key = user_key = None
+        metric_x, metric_y = x_train, y_train
+        if cfg.objective == "inbatch":
+            item_key, user_key = model.id_feature("item"), model.id_feature("user")
+            if item_key is None:
+                raise ValueError("the in-batch objective needs a sparse item id feature")
+            w = item_to_user_weight
+            if w is None:
+                w = float(getattr(cfg, "item_to_user_weight", 0.0))
+            criterion = InBatchSoftmax(
+                specs[item_key].vocab_size,  # type: ignore[union-attr]
+                temperature=temperature if temperature is not None else 1.0 / cfg.gamma,
+                logq=logq,
+                item_to_user_weight=w,
+                num_users=specs[user_key].vocab_size if user_key else None,  # type: ignore[union-attr]
+            )
+            pos = torch.nonzero(y_train > 0.5).squeeze(1)
+            if len(pos) < 2:
+                raise ValueError("the in-batch objective needs at least 2 positive training rows")
+            sample = np.random.default_rng(int(cfg.seed)).permutation(len(y_train))
+            sample = torch.from_numpy(np.sort(sample[:TRAIN_METRIC_ROWS]))
+            metric_x = {k: v[sample] for k, v in x_train.items()}
+            metric_y = y_train[sample]
+            x_train = {k: v[pos] for k, v in x_train.items()}
+            y_train = y_train[pos]
+        n = len(y_train)
+        if n == 0:
+            raise ValueError("no training rows")
+
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate,
+                                     weight_decay=cfg.weight_decay)
+        result = FitResult(monitor=monitor if x_val is not None else None, train_rows=n)
+        higher = MONITORS[monitor]
+        best_value = -math.inf if higher else math.inf
+        best_state: dict[str, Tensor] | None = None
+        since_best = 0
+        bs = int(cfg.batch_size)
+        patience = int(cfg.early_stopping_patience)
+
+        for epoch in range(1, int(cfg.epochs) + 1):
+            t0 = time.perf_counter()
+            model.train()
+            perm = torch.randperm(n, generator=order_gen)
+            xs = {k: v[perm] for k, v in x_train.items()}        # one gather per epoch
+            ys = y_train[perm]
+            loss_sum, loss_rows = 0.0, 0
+            logits_seen: list[Tensor] = []
+            cancelled = False
+            for start in range(0, n, bs):
+                if should_stop is not None and should_stop():
+                    cancelled = True
+                    break
+                end = min(start + bs, n)
+                if end - start < 2:      # batch norm / softmax need 2 rows; drop a lone last row
+                    continue
+                batch = {k: v[start:end] for k, v in xs.items()}
+                if criterion is None:
+                    logits = model(batch)                                       # (B,)
+                    loss = pointwise_loss(logits, ys[start:end])
+                    logits_seen.append(logits.detach())
+                else:
+                    u = model.user_tower(batch)                                 # (B, D)
+                    v = model.item_tower(batch)                                 # (B, D)
+                    loss = criterion(u, v, batch[item_key],
+                                     batch[user_key] if user_key else None)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss.detach()) * (end - start)
+                loss_rows += end - start
+            result.train_seconds += time.perf_counter() - t0
+            if cancelled:
+                result.stopped = "cancelled"
+                log.info("training cancelled during epoch %d", epoch)
+                break
+
+            if criterion is None:
+                scores = torch.sigmoid(torch.cat(logits_seen)).numpy()
+                labels = ys[:len(scores)].numpy()
+            else:
+                scores = _predict_tensors(model, metric_x, 8192)
+                labels = metric_y.numpy()
+            train_auc, train_logloss = _auc_logloss(labels, scores)
+            val_auc = val_logloss = None
+            if x_val is not None and y_val is not None:
+                val_auc, val_logloss = _auc_logloss(y_val.numpy(),
+                                                    _predict_tensors(model, x_val, 8192))
+            record = {
+                "epoch": epoch,
+                "train_loss": loss_sum / max(loss_rows, 1),
+                "train_auc": train_auc,
+                "train_logloss": train_logloss,
+                "val_auc": val_auc,
+                "val_logloss": val_logloss,
+                "seconds": time.perf_counter() - t0,
+            }
+            result.history.append(record)
+            log.info("epoch %d: %s", epoch, record)
+            if on_epoch_end is not None:
+                on_epoch_end(dict(record))
+
+            value = record[monitor]
+            if x_val is None or value is None:
+                best_state, result.best_epoch = None, epoch     # no validation: keep the last
+                continue
+            if (value > best_value) if higher else (value < best_value):
+                best_value, since_best, result.best_epoch = value, 0, epoch
+                best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+            else:
+                since_best += 1
+                if patience >= 1 and since_best >= patience:
+                    result.stopped = "early"
+                    log.info("early stop after epoch %d (best %d)", epoch, result.best_epoch)
+                    break
+
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        model.eval()
+        return result
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def predict(model: DSSM, data: Mapping[str, np.ndarray], batch_size: int = 8192) -> np.ndarray:
+    """Probabilities ``sigmoid(gamma * cos(u, v))`` (N,) float32 for aligned rows of ``data``."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    x, _ = _as_tensors(data, model.feature_specs, "data", need_label=False)
+    return _predict_tensors(model, x, batch_size)
+
+
+def embed(model: DSSM, tower: str, table: Mapping[str, np.ndarray], batch_size: int = 8192
+          ) -> np.ndarray:
+    """Unit vectors (N, D) float32 of one tower ("user" or "item") for a table of its features.
+
+    ``table`` holds (at least) the tower's features, as ``encoder.user_table``/``item_table``
+    return them. Runs in eval mode without gradients.
+    """
+    if tower not in ("user", "item"):
+        raise ValueError(f"tower must be 'user' or 'item', got {tower!r}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    specs = model.user_specs if tower == "user" else model.item_specs
+    x, _ = _as_tensors(table, {s.name: s for s in specs}, f"{tower} table", need_label=False)
+    fn = model.user_tower if tower == "user" else model.item_tower
+    n = _rows(x)
+    out = np.empty((n, model.output_dim), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                batch = {k: v[start:start + batch_size] for k, v in x.items()}
+                out[start:start + batch_size] = fn(batch).numpy()               # (b, D)
+    finally:
+        model.train(was_training)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _rows(x: Mapping[str, Tensor]) -> int:
+    return len(next(iter(x.values()))) if x else 0
+
+
+def _predict_tensors(model: DSSM, x: Mapping[str, Tensor], batch_size: int) -> np.ndarray:
+    n = _rows(x)
+    out = np.empty(n, dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                batch = {k: v[start:start + batch_size] for k, v in x.items()}
+                out[start:start + batch_size] = torch.sigmoid(model(batch)).numpy()  # (b,)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _as_tensors(
+    data: Mapping[str, np.ndarray],
+    specs: Mapping[str, Feature],
+    what: str,
+    *,
+    need_label: bool,
+) -> tuple[dict[str, Tensor], Tensor | None]:
+    """Tensors for every feature in ``specs`` (ints int64, dense float32 (N, dim)) + label."""
+    missing = [name for name in specs if name not in data]
+    if need_label and "label" not in data:
+        missing.append("label")
+    if missing:
+        raise ValueError(f"{what}: missing columns {missing}")
+    out: dict[str, Tensor] = {}
+    n: int | None = None
+    for name, spec in specs.items():
+        arr = np.asarray(data[name])
+        if not arr.flags.writeable:      # torch cannot wrap read-only memory safely
+            arr = arr.copy()
+        if isinstance(spec, DenseFeature):
+            t = torch.as_tensor(arr, dtype=torch.float32)
+            if t.dim() == 1:
+                t = t.unsqueeze(1)                                             # (N, 1)
+        else:
+            if arr.dtype.kind not in "iu":
+                raise ValueError(f"{what}: {name!r} must hold integer indices, got {arr.dtype}")
+            t = torch.as_tensor(arr.astype(np.int64, copy=False))
+        if n is None:
+            n = len(t)
+        elif len(t) != n:
+            raise ValueError(f"{what}: {name!r} has {len(t)} rows, expected {n}")
+        out[name] = t
+    label = None
+    if "label" in data:
+        label = torch.tensor(np.asarray(data["label"]), dtype=torch.float32).reshape(-1)
+        if n is not None and len(label) != n:
+            raise ValueError(f"{what}: label has {len(label)} rows, expected {n}")
+    return out, label
+
+
+def _auc_logloss(labels: np.ndarray, scores: np.ndarray) -> tuple[float | None, float | None]:
+    """AUC (None when only one class is present) and clipped logloss of probabilities."""
+    labels = np.asarray(labels, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(labels) == 0:
+        return None, None
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("the model's predictions are not finite: training diverged "
+                         "(try a lower learning rate)")
+    try:
+        from . import metrics as m  # the project's own metrics, once they exist
+        auc_fn: Callable[..., float] = m.auc
+        logloss_fn: Callable[..., float] = m.logloss
+    except (ImportError, AttributeError):
+        from sklearn.metrics import log_loss, roc_auc_score
+
+        def auc_fn(y: np.ndarray, s: np.ndarray) -> float:
+            return float(roc_auc_score(y, s))
+
+        def logloss_fn(y: np.ndarray, s: np.ndarray) -> float:
+            p = np.clip(s, 1e-7, 1 - 1e-7)
+            return float(log_loss(y, p, labels=[0.0, 1.0]))
+
+    both = 0 < labels.sum() < len(labels)
+    auc_value = float(auc_fn(labels, scores)) if both else None
+    return auc_value, float(logloss_fn(labels, scores))

@@ -1,0 +1,184 @@
+"""Data: upload MovieLens-style data, preview it, save it as a named dataset; list and delete."""
+from __future__ import annotations
+
+from pathlib import PurePath
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from dssm_core import jobs
+from pages import widgets
+
+NONE = "— none —"
+
+st.title("Data")
+limit_mb = int(st.get_option("server.maxUploadSize"))
+st.markdown(
+    "Upload who-rated-what data: a **MovieLens** folder zipped the way GroupLens ships it "
+    "(100K, 1M, 10M, latest, latest-small, 20M, 25M), one of its files, the article's merged "
+    "CSV, or **any CSV/TSV/Parquet** of interactions (you then say which column is which)."
+)
+st.caption(f"Upload limit: **{limit_mb} MB** per file (set by `server.maxUploadSize` in "
+           "`.streamlit/config.toml`). Larger data: use `python -m dssm_core` from a terminal.")
+
+store = widgets.get_store()
+flash = st.session_state.pop("_data_flash", None)
+if flash:
+    st.success(flash, icon=":material/check_circle:")
+
+
+def _preview(ds: Any) -> None:
+    """Detected format, counts, warnings and the first rows of each table."""
+    s = ds.summary()
+    c = st.columns(4)
+    c[0].metric("Detected format", s["format"])
+    c[1].metric("Users", widgets.fmt_count(s["n_users"]))
+    c[2].metric("Items", widgets.fmt_count(s["n_items"]))
+    c[3].metric("Interactions", widgets.fmt_count(s["n_interactions"]))
+    scale = ("implicit feedback (every row is a positive)" if ds.rating_scale is None
+             else f"ratings {s['rating_scale'][0]:g} to {s['rating_scale'][1]:g}")
+    span = s.get("time_span")
+    when = ""
+    if span:
+        when = f"; from {widgets.fmt_time(span[0])} to {widgets.fmt_time(span[1])} (UTC)"
+    st.caption(f"{scale}{when}. User attributes: {', '.join(s['user_columns']) or 'none'}. "
+               f"Item attributes: {', '.join(s['item_columns']) or 'none'}.")
+    for w in ds.warnings:
+        st.warning(w, icon=":material/warning:")
+    tabs = st.tabs(["Interactions", "Users", "Items"])
+    for tab, frame in zip(tabs, (ds.interactions, ds.users, ds.items)):
+        with tab:
+            head = frame.head(10).copy()
+            if "timestamp" in head:  # unix seconds read better as dates
+                head.insert(list(head.columns).index("timestamp"), "time (UTC)",
+                            pd.to_datetime(head["timestamp"], unit="s", utc=True)
+                            .dt.strftime("%Y-%m-%d %H:%M"))
+            for col in head.columns:  # lists (genres) read better joined
+                if head[col].map(lambda v: isinstance(v, list)).any():
+                    head[col] = head[col].map(lambda v: ", ".join(v) if isinstance(v, list) else v)
+            st.dataframe(head, hide_index=True)
+
+
+def _mapping_form(file_id: str, columns: list[str]) -> Any | None:
+    """Ask which column holds what; returns a ColumnMapping once submitted, else None."""
+    from dssm_core import movielens
+
+    st.info("This looks like a generic table. Tell us which column is which.", icon=":material/table_view:")
+
+    low = [c.lower() for c in columns]
+
+    def guess(*hints: str) -> int | None:
+        """Index of the first column whose name contains one of the hints."""
+        for hint in hints:
+            for i, name in enumerate(low):
+                if hint in name:
+                    return i
+        return None
+
+    with st.form("mapping"):
+        c = st.columns(4)
+        user = c[0].selectbox("User id column", columns,
+                              index=guess("user", "customer", "client", "visitor") or 0)
+        item = c[1].selectbox("Item id column", columns,
+                              index=guess("item", "movie", "product", "film", "sku") or 0)
+        opt = [NONE] + columns
+        r = guess("rating", "score", "star", "grade")
+        rating = c[2].selectbox("Rating column", opt, index=0 if r is None else r + 1,
+                                help="None: implicit feedback, every row is a positive")
+        t = guess("timestamp", "time", "date", "when", "ts")
+        ts = c[3].selectbox("Timestamp column", opt, index=0 if t is None else t + 1,
+                            help="Unix seconds or date text. None: the row order is the time")
+        submitted = st.form_submit_button("Preview with this mapping")
+    if submitted:
+        st.session_state["_mapping"] = (file_id, (user, item, rating, ts))
+    chosen = st.session_state.get("_mapping")
+    if not chosen or chosen[0] != file_id:
+        return None
+    user, item, rating, ts = chosen[1]
+    return movielens.ColumnMapping(
+        user=user, item=item,
+        rating=None if rating == NONE else rating,
+        timestamp=None if ts == NONE else ts,
+    )
+
+
+st.subheader("Upload")
+up = st.file_uploader("A file or a .zip", key="upload",
+                      help="MovieLens zips, u.data / ratings.dat / ratings.csv, CSV, TSV, Parquet")
+if up is None:
+    st.session_state.pop("_preview", None)
+    st.session_state.pop("_mapping", None)
+else:
+    from dssm_core import movielens
+
+    source = (up.name, up.getvalue())
+    ds = None
+    try:
+        fmt = movielens.sniff(source)
+        mapping = None
+        if fmt == "generic":
+            mapping = _mapping_form(up.file_id, list(movielens.peek_columns(source)))
+        if fmt != "generic" or mapping is not None:
+            key = (up.file_id, repr(mapping))
+            cached = st.session_state.get("_preview")
+            if cached and cached[0] == key:
+                ds = cached[1]
+            else:
+                with st.spinner(f"Reading {up.name}…"):
+                    ds = movielens.load(source, mapping=mapping, name=PurePath(up.name).stem)
+                st.session_state["_preview"] = (key, ds)
+    except Exception as exc:
+        st.session_state.pop("_preview", None)
+        widgets.show_error(exc, what=f"Could not read {up.name}")
+    if ds is not None:
+        st.subheader("Preview")
+        _preview(ds)
+        with st.form("save"):
+            name = st.text_input("Dataset name", value=PurePath(up.name).stem, max_chars=120)
+            save = st.form_submit_button("Save dataset", type="primary")
+        if save:
+            if not name.strip():
+                st.error("Give the dataset a name.", icon=":material/error:")
+            else:
+                try:
+                    with st.spinner("Saving…"):
+                        new_id = store.add_dataset(ds, name=name.strip())
+                except Exception as exc:
+                    widgets.show_error(exc, what="Could not save the dataset")
+                else:
+                    st.session_state["_data_flash"] = (
+                        f"Saved dataset “{name.strip()}” (id {new_id}). Train a model on it on "
+                        "the Train page.")
+                    st.session_state.pop("_preview", None)
+                    st.rerun()
+
+st.subheader("Saved datasets")
+datasets = store.list_datasets()
+if not datasets:
+    widgets.empty_state("No dataset saved yet: upload one above.")
+else:
+    st.dataframe(widgets.datasets_frame(datasets), hide_index=True)
+    st.page_link(widgets.PAGES["train"], label="Train a model on a dataset", icon=":material/arrow_forward:")
+    with st.expander("Delete a dataset"):
+        by_id = {int(d["id"]): d for d in datasets}
+        pick = st.selectbox("Dataset to delete", sorted(by_id, reverse=True), key="del_ds",
+                            format_func=lambda i: f"{by_id[i].get('name')} (id {i})")
+        its_runs = store.list_runs(dataset_id=pick)
+        busy = [r["id"] for r in its_runs if r.get("status") in jobs.ACTIVE_STATUSES]
+        if busy:
+            st.warning(f"Run(s) {', '.join(map(str, busy))} are training on this dataset. "
+                       "Cancel them on the Train page first.", icon=":material/hourglass_top:")
+        sure = st.checkbox(
+            f"Yes, delete “{by_id[pick].get('name')}” and its {len(its_runs)} run(s), with "
+            "their models, embeddings and audiences. This cannot be undone.",
+            key=f"del_ds_sure_{pick}")
+        if st.button("Delete dataset", type="primary", disabled=not sure or bool(busy),
+                     key="del_ds_go"):
+            try:
+                store.delete_dataset(pick)
+            except Exception as exc:
+                widgets.show_error(exc, what="Could not delete")
+            else:
+                st.session_state["_data_flash"] = f"Deleted dataset “{by_id[pick].get('name')}”."
+                st.rerun()

@@ -1,0 +1,474 @@
+"""Shared UI pieces of the audience explorer (the only module besides the pages importing streamlit).
+
+Pages stay thin: they get the store with :func:`get_store`, pick a dataset or run with the
+pickers here, format numbers with :func:`fmt_metric`, show problems with :func:`show_error`
+and follow background training with :func:`live_progress`. Nothing here imports torch or
+umap: pages must render fast.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+import streamlit as st
+
+from dssm_core import jobs
+from dssm_core.dataset import DataValidationError
+
+log = logging.getLogger(__name__)
+
+#: How often the live-progress fragment polls the store, in seconds.
+POLL_SECONDS = 2.0
+#: Env switch: set DSSM_DEMO=off to stop the home page creating and training the demo.
+DEMO_ENV = "DSSM_DEMO"
+
+#: Plain-text status marks (emoji fonts are not everywhere; these render in any font).
+STATUS_MARKS = {
+    "queued": "…", "running": "▶", "succeeded": "✓", "failed": "✗", "cancelled": "■",
+}
+
+#: Summary metrics shown in tables: store key -> column label.
+KEY_METRICS = {
+    "test_auc": "Test AUC",
+    "test_logloss": "Test log loss",
+    "i2u_recall@50": "Item→user recall@50",
+}
+
+PAGES = {
+    "home": "pages/home.py",
+    "data": "pages/data.py",
+    "train": "pages/train.py",
+    "runs": "pages/runs.py",
+    "embeddings": "pages/embeddings.py",
+    "audience": "pages/audience.py",
+}
+
+
+# --------------------------------------------------------------------------- store
+def db_url() -> str:
+    """The store URL: ``$DSSM_DB_URL``, else the store's default (a SQLite file in ./data)."""
+    url = os.environ.get("DSSM_DB_URL")
+    if url:
+        return jobs.absolute_db_url(url)
+    from dssm_core.store import Store
+
+    return jobs.absolute_db_url(Store.default_url())
+
+
+@st.cache_resource(show_spinner=False)
+def _store_for(url: str) -> Any:
+    from dssm_core.store import Store
+
+    if url.startswith("sqlite:///"):
+        jobs.data_dir(url).mkdir(parents=True, exist_ok=True)
+    store = Store(url)
+    # App start: jobs left "running" by a server that died are marked failed.
+    reaped = jobs.reap_orphans(store)
+    if reaped:
+        log.warning("marked %d orphaned run(s) failed: %s", len(reaped), reaped)
+    return store
+
+
+def get_store() -> Any:
+    """The app's one ``Store`` for the current URL (cached across reruns and sessions)."""
+    return _store_for(db_url())
+
+
+def store_location(url: str | None = None) -> str:
+    """The store URL for display, password hidden."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url or db_url()).render_as_string(hide_password=True)
+
+
+def demo_enabled() -> bool:
+    """False when ``$DSSM_DEMO`` is off/0/false (tests, or analysts who want an empty store)."""
+    return os.environ.get(DEMO_ENV, "on").strip().lower() not in ("off", "0", "false", "no")
+
+
+# --------------------------------------------------------------------------- formatting
+def fmt_metric(value: Any, digits: int = 3) -> str:
+    """A metric as text: ``0.7531`` -> ``"0.753"``; missing or NaN -> ``"—"``."""
+    if value is None:
+        return "—"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if v != v:  # NaN
+        return "—"
+    return f"{v:.{digits}f}"
+
+
+def fmt_count(value: Any) -> str:
+    """An integer count with thousands separators: ``100000`` -> ``"100,000"``."""
+    if value is None:
+        return "—"
+    try:
+        return f"{int(value):,}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def fmt_duration(seconds: Any) -> str:
+    """Seconds as text: ``42.3`` -> ``"42 s"``, ``125`` -> ``"2 min 5 s"``, None -> ``"—"``."""
+    if seconds is None:
+        return "—"
+    try:
+        s = float(seconds)
+    except (TypeError, ValueError):
+        return "—"
+    if s != s or s < 0:
+        return "—"
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 60:
+        return f"{s:.0f} s"
+    m, sec = divmod(int(round(s)), 60)
+    if m < 60:
+        return f"{m} min {sec} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m} min"
+
+
+def _as_datetime(value: Any) -> dt.datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    if isinstance(value, (int, float)):
+        return dt.datetime.fromtimestamp(float(value), tz=dt.timezone.utc)
+    try:
+        parsed = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def fmt_time(value: Any) -> str:
+    """A timestamp as ``YYYY-MM-DD HH:MM`` (UTC); missing -> ``"—"``."""
+    t = _as_datetime(value)
+    return t.strftime("%Y-%m-%d %H:%M") if t else "—"
+
+
+def run_duration(run: dict[str, Any]) -> float | None:
+    """Seconds from a run's start to its end (or to now while it trains); None if not started."""
+    if run.get("duration_s") is not None:
+        return float(run["duration_s"])
+    start = _as_datetime(run.get("started_at"))
+    if start is None:
+        return None
+    end = _as_datetime(run.get("finished_at")) or dt.datetime.now(dt.timezone.utc)
+    return max(0.0, (end - start).total_seconds())
+
+
+def status_label(status: str | None) -> str:
+    """``"succeeded"`` -> ``"✓ succeeded"``."""
+    s = status or "unknown"
+    return f"{STATUS_MARKS.get(s, '•')} {s}"
+
+
+def summary_of(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's summary metrics dict (empty until it succeeds)."""
+    summary = run.get("summary") or {}
+    return summary if isinstance(summary, dict) else {}
+
+
+# --------------------------------------------------------------------------- tables
+def datasets_frame(datasets: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The datasets as a display table (plain-word column names)."""
+    rows = [
+        {
+            "ID": d.get("id"),
+            "Name": d.get("name"),
+            "Format": d.get("format"),
+            "Users": d.get("n_users"),
+            "Items": d.get("n_items"),
+            "Interactions": d.get("n_interactions"),
+            "Added (UTC)": fmt_time(d.get("created_at")),
+        }
+        for d in datasets
+    ]
+    return pd.DataFrame(rows, columns=["ID", "Name", "Format", "Users", "Items",
+                                       "Interactions", "Added (UTC)"])
+
+
+def runs_frame(runs: Sequence[dict[str, Any]],
+               dataset_names: dict[int, str] | None = None) -> pd.DataFrame:
+    """The runs as a display table: status, dataset, settings, key metrics, duration."""
+    rows = []
+    for r in runs:
+        s = summary_of(r)
+        row = {
+            "Run": r.get("id"),
+            "Status": status_label(r.get("status")),
+            "Dataset": r.get("dataset_name") or (dataset_names or {}).get(r.get("dataset_id"))
+            or f"#{r.get('dataset_id')}",
+            "Preset": r.get("preset"),
+            "Objective": r.get("objective"),
+            "Protocol": r.get("protocol"),
+        }
+        for key, label in KEY_METRICS.items():
+            v = s.get(key)
+            row[label] = None if v is None else round(float(v), 4)
+        row["Duration"] = fmt_duration(run_duration(r))
+        row["Started (UTC)"] = fmt_time(r.get("started_at") or r.get("created_at"))
+        rows.append(row)
+    cols = ["Run", "Status", "Dataset", "Preset", "Objective", "Protocol",
+            *KEY_METRICS.values(), "Duration", "Started (UTC)"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# --------------------------------------------------------------------------- pickers
+def dataset_picker(store: Any, *, key: str, label: str = "Dataset") -> int | None:
+    """A selectbox over the stored datasets (newest first); returns the id or None if none."""
+    datasets = store.list_datasets()
+    if not datasets:
+        return None
+    by_id = {int(d["id"]): d for d in datasets}
+    ids = sorted(by_id, reverse=True)
+    return st.selectbox(
+        label, ids, key=key,
+        format_func=lambda i: (f"{by_id[i].get('name')} — {fmt_count(by_id[i].get('n_users'))} "
+                               f"users, {fmt_count(by_id[i].get('n_interactions'))} interactions"),
+    )
+
+
+def run_label(run: dict[str, Any], dataset_names: dict[int, str] | None = None) -> str:
+    """``"Run 3 · Demo (synthetic) · default/pointwise/T · AUC 0.781"``."""
+    name = run.get("dataset_name") or (dataset_names or {}).get(
+        run.get("dataset_id"), f"dataset {run.get('dataset_id')}")
+    auc = summary_of(run).get("test_auc")
+    tail = f" · test AUC {fmt_metric(auc)}" if auc is not None else f" · {run.get('status')}"
+    return (f"Run {run.get('id')} · {name} · {run.get('preset')}/{run.get('objective')}/"
+            f"{run.get('protocol')}{tail}")
+
+
+def run_picker(
+    store: Any, *, key: str, label: str = "Run",
+    statuses: Iterable[str] | None = ("succeeded",), multiple: bool = False,
+    default_count: int = 1,
+) -> int | list[int] | None:
+    """Pick one run (selectbox) or several (multiselect; the newest ``default_count``
+    preselected) among runs with the given statuses (None = all). None / [] if there are none.
+    """
+    allowed = set(statuses) if statuses is not None else None
+    runs = [r for r in store.list_runs() if allowed is None or r.get("status") in allowed]
+    names = {int(d["id"]): str(d.get("name")) for d in store.list_datasets()}
+    by_id = {int(r["id"]): r for r in runs}
+    ids = sorted(by_id, reverse=True)
+    if multiple:
+        return st.multiselect(label, ids, default=ids[:default_count], key=key,
+                              format_func=lambda i: run_label(by_id[i], names))
+    if not ids:
+        return None
+    return st.selectbox(label, ids, key=key, format_func=lambda i: run_label(by_id[i], names))
+
+
+# --------------------------------------------------------------------------- states
+def empty_state(message: str, *, page: str | None = None, link_label: str | None = None,
+                icon: str = ":material/info:") -> None:
+    """A friendly "nothing here yet" box that says what to do, with a link to where to do it."""
+    st.info(message, icon=icon)
+    if page:
+        st.page_link(PAGES.get(page, page), label=link_label or f"Go to {page}", icon=":material/arrow_forward:")
+
+
+def show_error(exc: BaseException, *, what: str = "That did not work") -> None:
+    """Show a problem as a clear message, never a traceback.
+
+    ``DataValidationError`` names the file, line and column; other ``ValueError``s (bad
+    settings) show their message; anything else is logged with its traceback for the
+    developer and shown as one line.
+    """
+    if isinstance(exc, DataValidationError):
+        where = []
+        if exc.file:
+            where.append(f"file **{exc.file}**")
+        if exc.line is not None:
+            where.append(f"line **{exc.line}**")
+        if exc.column:
+            where.append(f"column **{exc.column}**")
+        head = f"{what}: the data has a problem"
+        if where:
+            head += " in " + ", ".join(where)
+        st.error(f"{head}.\n\n{exc}\n\nNothing was saved. Fix the file and upload it again.",
+                 icon=":material/error:")
+    elif isinstance(exc, (ValueError, KeyError, LookupError)):
+        msg = exc.args[0] if exc.args else str(exc)
+        st.error(f"{what}: {msg}", icon=":material/error:")
+    else:
+        log.exception("unexpected error in the app")
+        st.error(f"{what}: unexpected error ({type(exc).__name__}: {exc}). "
+                 "The details are in the server log.", icon=":material/error:")
+
+
+# --------------------------------------------------------------------------- sidebar
+def sidebar() -> None:
+    """The shared sidebar: where the store is and how many trainings are running."""
+    with st.sidebar:
+        url = db_url()
+        try:
+            store = get_store()
+            active = jobs.active_runs(store)
+        except Exception as exc:  # the store itself is unreachable: say so, keep the app up
+            show_error(exc, what="Cannot open the store")
+            return
+        st.caption(f"Store: `{store_location(url)}`")
+        if active:
+            st.caption(f"▶ {len(active)} training job(s) running — see the Train page")
+        else:
+            st.caption("No training running")
+
+
+# --------------------------------------------------------------------------- live progress
+def _progress_line(store: Any, run: dict[str, Any]) -> None:
+    run_id = int(run["id"])
+    status = run.get("status")
+    total = int(run.get("epochs_total") or (run.get("config") or {}).get("epochs") or 0)
+    try:
+        ep = store.epochs(run_id)
+    except ValueError:  # the run was deleted meanwhile
+        ep = pd.DataFrame()
+    done = int(run.get("epoch") or 0)
+    cols = st.columns([3, 2, 2, 2, 1.4])
+    cols[0].markdown(f"**Run {run_id}** · {status_label(status)}")
+    if status in jobs.ACTIVE_STATUSES and total:
+        text = "starting (loading data)…" if done == 0 else f"epoch {done} of {total} done"
+        cols[0].progress(min(1.0, done / total), text=text)
+    elif done:
+        cols[0].caption(f"{done} epoch(s) trained")
+    last = ep.iloc[-1] if len(ep) else None
+    cols[1].metric("Train loss", fmt_metric(None if last is None else last.get("train_loss")))
+    cols[2].metric("Validation AUC", fmt_metric(None if last is None else last.get("val_auc")))
+    cols[3].metric("Elapsed", fmt_duration(run_duration(run)))
+    if status in jobs.ACTIVE_STATUSES:
+        if cols[4].button("Cancel", key=f"cancel_{run_id}", help="Stop at the next batch"):
+            try:
+                jobs.cancel(db_url(), run_id)
+                st.toast(f"Run {run_id}: cancel requested")
+            except ValueError as exc:
+                show_error(exc, what="Cannot cancel")
+    if status == "failed" and run.get("error"):
+        st.error(f"Run {run_id} failed: {run['error']}", icon=":material/cancel:")
+    elif status == "cancelled":
+        st.warning(f"Run {run_id} was cancelled.", icon=":material/stop_circle:")
+    elif status == "succeeded":
+        s = summary_of(run)
+        st.success(
+            f"Run {run_id} finished: test AUC {fmt_metric(s.get('test_auc'))}, log loss "
+            f"{fmt_metric(s.get('test_logloss'))}, item→user recall@50 "
+            f"{fmt_metric(s.get('i2u_recall@50'))}.", icon=":material/check_circle:")
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def live_progress(watch: Sequence[int] = (), *, key: str = "live") -> None:
+    """Status, epoch, loss and validation AUC of the active runs plus ``watch``, refreshed
+    every :data:`POLL_SECONDS` from the store (the training itself runs in other processes).
+    When a run ends, the whole page reruns once so tables elsewhere catch up.
+    """
+    store = get_store()
+    runs = {int(r["id"]): r for r in store.list_runs()}
+    # A job that died while we watch (kill -9, crash) is marked failed right away.
+    if any(r.get("status") in jobs.ACTIVE_STATUSES and not jobs.is_alive(r.get("pid"))
+           for r in runs.values()):
+        jobs.reap_orphans(store)
+        runs = {int(r["id"]): r for r in store.list_runs()}
+    active = sorted(i for i, r in runs.items() if r.get("status") in jobs.ACTIVE_STATUSES)
+    shown = sorted(set(active) | {int(w) for w in watch if int(w) in runs}, reverse=True)
+    state_key = f"_live_active_{key}"
+    previous = st.session_state.get(state_key)
+    st.session_state[state_key] = active
+    if not shown:
+        st.caption("No training is running.")
+        return
+    for run_id in shown:
+        _progress_line(store, runs[run_id])
+    if previous is not None and set(previous) - set(active):
+        st.rerun()  # a run ended: refresh the rest of the page (tables, pickers)
+
+
+# --------------------------------------------------------------------------- maps & audiences
+#: Session keys shared by the Embedding maps and Audience pages.
+CURRENT_AUDIENCE_KEY = "current_audience"   # {"run_id", "user_ids", "label"} of the last audience
+AUDIENCE_HANDOFF_KEY = "audience_handoff"   # {"run_id", "seed_users"}: map selection -> lookalike
+
+
+@st.cache_resource(show_spinner="Loading the run's embeddings…", max_entries=4)
+def _loaded_run(url: str, run_id: int) -> Any:
+    from dssm_core import audience
+
+    return audience.load_run(_store_for(url), int(run_id))
+
+
+def loaded_run(run_id: int) -> Any:
+    """The run's vectors, user attributes, titles and history as an ``audience.LoadedRun``,
+    loaded once per server (shared by the Embedding maps and Audience pages). Read-only."""
+    return _loaded_run(db_url(), int(run_id))
+
+
+def parse_id_list(data: str | bytes | None) -> list[str]:
+    """User ids from pasted text or an uploaded file, in order, without duplicates.
+
+    A CSV whose header has a ``user_id`` column gives that column; anything else is split on
+    commas, semicolons, tabs and new lines (a first cell named ``user_id``/``id`` is dropped).
+    """
+    if data is None:
+        return []
+    text = data.decode("utf-8-sig", errors="replace") if isinstance(data, bytes) else str(data)
+    lines = [ln for ln in text.replace("\r\n", "\n").replace("\r", "\n").split("\n") if ln.strip()]
+    if not lines:
+        return []
+    import csv
+    import io
+
+    header = [h.strip().lower() for h in next(csv.reader([lines[0]]))]
+    if "user_id" in header and len(header) > 1:
+        col = header.index("user_id")
+        rows = csv.reader(io.StringIO("\n".join(lines[1:])))
+        ids = [r[col].strip() for r in rows if len(r) > col and r[col].strip()]
+    else:
+        tokens = [t.strip() for ln in lines for t in
+                  ln.replace(";", ",").replace("\t", ",").replace(" ", ",").split(",")]
+        ids = [t.strip("'\"") for t in tokens if t.strip("'\"")]
+        if ids and ids[0].lower() in ("user_id", "userid", "id", "user"):
+            ids = ids[1:]
+    return list(dict.fromkeys(ids))
+
+
+def selected_ids(event: Any, trace_ids: Sequence[Any]) -> list[str]:
+    """Ids of the points in a ``st.plotly_chart`` selection event, in selection order, without
+    duplicates. ``trace_ids[c][i]`` is the id of point ``i`` of trace (curve) ``c``."""
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError, AttributeError):
+        return []
+    out = []
+    for p in points or []:
+        c, i = p.get("curve_number"), p.get("point_index", p.get("point_number"))
+        if c is None or i is None or not 0 <= c < len(trace_ids) or not 0 <= i < len(trace_ids[c]):
+            continue
+        out.append(str(trace_ids[c][i]))
+    return list(dict.fromkeys(out))
+
+
+def selection_members(run: Any, user_ids: Sequence[str]) -> pd.DataFrame:
+    """Users picked on a map as audience members (``rank, user_id, score``), ranked by the
+    cosine of each one's vector to the selection's normalised centroid (ties: index order).
+    ``run`` is an ``audience.LoadedRun``; unknown ids raise ValueError naming them."""
+    import numpy as np
+
+    rows = run.index.positions(user_ids)
+    if len(rows) == 0:
+        raise ValueError("the selection holds no users")
+    vecs = run.index.matrix_[rows]                                       # (K, D)
+    centre = vecs.mean(axis=0)                                           # (D,)
+    norm = float(np.linalg.norm(centre))
+    scores = vecs @ (centre / norm) if norm > 1e-9 else np.zeros(len(rows), np.float32)  # (K,)
+    order = np.lexsort((rows, -scores))
+    return pd.DataFrame({"rank": np.arange(1, len(rows) + 1, dtype=np.int64),
+                         "user_id": run.index.ids_[rows[order]].astype(str),
+                         "score": scores[order].astype(np.float64)})

@@ -1,0 +1,353 @@
+"""AppTest of the router and the Home, Data, Train and Runs pages against a temporary store."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from apphelpers import add_finished_run, ml100k_zip, new_app, sleeper
+from dssm_core import synthetic
+from dssm_core.dataset import DataValidationError
+
+HISTORY = [
+    {"epoch": 1, "train_loss": 0.69, "train_auc": 0.61, "train_logloss": 0.69,
+     "val_auc": 0.60, "val_logloss": 0.68, "seconds": 1.5},
+    {"epoch": 2, "train_loss": 0.62, "train_auc": 0.72, "train_logloss": 0.62,
+     "val_auc": 0.70, "val_logloss": 0.63, "seconds": 1.4},
+    {"epoch": 3, "train_loss": 0.58, "train_auc": 0.78, "train_logloss": 0.58,
+     "val_auc": 0.73, "val_logloss": 0.61, "seconds": 1.4},
+]
+SUMMARY = {"test_auc": 0.75314, "test_logloss": 0.60049, "i2u_recall@50": 0.41275,
+           "protocol": "T"}
+
+
+def _tiny(store) -> int:
+    ds = synthetic.generate(n_users=60, n_items=30, n_interactions=600, seed=1)
+    return store.add_dataset(ds, name="tiny demo")
+
+
+def _texts(at) -> str:
+    """Every markdown, caption, info, error and success text of the page, joined."""
+    parts = []
+    for kind in ("markdown", "caption", "info", "error", "success", "warning", "title",
+                 "subheader"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- empty store
+@pytest.mark.parametrize("page,expected", [
+    (None, "No data yet. Upload a MovieLens-style file or zip"),
+    ("pages/data.py", "Upload limit: **300 MB** per file"),
+    ("pages/train.py", "There is no dataset to train on yet. Upload one first."),
+    ("pages/runs.py", "No training run yet. Train a model and it will appear here."),
+])
+def test_every_page_renders_on_an_empty_store(app_store, page, expected) -> None:
+    at = new_app(page)
+    assert not at.exception
+    assert expected in _texts(at)
+
+def test_the_sidebar_names_the_store_and_counts_running_jobs(app_store) -> None:
+    # (AppTest keeps the router's own elements on the first run only: check them there.)
+    ds_id = _tiny(app_store)
+    proc = sleeper()
+    try:
+        app_store.mark_running(app_store.create_run(ds_id, {"epochs": 3}), proc.pid)
+        at = new_app()
+        side = [str(c.value) for c in at.sidebar.caption]
+        assert side[0] == f"Store: `sqlite:///{app_store.engine.url.database}`"
+        assert side[1] == "▶ 1 training job(s) running — see the Train page"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_router_lists_all_six_pages(app_store) -> None:
+    at = new_app()
+    assert not at.exception
+    for page in ("data", "train", "runs", "embeddings", "audience"):
+        at.switch_page(f"pages/{page}.py").run()
+        assert not at.exception, page
+
+
+# --------------------------------------------------------------------------- home
+def test_home_shows_datasets_newest_runs_and_metrics(app_store) -> None:
+    ds_id = _tiny(app_store)
+    run_id = add_finished_run(app_store, ds_id, HISTORY, SUMMARY)
+    at = new_app()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Datasets"] == "1"
+    assert metrics["Trained models"] == "1"
+    assert metrics["Training now"] == "0"
+    assert metrics["Best test AUC"] == "0.753"
+    datasets, runs = at.dataframe[0].value, at.dataframe[1].value
+    assert list(datasets["Name"]) == ["tiny demo"]
+    assert list(datasets["Interactions"]) == [600]
+    assert list(runs["Run"]) == [run_id]
+    assert runs["Test AUC"].iloc[0] == pytest.approx(0.7531)
+    assert runs["Item→user recall@50"].iloc[0] == pytest.approx(0.4128)
+    assert runs["Status"].iloc[0] == "✓ succeeded"
+
+
+@pytest.mark.slow
+def test_home_on_first_start_creates_the_demo_and_trains_it(app_store, monkeypatch) -> None:
+    monkeypatch.setenv("DSSM_DEMO", "on")
+    at = new_app()
+    assert not at.exception
+    (ds,) = app_store.list_datasets()
+    assert ds["name"] == "Demo (synthetic)" and ds["n_interactions"] == 100_000
+    (run,) = app_store.list_runs()
+    assert run["status"] in ("queued", "running") and run["preset"] == "default"
+    text = _texts(at)
+    assert "This is the first start" in text
+    assert "Training in progress" in text and f"**Run {run['id']}**" in text
+    # Reloading the page does not create a second demo or a second run.
+    new_app()
+    assert len(app_store.list_datasets()) == 1 and len(app_store.list_runs()) == 1
+
+
+# --------------------------------------------------------------------------- runs
+def test_runs_page_table_and_learning_curves(app_store) -> None:
+    ds_id = _tiny(app_store)
+    r1 = add_finished_run(app_store, ds_id, HISTORY, SUMMARY)
+    r2 = add_finished_run(app_store, ds_id, HISTORY[:2], {"test_auc": 0.7, "test_logloss": 0.65},
+                          objective="inbatch")
+    at = new_app("pages/runs.py")
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["Run"]) == [r2, r1]
+    assert list(table["Objective"]) == ["inbatch", "pointwise"]
+    assert table["Test log loss"].iloc[1] == pytest.approx(0.6005)
+    assert list(table["Dataset"]) == ["tiny demo", "tiny demo"]
+    # Newest succeeded run preselected; overlay the other one too.
+    overlay = at.multiselect(key="runs_overlay")
+    assert overlay.value == [r2]
+    overlay.set_value([r2, r1]).run()
+    assert not at.exception
+    auc = json.loads(at.get("plotly_chart")[0].proto.spec)
+    names = [t["name"] for t in auc["data"]]
+    assert names == [f"Run {r2} · validation", f"Run {r2} · training",
+                     f"Run {r1} · validation", f"Run {r1} · training"]
+    assert auc["data"][2]["y"] == [0.60, 0.70, 0.73]          # r1 validation AUC per epoch
+    assert auc["data"][3]["y"] == [0.61, 0.72, 0.78]          # r1 training AUC per epoch
+    assert auc["layout"]["xaxis"]["title"]["text"].startswith("Epoch")
+    assert auc["layout"]["yaxis"]["title"]["text"].startswith("AUC")
+    loss = json.loads(at.get("plotly_chart")[1].proto.spec)
+    assert loss["data"][2]["y"] == [0.68, 0.63, 0.61]
+    assert "Log loss" in loss["layout"]["yaxis"]["title"]["text"]
+
+
+def test_runs_page_deletes_a_run_after_confirmation(app_store) -> None:
+    ds_id = _tiny(app_store)
+    r1 = add_finished_run(app_store, ds_id, HISTORY, SUMMARY)
+    r2 = add_finished_run(app_store, ds_id, HISTORY, SUMMARY)
+    at = new_app("pages/runs.py")
+    at.selectbox(key="runs_detail").set_value(r1).run()
+    assert at.button(key="del_run_go").disabled
+    at.checkbox(key=f"del_run_sure_{r1}").check().run()
+    at.button(key="del_run_go").click().run()
+    assert not at.exception
+    assert [r["id"] for r in app_store.list_runs()] == [r2]
+    assert f"Deleted run {r1}." in _texts(at)
+
+
+def test_a_failed_run_shows_its_error(app_store) -> None:
+    ds_id = _tiny(app_store)
+    run_id = app_store.create_run(ds_id, {"epochs": 2})
+    app_store.fail_run(run_id, "could not fit: only one class in the training labels")
+    at = new_app("pages/runs.py")
+    assert "could not fit: only one class in the training labels" in _texts(at)
+    at = new_app("pages/train.py")
+    assert not at.exception
+    assert any("could not fit" in str(c.value) for c in at.code)
+
+
+# --------------------------------------------------------------------------- train
+def test_train_page_cancel_button_flags_the_running_job(app_store) -> None:
+    ds_id = _tiny(app_store)
+    proc = sleeper()
+    try:
+        run_id = app_store.create_run(ds_id, {"epochs": 5})
+        app_store.mark_running(run_id, proc.pid)
+        app_store.add_epoch(run_id, HISTORY[0])
+        at = new_app("pages/train.py")
+        assert not at.exception
+        metrics = {m.label: m.value for m in at.metric}
+        assert metrics["Train loss"] == "0.690" and metrics["Validation AUC"] == "0.600"
+        assert "epoch 1 of 5 done" in [p.proto.text for p in at.get("progress")]
+        at.button(key=f"cancel_{run_id}").click().run()
+        assert not at.exception
+        assert app_store.cancel_requested(run_id) is True
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_train_page_rejects_bad_layer_sizes_without_starting(app_store) -> None:
+    _tiny(app_store)
+    at = new_app("pages/train.py")
+    at.text_input[0].set_value("128, sixty-four")
+    at.button[0].click().run()  # the form's "Start training"
+    assert not at.exception
+    errors = [str(e.value) for e in at.error]
+    assert any("User tower layers: write layer sizes as whole numbers" in e for e in errors)
+    assert app_store.list_runs() == []
+
+
+def test_train_page_rejects_towers_of_different_output_size(app_store) -> None:
+    _tiny(app_store)
+    at = new_app("pages/train.py")
+    at.text_input[1].set_value("128, 32")
+    at.button[0].click().run()
+    errors = [str(e.value) for e in at.error]
+    assert any("the two towers must end in the same size" in e for e in errors)
+    assert app_store.list_runs() == []
+
+
+# --------------------------------------------------------------------------- data
+def test_data_page_lists_and_deletes_a_dataset_after_confirmation(app_store) -> None:
+    ds_id = _tiny(app_store)
+    add_finished_run(app_store, ds_id, HISTORY, SUMMARY)
+    at = new_app("pages/data.py")
+    assert not at.exception
+    assert list(at.dataframe[0].value["Name"]) == ["tiny demo"]
+    assert at.button(key="del_ds_go").disabled
+    sure = at.checkbox(key=f"del_ds_sure_{ds_id}")
+    assert "its 1 run(s)" in sure.label
+    sure.check().run()
+    at.button(key="del_ds_go").click().run()
+    assert not at.exception
+    assert app_store.list_datasets() == [] and app_store.list_runs() == []
+    assert "Deleted dataset “tiny demo”." in _texts(at)
+
+
+# --------------------------------------------------------------------------- widgets
+def test_show_error_names_file_line_and_column_without_traceback() -> None:
+    from streamlit.testing.v1 import AppTest
+
+    def page() -> None:
+        from dssm_core.dataset import DataValidationError
+        from pages import widgets
+
+        widgets.show_error(DataValidationError("expected a number, found 'x'", file="u.data",
+                                               line=3, column="rating"), what="Could not read")
+
+    at = AppTest.from_function(page).run()
+    assert not at.exception
+    (err,) = at.error
+    assert err.value.startswith("Could not read: the data has a problem in file **u.data**, "
+                                "line **3**, column **rating**.")
+    assert "u.data, line 3, column 'rating': expected a number, found 'x'" in err.value
+    assert "Nothing was saved" in err.value
+    assert "Traceback" not in err.value
+    assert isinstance(DataValidationError("x"), ValueError)
+
+
+def test_formatting_helpers() -> None:
+    from pages import widgets
+
+    assert widgets.fmt_metric(0.75314) == "0.753"
+    assert widgets.fmt_metric(0.75314, 4) == "0.7531"
+    assert widgets.fmt_metric(None) == "—" and widgets.fmt_metric(float("nan")) == "—"
+    assert widgets.fmt_count(100000) == "100,000"
+    assert widgets.fmt_duration(4.25) == "4.2 s"   # round-half-even at one decimal
+    assert widgets.fmt_duration(42.4) == "42 s"
+    assert widgets.fmt_duration(125) == "2 min 5 s"   # 125 = 2*60 + 5
+    assert widgets.fmt_duration(3 * 3600 + 7 * 60) == "3 h 7 min"
+    assert widgets.fmt_duration(None) == "—"
+    assert widgets.fmt_time(0) == "1970-01-01 00:00"
+    assert widgets.status_label("failed") == "✗ failed"
+
+
+def test_upload_an_ml100k_zip_previews_and_saves_a_dataset(app_store) -> None:
+    at = new_app("pages/data.py")
+    at.file_uploader(key="upload").upload("ml-100k.zip", ml100k_zip(), "application/zip").run()
+    assert not at.exception and not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    # 24 users x 10 ratings each over 16 items (see apphelpers.ml100k_zip)
+    assert metrics == {"Detected format": "ml-100k", "Users": "24", "Items": "16",
+                       "Interactions": "240"}
+    first = at.dataframe[0].value                       # interactions, first 10 rows
+    assert list(first.columns[:5]) == ["user_id", "item_id", "rating", "time (UTC)", "timestamp"]
+    assert len(first) == 10
+    # first row: user 1's first rating at 880,000,000 + 1 * 3,600 s = 1997-11-20 05:26:40 UTC
+    assert (first["user_id"].iloc[0], first["timestamp"].iloc[0]) == ("1", 880_003_600)
+    assert first["time (UTC)"].iloc[0] == "1997-11-20 05:26"
+    assert app_store.list_datasets() == []              # nothing saved before "Save"
+    name = next(t for t in at.text_input if t.label == "Dataset name")
+    assert name.value == "ml-100k"                      # the file name, without .zip
+    name.set_value("Cinema club")
+    next(b for b in at.button if b.label == "Save dataset").click().run()
+    assert not at.exception
+    (ds,) = app_store.list_datasets()
+    assert (ds["name"], ds["format"], ds["n_users"], ds["n_items"], ds["n_interactions"]) == (
+        "Cinema club", "ml-100k", 24, 16, 240)
+    assert f"Saved dataset “Cinema club” (id {ds['id']})" in _texts(at)
+
+
+def test_generic_csv_needs_a_mapping_and_bad_rows_save_nothing(app_store) -> None:
+    csv = b"customer,product,stars,when\n1,10,4,100\n2,11,x,200\n"
+    at = new_app("pages/data.py")
+    at.file_uploader(key="upload").upload("sales.csv", csv, "text/csv").run()
+    assert not at.exception
+    picks = {s.label: s.value for s in at.selectbox}
+    # guessed from the header: customer -> user, product -> item, stars, when
+    assert picks["User id column"] == "customer" and picks["Item id column"] == "product"
+    assert picks["Rating column"] == "stars" and picks["Timestamp column"] == "when"
+    next(b for b in at.button if b.label == "Preview with this mapping").click().run()
+    assert not at.exception
+    (err,) = at.error
+    assert "file **sales.csv**, line **3**, column **stars**" in err.value
+    assert "found 'x'" in err.value and "Nothing was saved" in err.value
+    assert not [b for b in at.button if b.label == "Save dataset"]
+    assert app_store.list_datasets() == []
+
+
+def test_generic_csv_with_a_mapping_saves_implicit_data(app_store) -> None:
+    rows = "".join(f"u{u},p{(u * 7 + k) % 9},{1_600_000_000 + 60 * (u * 5 + k)}\n"
+                   for u in range(6) for k in range(4))
+    csv = ("visitor,sku,time\n" + rows).encode()
+    at = new_app("pages/data.py")
+    at.file_uploader(key="upload").upload("clicks.csv", csv, "text/csv").run()
+    picks = {s.label: s.value for s in at.selectbox}
+    assert picks["Rating column"] == "— none —"           # no rating column: implicit
+    next(b for b in at.button if b.label == "Preview with this mapping").click().run()
+    assert not at.exception and not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    # 6 visitors x 4 clicks; skus (7u + k) mod 9 over u < 6, k < 4 cover all 9 values
+    assert metrics == {"Detected format": "generic", "Users": "6", "Items": "9",
+                       "Interactions": "24"}
+    assert "implicit feedback" in _texts(at)
+    next(b for b in at.button if b.label == "Save dataset").click().run()
+    (ds,) = app_store.list_datasets()
+    assert (ds["name"], ds["n_interactions"], ds["rating_scale"]) == ("clicks", 24, None)
+
+
+def test_pages_never_import_torch_or_umap(tmp_path) -> None:
+    """Home, Data, Train and Runs render without loading torch or umap (fast first paint)."""
+    import subprocess
+    import sys
+
+    from apphelpers import ROOT
+
+    script = f"""
+import os, sys
+os.environ.update(DSSM_DB_URL="sqlite:///{tmp_path}/s.db", DSSM_DEMO="off")
+sys.path[:0] = ["{ROOT}", "{ROOT}/tests/app"]
+from apphelpers import add_finished_run, new_app
+from dssm_core import synthetic
+from dssm_core.store import Store
+store = Store(os.environ["DSSM_DB_URL"])
+ds = store.add_dataset(synthetic.generate(n_users=50, n_items=20, n_interactions=400))
+add_finished_run(store, ds, [{{"epoch": 1, "val_auc": 0.6}}], {{"test_auc": 0.6}})
+at = new_app()
+for page in ("pages/data.py", "pages/train.py", "pages/runs.py"):
+    at.switch_page(page).run()
+    assert not at.exception, (page, at.exception)
+print(sorted(m for m in ("torch", "umap", "numba", "sklearn") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -1,0 +1,331 @@
+"""Audiences: exact search, item and lookalike audiences, exclusions, insights, reach, export.
+
+Most expected values are worked by hand on six users in 2-D:
+
+    u1 ( 1,  0)   u2 (.8, .6)   u3 (.6, .8)   u4 (0, 1)   u5 (-1, 0)   u6 (.8, -.6)
+    items: A (1, 0)  B (0, 1)  C (-3, 0) (stored unnormalised)
+
+so item A scores users 1, .8, .6, 0, -1, .8 (u2 and u6 tie: the earlier user ranks first), and
+the campaign A+B queries with (1, 1)/sqrt(2): u2 and u3 score 1.4/sqrt(2) = 0.98995.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dssm_core import audience as aud
+from dssm_core.audience import AudienceRequest, UserIndex
+from dssm_core.dataset import Dataset
+from dssm_core.store import Store
+
+USER_VECS = np.array([[1, 0], [.8, .6], [.6, .8], [0, 1], [-1, 0], [.8, -.6]], np.float32)
+USER_IDS = ["u1", "u2", "u3", "u4", "u5", "u6"]
+ITEM_VECS = np.array([[1, 0], [0, 1], [-3, 0]], np.float32)
+HYPERLINK = '=HYPERLINK("http://evil.example","click")'
+
+
+def tiny_dataset() -> Dataset:
+    return Dataset(
+        interactions=pd.DataFrame({
+            "user_id": ["u1", "u1", "u2", "u4", "u4", "u5", "u6"],
+            "item_id": ["A", "C", "B", "B", "A", "C", "A"],
+            "rating": np.full(7, 4.0, np.float32),
+            "timestamp": np.arange(7, dtype=np.int64)}),
+        users=pd.DataFrame({"user_id": USER_IDS, "gender": ["F", "M", "F", "F", "M", "M"],
+                            "age": ["25-34", "25-34", "=cmd", "35-44", "35-44", "25-34"]}),
+        items=pd.DataFrame({"item_id": ["A", "B", "C"], "title": [HYPERLINK, "Normal", "+Plus"],
+                            "genres": [["Drama", "Romance"], ["Comedy"], ["Drama"]]}),
+        format="ml-100k", name="tiny")
+
+
+def make_tiny_store(url: str) -> tuple[Store, int]:
+    """A store holding the six-user dataset and one succeeded run over it."""
+    store = Store(url)
+    did = store.add_dataset(tiny_dataset())
+    rid = store.create_run(did, {"epochs": 1}, preset="default", objective="pointwise",
+                           protocol="T")
+    store.finish_run(rid, summary={"test_auc": 0.5}, weights=b"w", encoders={},
+                     user_ids=USER_IDS, user_vectors=USER_VECS, item_ids=["A", "B", "C"],
+                     item_vectors=ITEM_VECS)
+    return store, rid
+
+
+@pytest.fixture()
+def run(tmp_path: Path) -> aud.LoadedRun:
+    store, rid = make_tiny_store(f"sqlite:///{tmp_path / 'a.db'}")
+    loaded = aud.load_run(store, rid)
+    store.dispose()
+    return loaded
+
+
+def build(run: aud.LoadedRun, **kw) -> aud.AudienceResult:
+    return aud.build_audience(run, AudienceRequest(**kw))
+
+
+# ----------------------------------------------------------------------------- the index
+def test_index_top_k_equals_brute_force_argsort() -> None:
+    rng = np.random.default_rng(0)
+    n, d, k = 3_000, 16, 50
+    m = rng.standard_normal((n, d)).astype(np.float32)
+    ids = np.array([f"id{i}" for i in range(n)])
+    q = rng.standard_normal((3, d)).astype(np.float32)
+    index = UserIndex(block_rows=256).index(m, ids)           # 12 blocks, thresholds kick in
+    scores, got = index.query(q, k)
+    mn = m / np.linalg.norm(m, axis=1, keepdims=True)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    brute = mn @ qn.T                                          # (N, Q)
+    for j in range(3):
+        order = np.argsort(-brute[:, j], kind="stable")[:k]
+        assert got[j].tolist() == ids[order].tolist()
+        np.testing.assert_allclose(scores[j], brute[order, j], rtol=1e-5, atol=1e-6)
+    # with a mask of allowed rows
+    allowed = rng.random(n) < 0.3
+    s1, r1 = index.query_rows(q[0], k, allowed=allowed)
+    order = np.flatnonzero(allowed)[np.argsort(-brute[allowed, 0], kind="stable")[:k]]
+    assert r1[0].tolist() == order.tolist()
+
+
+def test_index_hand_worked_scores_ties_and_clamp() -> None:
+    index = UserIndex(block_rows=2).index(USER_VECS * 3, USER_IDS)   # rows are renormalised
+    np.testing.assert_allclose(index.scores([2, 0]), [1, .8, .6, 0, -1, .8], atol=1e-6)
+    scores, ids = index.query(np.array([1, 0]), k=3)
+    assert ids.tolist() == [["u1", "u2", "u6"]]                       # tie: earlier user first
+    np.testing.assert_allclose(scores, [[1, .8, .8]], atol=1e-6)
+    scores, ids = index.query([[0, 1]], k=100)                        # k > N: clamped to N
+    assert ids.shape == (1, 6) and ids[0].tolist() == ["u4", "u3", "u2", "u1", "u5", "u6"]
+    assert index.positions(["u4", "u1"]).tolist() == [3, 0]
+    assert index.positions(["u4", "zz"], missing="ignore").tolist() == [3]
+
+
+def test_index_loud_errors() -> None:
+    with pytest.raises(ValueError, match="call index"):
+        UserIndex().query([1, 0], 1)
+    with pytest.raises(ValueError, match="block_rows must be >= 1"):
+        UserIndex(block_rows=0)
+    with pytest.raises(ValueError, match="2 ids for 3 vectors"):
+        UserIndex().index(np.ones((3, 2)), ["a", "b"])
+    with pytest.raises(ValueError, match="not unique: \\['a'\\]"):
+        UserIndex().index(np.ones((2, 2)), ["a", "a"])
+    with pytest.raises(ValueError, match="length zero.*\\['b'\\]"):
+        UserIndex().index(np.array([[1, 0], [0, 0]]), ["a", "b"])
+    with pytest.raises(ValueError, match="NaN"):
+        UserIndex().index(np.array([[1, np.nan]]), ["a"])
+    index = UserIndex().index(USER_VECS, USER_IDS)
+    with pytest.raises(ValueError, match="must be \\(Q, 2\\)"):
+        index.query([1, 0, 0], 1)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        index.query([1, 0], 0)
+    with pytest.raises(ValueError, match="unknown user ids: 'nobody'"):
+        index.positions(["u1", "nobody"])
+
+
+# ----------------------------------------------------------------------------- item audiences
+def test_top_n_for_one_item_hand_worked(run: aud.LoadedRun) -> None:
+    r = build(run, items=["A"], top_n=3)
+    m = r.members
+    assert m["rank"].tolist() == [1, 2, 3]
+    assert m["user_id"].tolist() == ["u1", "u2", "u6"]
+    np.testing.assert_allclose(m["score"], [1.0, .8, .8], atol=1e-6)
+    # percentile = share of all 6 users scoring at most the member's score
+    np.testing.assert_allclose(m["percentile"], [100.0, 500 / 6, 500 / 6])
+    assert m["gender"].tolist() == ["F", "M", "M"]
+    assert m["favourite genre"].tolist() == ["Drama", "Comedy", "Drama"]
+    assert (r.population, r.eligible, r.requested, r.size) == (6, 6, 3, 3)
+    assert r.threshold == pytest.approx(0.8)
+    assert r.item_ids == ("A",) and r.item_titles == (HYPERLINK,)
+    assert r.warnings == []
+
+
+def test_campaign_of_items_uses_renormalised_mean(run: aud.LoadedRun) -> None:
+    r = build(run, items=["A", "B"], top_n=2)
+    assert r.members["user_id"].tolist() == ["u2", "u3"]
+    np.testing.assert_allclose(r.members["score"], [1.4 / np.sqrt(2)] * 2, atol=1e-6)
+    # C is stored as (-3, 0): normalised it is (-1, 0), so A + C cancel out
+    with pytest.raises(ValueError, match="cancel out"):
+        build(run, items=["A", "C"], top_n=2)
+
+
+def test_exclusions_and_filters(run: aud.LoadedRun) -> None:
+    r = build(run, items=["A"], top_n=3, exclude_seen=True)          # u1, u4, u6 saw A
+    assert r.members["user_id"].tolist() == ["u2", "u3", "u5"]
+    assert r.excluded == {"already interacted": 3} and r.eligible == 3
+    r = build(run, items=["A"], top_n=3, exclude_users=["u2", "ghost"])
+    assert r.members["user_id"].tolist() == ["u1", "u6", "u3"]
+    assert r.excluded == {"exclusion list": 1}
+    assert r.warnings == ["1 ids of the exclusion list are not users of this run"]
+    r = build(run, items=["A"], top_n=3, where={"gender": ["F"]})
+    assert r.members["user_id"].tolist() == ["u1", "u3", "u4"]
+    r = build(run, items=["A"], top_n=5, where={"gender": "M", "age": ["25-34"]})
+    assert r.members["user_id"].tolist() == ["u2", "u6"]               # clamped, warned
+    assert r.excluded == {"attribute filters": 4}
+    assert r.warnings == ["asked for 5 users but only 2 are eligible (of 6); the audience has 2"]
+    r = build(run, items=["B"], top_n=6, where={"favourite genre": ["Drama"]})
+    assert r.members["user_id"].tolist() == ["u1", "u5", "u6"]          # B: 0, 0, -.6
+    with pytest.raises(ValueError, match="unknown user attribute 'income'; known: gender, age"):
+        build(run, items=["A"], top_n=3, where={"income": ["high"]})
+    with pytest.raises(ValueError, match="no user is left"):
+        build(run, items=["A"], top_n=3, exclude_seen=True, where={"gender": ["none"]})
+
+
+def test_sizes_by_n_or_percent_and_clamping(run: aud.LoadedRun) -> None:
+    assert build(run, items=["A"], percent=50).size == 3
+    assert build(run, items=["A"], percent=1).size == 1                 # at least one user
+    r = build(run, items=["A"], top_n=10)                               # more than everyone
+    assert r.size == 6 and r.requested == 10
+    assert r.members["user_id"].tolist() == ["u1", "u2", "u6", "u3", "u4", "u5"]
+    assert r.warnings == ["asked for 10 users but only 6 are eligible (of 6); the audience has 6"]
+    assert aud.audience_size(AudienceRequest(items=["A"], percent=12.5), 1000) == 125
+
+
+def test_unknown_ids_and_bad_requests_are_named(run: aud.LoadedRun) -> None:
+    with pytest.raises(ValueError, match="unknown item ids in run 1: 'zzz', 'yyy'"):
+        build(run, items=["A", "zzz", "yyy"], top_n=3)
+    with pytest.raises(ValueError, match="unknown user ids: 'nobody'"):
+        build(run, seed_users=["u1", "nobody"], top_n=3)
+    with pytest.raises(ValueError, match="non-empty list of seed users"):
+        AudienceRequest(seed_users=[], top_n=3)
+    with pytest.raises(ValueError, match="non-empty list of seed users"):
+        AudienceRequest(seed_users=["", "  "], top_n=3)
+    with pytest.raises(ValueError, match="not both"):
+        AudienceRequest(items=["A"], seed_users=["u1"], top_n=3)
+    with pytest.raises(ValueError, match="exactly one"):
+        AudienceRequest(items=["A"], top_n=3, percent=5)
+    with pytest.raises(ValueError, match="top_n must be a whole number >= 1"):
+        AudienceRequest(items=["A"], top_n=0)
+    with pytest.raises(ValueError, match="percent must be in \\(0, 100\\]"):
+        AudienceRequest(items=["A"], percent=150)
+
+
+# ----------------------------------------------------------------------------- lookalikes
+def test_lookalike_excludes_seeds_hand_worked(run: aud.LoadedRun) -> None:
+    r = build(run, seed_users=["u1", "u4", "u1"], top_n=3)             # centroid (1, 1)/sqrt 2
+    assert r.members["user_id"].tolist() == ["u2", "u3", "u6"]
+    np.testing.assert_allclose(r.members["score"],
+                               [1.4 / np.sqrt(2), 1.4 / np.sqrt(2), 0.2 / np.sqrt(2)],
+                               atol=1e-6)
+    assert r.excluded == {"seed users": 2}
+    r = build(run, seed_users=["u1", "u4"], top_n=50)
+    assert r.size == 4 and "only 4 are eligible" in r.warnings[0]
+    with pytest.raises(ValueError, match="cancel out"):
+        build(run, seed_users=["u1", "u5"], top_n=2)
+
+
+# ----------------------------------------------------------------------------- insights, reach, overlap
+def test_insights_share_and_index(run: aud.LoadedRun) -> None:
+    ins = build(run, items=["A"], top_n=3).insights
+    sums = ins.groupby("attribute")["audience_share"].sum()
+    np.testing.assert_allclose(sums.to_numpy(), 100.0)
+    np.testing.assert_allclose(ins.groupby("attribute")["population_share"].sum(), 100.0)
+    g = ins[ins["attribute"] == "gender"].set_index("value")
+    assert g.loc["M", "audience_count"] == 2 and g.loc["F", "audience_count"] == 1
+    np.testing.assert_allclose(g.loc["M", ["audience_share", "population_share", "index"]]
+                               .astype(float), [200 / 3, 50.0, 400 / 3])
+    np.testing.assert_allclose(g.loc["F", "index"], 200 / 3)
+    fav = ins[ins["attribute"] == "favourite genre"].set_index("value")
+    np.testing.assert_allclose(fav.loc["Drama", ["audience_share", "index"]].astype(float),
+                               [200 / 3, 400 / 3])                     # pop: u1 u5 u6 = 50%
+    assert fav.loc["(no history)", "population_count"] == 1 and \
+        fav.loc["(no history)", "audience_count"] == 0
+    assert set(ins["attribute"]) == {"gender", "age", "favourite genre"}
+
+
+def test_insights_bands_numeric_and_pools_rare_values() -> None:
+    n = 100
+    attrs = pd.DataFrame({"age": np.arange(n), "city": [f"c{i % 30}" for i in range(n)]})
+    ins = aud.insights(np.arange(10), attrs)
+    age = ins[ins["attribute"] == "age"]
+    assert len(age) == 5 and age["population_count"].sum() == n
+    assert age.iloc[0]["value"] == "0-19.8" and age.iloc[0]["audience_share"] == 100.0
+    city = ins[ins["attribute"] == "city"]
+    # 30 cities > MAX_CATEGORIES: the audience's 10 cities are kept, the other 20 pooled
+    assert sorted(city["value"]) == sorted([f"c{i}" for i in range(10)] + ["(other)"])
+    other = city.set_index("value").loc["(other)"]
+    assert (other["audience_share"], other["population_share"]) == (0.0, 60.0)
+    np.testing.assert_allclose(city["audience_share"].sum(), 100.0)
+    np.testing.assert_allclose(city["population_share"].sum(), 100.0)
+
+
+def test_reach_curve_hand_worked(run: aud.LoadedRun) -> None:
+    reach = build(run, items=["A"], top_n=1).reach
+    np.testing.assert_allclose(reach["threshold"], [1.0, .8, .6, -1.0], atol=1e-6)
+    assert reach["size"].tolist() == [1, 3, 4, 6]
+    np.testing.assert_allclose(reach["percent_of_population"], [100 / 6, 50, 400 / 6, 100])
+    reach = build(run, items=["A"], top_n=1, exclude_seen=True).reach   # eligible: u2 u3 u5
+    assert reach["size"].tolist() == [1, 2, 3]
+
+
+def test_overlap_counts_and_jaccard() -> None:
+    assert aud.overlap(["1", "2", "3"], [2, 3, 4]) == {
+        "size_a": 3, "size_b": 3, "common": 2, "only_a": 1, "only_b": 1, "jaccard": 0.5}
+    assert aud.overlap([], [])["jaccard"] == 0.0
+
+
+def test_saved_audience_round_trip_and_overlap(tmp_path: Path) -> None:
+    store, rid = make_tiny_store(f"sqlite:///{tmp_path / 's.db'}")
+    loaded = aud.load_run(store)                                        # newest succeeded
+    r1 = build(loaded, items=["A"], top_n=3)
+    r2 = build(loaded, items=["B"], top_n=3)                            # u4 u3 u2
+    a = store.save_audience(rid, "A fans", r1.definition(), r1.members)
+    b = store.save_audience(rid, "B fans", r2.definition(), r2.members)
+    assert store.load_audience(a)["definition"]["items"] == ["A"]
+    req = AudienceRequest.from_dict(store.load_audience(a)["definition"])
+    assert req == AudienceRequest(items=["A"], top_n=3)
+    assert aud.overlap_saved(store, a, b) == {"size_a": 3, "size_b": 3, "common": 1,
+                                              "only_a": 2, "only_b": 2, "jaccard": 0.2}
+    store.dispose()
+
+
+def test_load_run_needs_a_succeeded_run(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'e.db'}")
+    with pytest.raises(ValueError, match="no succeeded run"):
+        aud.load_run(store)
+    did = store.add_dataset(tiny_dataset())
+    rid = store.create_run(did, {})
+    with pytest.raises(ValueError, match=f"run {rid} is queued"):
+        aud.load_run(store, rid)
+    store.dispose()
+
+
+# ----------------------------------------------------------------------------- export
+def test_csv_columns_and_formula_escaping(run: aud.LoadedRun) -> None:
+    r = build(run, items=["A", "B"], top_n=2)                            # u2, u3 (age "=cmd")
+    rows = list(csv.reader(io.StringIO(r.to_csv_bytes().decode("utf-8"), newline="")))
+    assert rows[0] == ["rank", "user_id", "score", "percentile", "gender", "age",
+                       "favourite genre", "run_id", "item_ids", "item_titles"]
+    assert rows[1][:2] == ["1", "u2"] and rows[2][:2] == ["2", "u3"]
+    assert float(rows[1][2]) == pytest.approx(1.4 / np.sqrt(2), abs=1e-6)
+    assert rows[1][3] == "100.000"
+    assert rows[2][5] == "'=cmd"                                         # attribute escaped
+    assert rows[1][7:] == ["1", "A; B", "'" + HYPERLINK + "; Normal"]    # title escaped
+    assert len(rows) == 3
+
+
+def test_to_csv_escapes_every_formula_start() -> None:
+    members = pd.DataFrame({
+        "rank": [1, 2, 3], "user_id": ["-5", "@me", "ok"], "score": [-0.5, 0.25, 0.0],
+        "percentile": [100.0, 50.0, 0.0], "note": ["+1", "\tTAB", "\rCR"],
+        "delta": [-3, 4, None], "tags": [["=a", "b"], [], ["c"]]})
+    out = aud.to_csv_bytes(members, run_id=7, item_ids=["-x"], item_titles=["@t"])
+    assert out.startswith(b"rank,user_id,score,percentile,") and b"\r\n1," in out
+    rows = list(csv.reader(io.StringIO(out.decode("utf-8"), newline="")))
+    assert rows[0] == ["rank", "user_id", "score", "percentile", "note", "delta", "tags",
+                       "run_id", "item_ids", "item_titles"]
+    assert rows[1] == ["1", "'-5", "-0.500000", "100.000", "'+1", "-3.0", "'=a|b", "7",
+                       "'-x", "'@t"]
+    assert rows[2][1] == "'@me" and rows[2][4] == "'\tTAB" and rows[2][6] == ""
+    assert rows[3][4] == "'\rCR" and rows[3][5] == ""
+    with pytest.raises(ValueError, match="lack columns: percentile"):
+        aud.to_csv_bytes(members.drop(columns="percentile"), run_id=1)
+
+
+def test_read_user_ids_from_lists_and_exports() -> None:
+    assert aud.read_user_ids(b"# seeds\nu1\n\n u2 \nu1\n") == ["u1", "u2"]
+    exported = b"rank,user_id,score\n1,'-5,0.9\n2,u7,0.8\n"
+    assert aud.read_user_ids(exported) == ["-5", "u7"]
+    assert aud.read_user_ids("\ufeffuser_id\n'=x\n") == ["=x"]
+    assert aud.read_user_ids(b"") == []

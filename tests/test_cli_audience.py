@@ -1,0 +1,156 @@
+"""``python -m dssm_core runs | audience | lookalike`` over a store holding a hand-made run
+(the six users of ``test_audience``: item A scores u1 1, u2 .8, u6 .8, u3 .6, u4 0, u5 -1).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dssm_core.cli import main
+from test_audience import make_tiny_store, tiny_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def db(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    store, _ = make_tiny_store(url)
+    store.dispose()
+    return url
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.reader(fh))
+
+
+def test_runs_table_and_json(db: str, capsys) -> None:
+    assert main(["runs", "--db", db]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["id", "status", "dataset", "preset", "objective", "protocol",
+                                "epochs", "duration", "test_auc", "created", "(UTC)"]
+    assert lines[1].split()[:8] == ["1", "succeeded", "tiny", "default", "pointwise", "T",
+                                    "0/1", "0:00"]
+    assert lines[1].split()[8] == "0.5000"
+    assert main(["runs", "--db", db, "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert (rec["id"], rec["status"], rec["dataset_name"]) == (1, "succeeded", "tiny")
+
+
+def test_runs_on_an_empty_store(tmp_path: Path, capsys) -> None:
+    assert main(["runs", "--db", f"sqlite:///{tmp_path / 'empty.db'}"]) == 0
+    assert capsys.readouterr().out.strip() == "no runs stored yet"
+
+
+def test_audience_top_n_to_csv(db: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "a.csv"
+    assert main(["audience", "--db", db, "--item", "A", "--top", "3", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["run_id"], summary["size"], summary["population"]) == (1, 3, 6)
+    rows = read_csv(out)
+    assert rows[0][:4] == ["rank", "user_id", "score", "percentile"]
+    assert [r[1] for r in rows[1:]] == ["u1", "u2", "u6"]
+    assert [r[2] for r in rows[1:]] == ["1.000000", "0.800000", "0.800000"]
+    assert rows[1][-3:] == ["1", "A", '\'=HYPERLINK("http://evil.example","click")']
+
+
+def test_audience_exclusions_filters_and_percent(db: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "b.csv"
+    assert main(["audience", "--db", db, "--run", "1", "--item", "A", "--percent", "50",
+                 "--exclude-seen", "--out", str(out)]) == 0
+    assert [r[1] for r in read_csv(out)[1:]] == ["u2", "u3", "u5"]
+    assert json.loads(capsys.readouterr().out)["excluded"] == {"already interacted": 3}
+    assert main(["audience", "--db", db, "--item", "A", "--item", "B", "--top", "9",
+                 "--where", "gender=F", "--where", "age=25-34", "--where", "age=35-44",
+                 "--out", str(out)]) == 0
+    assert [r[1] for r in read_csv(out)[1:]] == ["u4", "u1"]         # u3's age is "=cmd"
+    captured = capsys.readouterr()
+    assert "warning: asked for 9 users but only 2 are eligible" in captured.err
+
+
+def test_lookalike_from_a_file(db: str, tmp_path: Path, capsys) -> None:
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("# our best customers\nu1\nu4\n", encoding="utf-8")
+    out = tmp_path / "l.csv"
+    assert main(["lookalike", "--db", db, "--users", str(seeds), "--top", "2",
+                 "--out", str(out)]) == 0
+    rows = read_csv(out)
+    assert [r[1] for r in rows[1:]] == ["u2", "u3"]
+    assert rows[1][-3:] == ["1", "", ""]                               # no items
+    # an exported audience works as a seed file (its user_id column)
+    assert main(["lookalike", "--db", db, "--users", str(out), "--top", "1",
+                 "--out", str(tmp_path / "l2.csv")]) == 0
+    assert [r[1] for r in read_csv(tmp_path / "l2.csv")[1:]] == ["u1"]  # centroid of u2, u3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["audience", "--item", "nope", "--top", "3"], "error: unknown item ids in run 1: 'nope'"),
+    (["audience", "--item", "A", "--top", "0"], "error: top_n must be a whole number >= 1"),
+    (["audience", "--item", "A", "--top", "3", "--where", "gender"],
+     "error: --where needs attr=value, got 'gender'"),
+    (["audience", "--item", "A", "--top", "3", "--run", "9"], "error: no run with id 9"),
+    (["audience", "--item", "A", "--top", "3", "--where", "height=2"],
+     "error: unknown user attribute 'height'"),
+])
+def test_audience_errors_exit_2_with_one_line(db: str, tmp_path: Path, capsys, argv,
+                                             message) -> None:
+    out = tmp_path / "x.csv"
+    assert main([*argv, "--db", db, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_lookalike_errors(db: str, tmp_path: Path, capsys) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n# nothing\n", encoding="utf-8")
+    assert main(["lookalike", "--db", db, "--users", str(empty), "--top", "2",
+                 "--out", str(tmp_path / "o.csv")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {empty}: the seed list is empty"
+    bad = tmp_path / "bad.txt"
+    bad.write_text("u1\nghost\n", encoding="utf-8")
+    assert main(["lookalike", "--db", db, "--users", str(bad), "--top", "2",
+                 "--out", str(tmp_path / "o.csv")]) == 2
+    assert capsys.readouterr().err.strip() == "error: unknown user ids: 'ghost'"
+    assert main(["lookalike", "--db", db, "--users", str(tmp_path / "missing.txt"),
+                 "--top", "2", "--out", str(tmp_path / "o.csv")]) == 2
+
+
+def test_no_succeeded_run_and_bad_url(tmp_path: Path, capsys) -> None:
+    from dssm_core.store import Store
+
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    s = Store(url)
+    s.create_run(s.add_dataset(tiny_dataset()), {})                   # queued only
+    s.dispose()
+    assert main(["audience", "--db", url, "--item", "A", "--top", "1",
+                 "--out", str(tmp_path / "o.csv")]) == 2
+    assert "no succeeded run" in capsys.readouterr().err
+    assert main(["runs", "--db", "not a url"]) == 2
+    assert capsys.readouterr().err.startswith("error: cannot open the store at not a url")
+
+
+def test_module_entry_point_end_to_end(db: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "DSSM_DB_URL": db}                                          # --db defaults to it
+    out = tmp_path / "e.csv"
+    ok = subprocess.run([sys.executable, "-m", "dssm_core", "audience", "--item", "B",
+                         "--top", "2", "--out", str(out)], capture_output=True, text=True,
+                        env=env, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert [r[1] for r in read_csv(out)[1:]] == ["u4", "u3"]
+    bad = subprocess.run([sys.executable, "-m", "dssm_core", "audience", "--item", "Z",
+                          "--top", "2", "--out", str(out)], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == ["error: unknown item ids in run 1: 'Z'"]
+    np.testing.assert_equal(bad.stdout, "")

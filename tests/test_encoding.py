@@ -1,0 +1,252 @@
+"""encoding: leak-free features as of event time, hand-worked on a tiny dataset."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dssm_core.dataset import Dataset
+from dssm_core.encoding import FeatureEncoder
+from dssm_core.features import DenseFeature, SequenceFeature, SparseFeature
+
+
+def _tiny() -> Dataset:
+    """3 users, 4 items, 8 events; u3 only appears after training (cold start).
+
+    row  user item rating  time
+     0   u1   a    5       100
+     1   u1   b    2       200
+     2   u2   a    4       200
+     3   u1   c    4       300
+     4   u2   b    5       300
+     5   u1   d    5       300   (same second as row 3)
+     6   u3   a    4       400   (test)
+     7   u2   c    1       500   (test)
+    """
+    inter = pd.DataFrame({
+        "user_id": ["u1", "u1", "u2", "u1", "u2", "u1", "u3", "u2"],
+        "item_id": ["a", "b", "a", "c", "b", "d", "a", "c"],
+        "rating": np.array([5, 2, 4, 4, 5, 5, 4, 1], dtype=np.float32),
+        "timestamp": np.array([100, 200, 200, 300, 300, 300, 400, 500], dtype=np.int64),
+    })
+    users = pd.DataFrame({"user_id": ["u1", "u2", "u3"], "gender": ["F", "M", "F"],
+                          "age": [25, 40, 30], "zip": ["12345", "98765", "1A2B3"]})
+    items = pd.DataFrame({"item_id": ["a", "b", "c", "d"], "title": ["A", "B", "C", "D"],
+                          "genres": [["Action", "Drama"], ["Comedy"], ["Drama"], ["Horror"]],
+                          "year": pd.array([1990, 2000, None, 1980], dtype="Int64")})
+    return Dataset(inter, users, items, format="test", name="tiny")
+
+
+TRAIN = np.arange(6)
+
+
+def _unscale(enc: FeatureEncoder, name: str, x: np.ndarray) -> np.ndarray:
+    return x * np.asarray(enc.dense_scale_[name]) + np.asarray(enc.dense_mean_[name])
+
+
+def test_init_only_stores_arguments_and_fit_returns_self() -> None:
+    enc = FeatureEncoder(history_len=3, label_threshold=3.0, embedding_dim=8)
+    assert vars(enc) == {"history_len": 3, "label_threshold": 3.0, "embedding_dim": 8,
+                         "zip_prefix_len": 1, "n_buckets": 8, "smoothing": 5.0,
+                         "max_genres": 8}
+    with pytest.raises(ValueError, match="not fitted"):
+        enc.transform_events(_tiny(), [0])
+    assert enc.fit(_tiny(), TRAIN) is enc
+    with pytest.raises(ValueError):
+        FeatureEncoder(history_len=0).fit(_tiny(), TRAIN)
+    with pytest.raises(ValueError):
+        FeatureEncoder().fit(_tiny(), [])
+    with pytest.raises(ValueError):
+        FeatureEncoder().fit(_tiny(), [99])
+
+
+def test_vocabularies_and_specs_are_sized_from_training_rows() -> None:
+    enc = FeatureEncoder(history_len=3, embedding_dim=8).fit(_tiny(), TRAIN)
+    assert enc.user_vocab_ == ["u1", "u2"]               # u3 is not in the training rows
+    assert enc.item_vocab_ == ["a", "b", "c", "d"]
+    assert enc.genre_vocab_ == ["Action", "Comedy", "Drama", "Horror"]
+    assert enc.genres_len_ == 2
+    # +1 everywhere for index 0 (padding/unknown); age has 2 values in training -> categories
+    assert enc.vocab_sizes_ == {"user_id": 3, "gender": 3, "age": 3, "zip": 3, "hist": 5,
+                                "item_id": 5, "genres": 5}
+    by_name = {s.name: s for s in enc.user_specs_ + enc.item_specs_}
+    assert by_name["hist"] == SequenceFeature("hist", 5, 8, 3, "mean", shared_with="item_id")
+    assert by_name["genres"] == SequenceFeature("genres", 5, 8, 2, "mean")
+    assert by_name["user_id"] == SparseFeature("user_id", 3, 8)
+    assert by_name["user_stats"] == DenseFeature("user_stats", 3)
+    assert by_name["year"] == DenseFeature("year", 2)
+    assert [s.name for s in enc.user_specs_] == ["user_id", "gender", "age", "zip", "hist",
+                                                 "user_stats"]
+
+
+def test_history_and_statistics_as_of_event_time() -> None:
+    ds = _tiny()
+    enc = FeatureEncoder(history_len=3, embedding_dim=4).fit(ds, TRAIN)
+    x = enc.transform_events(ds, np.arange(8))
+    a, b, c, d = 1, 2, 3, 4                                  # item vocabulary indices
+    # row 0: nothing before t=100
+    np.testing.assert_array_equal(x["hist"][0], [0, 0, 0])
+    # rows 3 and 5 (u1 at t=300): positives strictly before 300 = [a]; c and d at 300 are
+    # excluded (same second), b was rated 2 (not a positive)
+    np.testing.assert_array_equal(x["hist"][3], [a, 0, 0])
+    np.testing.assert_array_equal(x["hist"][5], [a, 0, 0])
+    # row 7 (u2 at t=500): positives a@200, b@300, most recent first
+    np.testing.assert_array_equal(x["hist"][7], [b, a, 0])
+    # labels: rating > 3
+    np.testing.assert_array_equal(x["label"], [1, 0, 1, 1, 1, 1, 1, 0])
+
+    # user statistics of row 3 (u1 before 300: ratings 5 and 2), smoothed towards the
+    # training means with 5 pseudo-counts: global mean rating = 25/6, like-rate = 5/6
+    #   mean = (7 + 5 * 25/6) / (2 + 5) = 3.976190;  rate = (1 + 5 * 5/6) / 7 = 0.738095
+    #   count = log1p(2) = 1.098612
+    raw = _unscale(enc, "user_stats", x["user_stats"][3])
+    np.testing.assert_allclose(raw, [3.976190, 0.738095, math.log1p(2)], atol=1e-5)
+    # row 0 has no past: the priors themselves and log1p(0) = 0
+    np.testing.assert_allclose(_unscale(enc, "user_stats", x["user_stats"][0]),
+                               [25 / 6, 5 / 6, 0.0], atol=1e-5)
+    # item statistics of row 6 (item a before 400: ratings 5, 4)
+    #   mean = (9 + 5 * 25/6) / 7 = 4.261905; rate = (2 + 5 * 5/6) / 7 = 0.880952
+    np.testing.assert_allclose(_unscale(enc, "item_stats", x["item_stats"][6]),
+                               [4.261905, 0.880952, math.log1p(2)], atol=1e-5)
+    # row 2 (item a at t=200): only row 0 is strictly earlier -> count 1, never itself
+    assert _unscale(enc, "item_stats", x["item_stats"][2])[2] == pytest.approx(math.log1p(1))
+
+
+def test_cold_start_user_and_unknown_values_map_to_zero() -> None:
+    ds = _tiny()
+    enc = FeatureEncoder(history_len=3, embedding_dim=4).fit(ds, TRAIN)
+    x = enc.transform_events(ds, [6])                          # u3, first seen at t=400
+    assert x["user_id"][0] == 0                                # unseen id -> unknown
+    assert x["gender"][0] == 1                                 # "F" is known
+    assert x["zip"][0] == 1                                    # prefix "1" is known
+    assert x["age"][0] == 0                                    # age 30 never seen in training
+    np.testing.assert_array_equal(x["hist"][0], [0, 0, 0])
+    # genres of a = [Action, Drama] -> [1, 3]; year of c unknown -> [0, 0 known]
+    np.testing.assert_array_equal(x["genres"][0], [1, 3])
+    y = enc.transform_events(ds, [3])["year"][0]               # item c
+    np.testing.assert_array_equal(y, [0.0, 0.0])
+    # year of a: (1990 - mean 1990) / std -> 0, known flag 1
+    np.testing.assert_allclose(enc.transform_events(ds, [0])["year"][0], [0.0, 1.0])
+
+
+def test_user_and_item_tables_as_of_a_time() -> None:
+    ds = _tiny()
+    enc = FeatureEncoder(history_len=3, embedding_dim=4).fit(ds, TRAIN)
+    ids, t = enc.user_table(ds, 300)
+    assert ids.tolist() == ["u1", "u2", "u3"]
+    np.testing.assert_array_equal(t["hist"], [[1, 0, 0], [1, 0, 0], [0, 0, 0]])
+    ids, t = enc.user_table(ds, None)                          # after every event
+    np.testing.assert_array_equal(t["hist"], [[4, 3, 1], [2, 1, 0], [1, 0, 0]])
+    # one time per user
+    _, t = enc.user_table(ds, np.array([150, 250, 0]))
+    np.testing.assert_array_equal(t["hist"][:, 0], [1, 1, 0])
+    # a pool restricts what the past holds: only the training rows
+    _, t = enc.user_table(ds, None, pool=TRAIN)
+    np.testing.assert_array_equal(t["hist"][2], [0, 0, 0])
+    item_ids, it = enc.item_table(ds, 250)
+    assert item_ids.tolist() == ["a", "b", "c", "d"]
+    counts = _unscale(enc, "item_stats", it["item_stats"])[:, 2]
+    np.testing.assert_allclose(counts, np.log1p([2, 1, 0, 0]), atol=1e-6)
+    with pytest.raises(ValueError):
+        enc.user_table(ds, np.array([1, 2]))
+
+
+def test_json_round_trip_gives_identical_features() -> None:
+    ds = _tiny()
+    enc = FeatureEncoder(history_len=3, embedding_dim=4).fit(ds, TRAIN)
+    doc = json.loads(json.dumps(enc.to_json()))                # plain JSON, no pickle
+    back = FeatureEncoder.from_json(doc)
+    assert back.user_specs_ == enc.user_specs_ and back.item_specs_ == enc.item_specs_
+    x1 = enc.transform_events(ds, np.arange(8))
+    x2 = back.transform_events(ds, np.arange(8))
+    assert x1.keys() == x2.keys()
+    for k in x1:
+        np.testing.assert_array_equal(x1[k], x2[k])
+    with pytest.raises(ValueError):
+        FeatureEncoder.from_json({"version": 999})
+
+
+def test_numeric_attribute_is_bucketed_and_zip_cut(tiny_synthetic) -> None:
+    ds = tiny_synthetic
+    users = ds.users.copy()
+    users["age"] = np.arange(len(users)) % 60 + 10             # raw ages: 60 values
+    ds = Dataset(ds.interactions, users, ds.items, format="synthetic")
+    enc = FeatureEncoder(n_buckets=4).fit(ds, np.arange(3000))
+    age = next(a for a in enc.user_attrs_ if a["name"] == "age")
+    assert age["kind"] == "bins" and len(age["edges"]) == 3    # quartiles
+    zip_attr = next(a for a in enc.user_attrs_ if a["name"] == "zip")
+    assert zip_attr["kind"] == "prefix" and all(len(v) == 1 for v in zip_attr["vocab"])
+    _, t = enc.user_table(ds)
+    assert t["age"].min() >= 1 and t["age"].max() == 4
+
+
+def test_no_history_holds_its_own_item_or_a_later_one(tiny_synthetic) -> None:
+    ds = tiny_synthetic
+    inter = ds.interactions
+    n = len(inter)
+    enc = FeatureEncoder(history_len=20).fit(ds, np.arange(int(n * 0.7)))
+    x = enc.transform_events(ds, np.arange(n))
+    when = {(u, i): (t, r) for u, i, t, r in zip(inter["user_id"], inter["item_id"],
+                                                 inter["timestamp"], inter["rating"])}
+    vocab = np.array([""] + enc.item_vocab_, dtype=object)
+    users = inter["user_id"].to_numpy()
+    items = inter["item_id"].to_numpy()
+    ts = inter["timestamp"].to_numpy()
+    by_user: dict[str, list] = {}
+    for (u, i), (t, r) in when.items():
+        by_user.setdefault(u, []).append((t, i, r))
+    known_items = set(enc.item_vocab_)
+    checked = 0
+    for row in range(0, n, 7):                                  # a spread of events
+        hist = [vocab[h] for h in x["hist"][row] if h]
+        assert items[row] not in hist
+        for item in hist:
+            t, r = when[(users[row], item)]
+            assert t < ts[row] and r > 3
+            checked += 1
+        # and the history is complete: every earlier positive (up to 20) is there
+        earlier = [i for t, i, r in by_user[users[row]]
+                   if t < ts[row] and r > 3 and i in known_items]
+        assert len(hist) == min(20, len(earlier))
+    assert checked > 1000
+
+
+def test_activity_count_excludes_the_event_itself(tiny_synthetic) -> None:
+    ds = tiny_synthetic
+    inter = ds.interactions
+    enc = FeatureEncoder().fit(ds, np.arange(4000))
+    rows = np.arange(0, len(inter), 13)
+    x = enc.transform_events(ds, rows)
+    n_before = np.expm1(_unscale(enc, "user_stats", x["user_stats"])[:, 2])
+    ts = inter["timestamp"].to_numpy()
+    users = inter["user_id"].to_numpy()
+    expected = [int(((users == users[r]) & (ts < ts[r])).sum()) for r in rows]
+    np.testing.assert_allclose(n_before, expected, atol=1e-3)
+
+
+def test_implicit_negatives_are_unseen_items_and_seeded(tiny_synthetic) -> None:
+    ds = tiny_synthetic
+    inter = ds.interactions.copy()
+    inter["rating"] = np.float32(1.0)
+    imp = Dataset(inter, ds.users, ds.items, format="synthetic", rating_scale=None)
+    enc = FeatureEncoder().fit(imp, np.arange(4000))
+    rows = np.arange(4000, 4100)
+    x = enc.transform_events(imp, rows, negatives=3, seed=5)
+    # 3 negatives per event, except for users who have seen every one of the 120 items
+    n_seen = inter.groupby("user_id")["item_id"].nunique()
+    full = int((n_seen.loc[inter["user_id"].to_numpy()[rows]] == len(ds.items)).sum())
+    assert len(x["label"]) == 100 + 3 * (100 - full)
+    assert x["label"][:100].tolist() == [1.0] * 100 and x["label"][100:].sum() == 0
+    items, users, ts = enc.sample_negatives(imp, rows, 3, seed=5)
+    seen = set(zip(inter["user_id"], inter["item_id"]))
+    assert not any((u, i) in seen for u, i in zip(users, items))
+    assert set(ts) <= set(inter["timestamp"].to_numpy()[rows]) and len(ts) == len(items)
+    again = enc.sample_negatives(imp, rows, 3, seed=5)[0]
+    np.testing.assert_array_equal(items, again)
+    assert not np.array_equal(items, enc.sample_negatives(imp, rows, 3, seed=6)[0])
+    # explicit data: labels come from ratings, no negatives are added
+    enc2 = FeatureEncoder().fit(ds, np.arange(4000))
+    assert len(enc2.transform_events(ds, rows, negatives=3)["label"]) == 100

@@ -1,0 +1,122 @@
+"""metrics: hand-worked values (the arithmetic is in the comments)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from dssm_core import metrics
+
+# 3 users (queries) x 5 items (candidates), shared by the retrieval tests below.
+SCORES = np.array([
+    [0.9, 0.8, 0.1, 0.5, 0.3],   # u0: ranking 0, 1, 3, 4, 2
+    [0.2, 0.7, 0.6, 0.1, 0.9],   # u1: ranking 4, 1, 2, 0, 3 (item 4 already seen)
+    [0.5, 0.4, 0.3, 0.2, 0.1],   # u2: ranking 0, 1, 2, 3, 4
+])
+RELEVANT = [[2, 3], [1], [4]]
+EXCLUDE = [[], [4], []]
+
+
+def test_auc_four_samples() -> None:
+    # positives score 0.9 and 0.4, negatives 0.3 and 0.6.
+    # pairs (pos, neg): (0.9, 0.3) win, (0.9, 0.6) win, (0.4, 0.3) win, (0.4, 0.6) loss -> 3/4
+    assert metrics.auc([1, 0, 1, 0], [0.9, 0.3, 0.4, 0.6]) == pytest.approx(0.75)
+
+
+def test_auc_counts_ties_as_half() -> None:
+    # positives 0.5 and 0.8, negatives 0.5 and 0.2.
+    # (0.5, 0.5) tie = 0.5, (0.5, 0.2) = 1, (0.8, 0.5) = 1, (0.8, 0.2) = 1 -> 3.5 / 4 = 0.875
+    assert metrics.auc([1, 0, 1, 0], [0.5, 0.5, 0.8, 0.2]) == pytest.approx(0.875)
+    # all scores equal: every pair a tie -> 0.5
+    assert metrics.auc([1, 0, 0, 1, 0], [0.3] * 5) == pytest.approx(0.5)
+
+
+def test_auc_rejects_one_class_and_bad_input() -> None:
+    with pytest.raises(ValueError, match="both"):
+        metrics.auc([1, 1, 1], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="length"):
+        metrics.auc([1, 0], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.auc([1, 0], [0.1, float("nan")])
+
+
+def test_logloss_hand_worked_and_clipped() -> None:
+    # -(ln 0.8 + ln(1 - 0.4)) / 2 = (0.223144 + 0.510826) / 2 = 0.366985
+    assert metrics.logloss([1, 0], [0.8, 0.4]) == pytest.approx(0.366985, abs=1e-6)
+    # p = 1 for a negative is clipped to 1 - 1e-7: -ln(1e-7) = 16.1181
+    assert metrics.logloss([0], [1.0]) == pytest.approx(-math.log(1e-7), rel=1e-6)
+    assert math.isfinite(metrics.logloss([1, 0], [0.0, 1.0]))
+    with pytest.raises(ValueError):
+        metrics.logloss([], [])
+    with pytest.raises(ValueError):
+        metrics.logloss([1], [0.5], eps=0.0)
+
+
+def test_recall_at_k_three_users() -> None:
+    # @2: u0 top {0, 1} has neither 2 nor 3 -> 0/2; u1 (4 removed) top {1, 2} has 1 -> 1/1;
+    #     u2 top {0, 1} lacks 4 -> 0/1.  mean = (0 + 1 + 0) / 3 = 1/3
+    assert metrics.recall_at_k(SCORES, RELEVANT, 2, EXCLUDE) == pytest.approx(1 / 3)
+    # @3: u0 top {0, 1, 3} -> 1/2; u1 -> 1; u2 top {0, 1, 2} -> 0.  mean = 1.5 / 3 = 0.5
+    assert metrics.recall_at_k(SCORES, RELEVANT, 3, EXCLUDE) == pytest.approx(0.5)
+    # pooled over pairs at @2: hits 0 + 1 + 0 = 1 of 2 + 1 + 1 = 4 relevant -> 0.25
+    assert metrics.recall_at_k(SCORES, RELEVANT, 2, EXCLUDE, average="relevant") == \
+        pytest.approx(0.25)
+
+
+def test_already_seen_filtering_changes_the_ranking() -> None:
+    # @1 with item 4 removed for u1: u1's top is item 1 (relevant) -> (0 + 1 + 0) / 3
+    assert metrics.recall_at_k(SCORES, RELEVANT, 1, EXCLUDE) == pytest.approx(1 / 3)
+    # without the filter u1's top is the seen item 4 -> nobody hits
+    assert metrics.recall_at_k(SCORES, RELEVANT, 1) == pytest.approx(0.0)
+
+
+def test_hit_rate_and_ndcg() -> None:
+    # hit rate @3: u0 yes (item 3), u1 yes, u2 no -> 2/3
+    assert metrics.hit_rate_at_k(SCORES, RELEVANT, 3, EXCLUDE) == pytest.approx(2 / 3)
+    # ndcg @3: u0 hit at rank 3: DCG = 1/log2(4) = 0.5, IDCG (2 relevant) = 1 + 1/log2(3)
+    #   = 1.630930 -> 0.306574; u1 hit at rank 1 -> 1; u2 -> 0.  mean = 1.306574 / 3
+    expected = (0.5 / (1 + 1 / math.log2(3)) + 1.0 + 0.0) / 3
+    assert metrics.ndcg_at_k(SCORES, RELEVANT, 3, EXCLUDE) == pytest.approx(expected)
+    assert expected == pytest.approx(0.435525, abs=1e-6)
+
+
+def test_ranking_counts_per_query_and_boolean_masks() -> None:
+    rel = np.zeros_like(SCORES, dtype=bool)
+    for q, idx in enumerate(RELEVANT):
+        rel[q, idx] = True
+    ex = np.zeros_like(rel)
+    ex[1, 4] = True
+    c = metrics.ranking_counts(SCORES, rel, [2, 3], ex)
+    np.testing.assert_array_equal(c["n_relevant"], [2, 1, 1])
+    np.testing.assert_array_equal(c["hits@2"], [0, 1, 0])
+    np.testing.assert_array_equal(c["hits@3"], [1, 1, 0])
+    # chunked evaluation: the two halves summarised together give the same numbers
+    a = metrics.ranking_counts(SCORES[:1], RELEVANT[:1], [3], EXCLUDE[:1])
+    b = metrics.ranking_counts(SCORES[1:], RELEVANT[1:], [3], EXCLUDE[1:])
+    both = {k: np.concatenate([a[k], b[k]]) for k in a}
+    assert metrics.summarize(both, [3])["recall@3"] == pytest.approx(0.5)
+
+
+def test_top_k_ties_and_exclusions() -> None:
+    # equal scores: the lower index wins, so item 2 is not in the top 2
+    assert metrics.recall_at_k(np.array([[1.0, 1.0, 1.0]]), [[2]], 2) == 0.0
+    assert metrics.recall_at_k(np.array([[1.0, 1.0, 1.0]]), [[0]], 1) == 1.0
+    np.testing.assert_array_equal(metrics.top_k(np.array([[3.0, 2.0, 1.0]]), 3, [[0, 1]]),
+                                  [[2, -1, -1]])
+    # k larger than the catalogue is capped
+    assert metrics.top_k(SCORES, 10).shape == (3, 5)
+    with pytest.raises(ValueError):
+        metrics.top_k(SCORES, 0)
+    with pytest.raises(ValueError):
+        metrics.recall_at_k(SCORES, [[0]], 1)          # one entry for 3 queries
+    with pytest.raises(ValueError):
+        metrics.recall_at_k(SCORES, [[9], [0], [0]], 1)  # index out of range
+
+
+def test_queries_without_relevant_items_are_skipped() -> None:
+    # u2's only relevant item is also excluded -> it does not count; u0 @1 misses, u1 hits
+    rel = [[2], [1], [4]]
+    ex = [[], [4], [4]]
+    assert metrics.recall_at_k(SCORES, rel, 1, ex) == pytest.approx(0.5)
+    assert metrics.metric_name("recall", 50) == "recall@50"

@@ -1,0 +1,256 @@
+"""The two towers: shapes, unit norms, masked pooling, shared tables, every constructor argument."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from dssm_core.config import TrainConfig
+from dssm_core.features import DenseFeature, SequenceFeature, SparseFeature
+from dssm_core.model import DSSM, EmbeddingBlock, Tower, parameter_count, pool
+
+torch.set_num_threads(1)
+
+USER_SPECS = (
+    SparseFeature("user_id", 6, 4),
+    SparseFeature("gender", 3, 2),
+    SequenceFeature("hist", 9, 4, max_len=3, pooling="mean", shared_with="item_id"),
+    DenseFeature("user_mean_rating", 1),
+)
+ITEM_SPECS = (
+    SparseFeature("item_id", 9, 4),
+    SequenceFeature("genres", 5, 3, max_len=2, pooling="mean"),
+    DenseFeature("item_stats", 2),
+)
+CFG = TrainConfig(user_hidden=(8, 5), item_hidden=(7, 5), gamma=10.0, seed=0)
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    return {
+        "user_id": torch.tensor([1, 2, 5, 0]),
+        "gender": torch.tensor([1, 2, 1, 0]),
+        "hist": torch.tensor([[3, 0, 0], [1, 2, 8], [0, 0, 0], [4, 4, 0]]),
+        "user_mean_rating": torch.tensor([0.5, -1.0, 0.0, 2.0]),
+        "item_id": torch.tensor([3, 8, 1, 0]),
+        "genres": torch.tensor([[1, 2], [4, 0], [0, 0], [3, 3]]),
+        "item_stats": torch.tensor([[0.1, 0.2], [0.3, -0.4], [0.0, 0.0], [1.0, 1.0]]),
+    }
+
+
+def _model(**changes: object) -> DSSM:
+    return DSSM(USER_SPECS, ITEM_SPECS, CFG.with_(**changes))
+
+
+def test_towers_return_unit_vectors_of_the_shared_size() -> None:
+    model = _model()
+    b = _batch()
+    u, v = model.user_tower(b), model.item_tower(b)
+    assert u.shape == (4, 5) and v.shape == (4, 5)
+    assert model.output_dim == 5
+    assert torch.allclose(u.norm(dim=1), torch.ones(4), atol=1e-6)
+    assert torch.allclose(v.norm(dim=1), torch.ones(4), atol=1e-6)
+    logits = model(b)
+    assert logits.shape == (4,)
+    assert torch.allclose(logits, 10.0 * (u * v).sum(dim=1), atol=1e-6)
+    assert bool((logits.abs() <= 10.0 + 1e-5).all())
+
+
+def test_padding_is_masked_out_of_every_pooling() -> None:
+    emb = torch.tensor([[[1.0, 2.0], [0.0, 0.0], [0.0, 0.0]],
+                        [[1.0, -4.0], [3.0, 2.0], [9.0, 9.0]],
+                        [[5.0, 5.0], [5.0, 5.0], [5.0, 5.0]]])              # (3, 3, 2)
+    ids = torch.tensor([[7, 0, 0], [1, 2, 0], [0, 0, 0]])
+    mask = ids != 0
+    # Row 0: only position 0 is real -> emb itself. Row 1: positions 0 and 1 (the 9s are padding).
+    # Row 2: nothing real -> zeros, whatever the (padding) vectors hold.
+    assert torch.equal(pool(emb, mask, "mean"),
+                       torch.tensor([[1.0, 2.0], [2.0, -1.0], [0.0, 0.0]]))
+    assert torch.equal(pool(emb, mask, "sum"),
+                       torch.tensor([[1.0, 2.0], [4.0, -2.0], [0.0, 0.0]]))
+    assert torch.equal(pool(emb, mask, "max"),
+                       torch.tensor([[1.0, 2.0], [3.0, 2.0], [0.0, 0.0]]))
+    with pytest.raises(ValueError, match="pooling"):
+        pool(emb, mask, "median")
+
+
+def test_a_sequence_a_0_0_pools_to_the_embedding_of_a() -> None:
+    for how in ("mean", "sum", "max"):
+        spec = SequenceFeature("genres", 5, 3, max_len=3, pooling=how)
+        block = EmbeddingBlock((spec,), generator=torch.Generator().manual_seed(1))
+        out = block({"genres": torch.tensor([[2, 0, 0], [2, 2, 0]])})        # (2, 3)
+        a = block.table("genres").weight[2]
+        assert torch.allclose(out[0], a), how
+        assert torch.allclose(out[1], 2 * a if how == "sum" else a), how
+
+
+def test_padding_row_is_zero_and_never_trained() -> None:
+    model = _model()
+    table = model.item.embeddings.table("genres")
+    assert torch.equal(table.weight[0], torch.zeros(3))
+    loss = model(_batch()).sum()
+    loss.backward()
+    assert torch.equal(table.weight.grad[0], torch.zeros(3))
+    assert torch.equal(model.shared["item_id"].weight.grad[0], torch.zeros(4))
+
+
+def test_history_shares_the_item_id_table_owned_once_by_the_model() -> None:
+    model = _model()
+    hist_table = model.user.embeddings.table("hist")
+    item_table = model.item.embeddings.table("item_id")
+    assert hist_table is item_table is model.shared["item_id"]
+    assert hist_table.weight is item_table.weight
+    keys = [k for k in model.state_dict() if k.endswith(".weight") and "item_id" in k]
+    assert keys == ["shared.item_id.weight"]
+    params = list(model.parameters())
+    assert sum(p is item_table.weight for p in params) == 1
+    # A history [3, 0, 0] pools to item 3's own embedding.
+    b = {"hist": torch.tensor([[3, 0, 0]])}
+    start = sum(s.embedding_dim for s in USER_SPECS[:2])
+    pooled = model.user.embeddings({**_batch(), **b,
+                                    "user_id": torch.tensor([1]), "gender": torch.tensor([1]),
+                                    "user_mean_rating": torch.tensor([0.0])})[0, start:start + 4]
+    assert torch.equal(pooled, item_table.weight[3])
+
+
+def test_embedding_block_output_concatenates_in_spec_order() -> None:
+    model = _model()
+    b = _batch()
+    x = model.user.embeddings(b)                                              # (4, 4+2+4+1)
+    assert x.shape == (4, 11) and model.user.embeddings.output_dim == 11
+    assert torch.equal(x[:, :4], model.user.embeddings.table("user_id")(b["user_id"]))
+    assert torch.equal(x[:, 10], b["user_mean_rating"])
+    assert model.user_feature_names == ("user_id", "gender", "hist", "user_mean_rating")
+    assert model.item_feature_names == ("item_id", "genres", "item_stats")
+
+
+def test_no_activation_after_the_last_layer() -> None:
+    model = _model(activation="relu")
+    assert isinstance(model.user.mlp[-1], nn.Linear)
+    assert isinstance(model.item.mlp[-1], nn.Linear)
+    raw = model.user.mlp(model.user.embeddings(_batch()))                     # (4, 5) pre-norm
+    assert bool((raw < 0).any()), "a ReLU at the end would make every output >= 0"
+    assert bool((model.user_tower(_batch()) < 0).any())
+
+
+def test_gamma_scales_logits_exactly() -> None:
+    b = _batch()
+    one, ten = _model(gamma=1.0), _model(gamma=10.0)
+    assert torch.allclose(ten(b), 10.0 * one(b), rtol=1e-6, atol=1e-7)
+    assert one.temperature == 1.0 and ten.temperature == pytest.approx(0.1)
+
+
+def test_hidden_sizes_shape_the_mlps() -> None:
+    model = _model(user_hidden=(16, 12, 6), item_hidden=(6,))
+    user_linears = [m for m in model.user.mlp if isinstance(m, nn.Linear)]
+    item_linears = [m for m in model.item.mlp if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in user_linears] == [(11, 16), (16, 12), (12, 6)]
+    # item input: item_id 4 + genres 3 + item_stats 2 = 9
+    assert [(m.in_features, m.out_features) for m in item_linears] == [(9, 6)]
+    assert model.user_tower(_batch()).shape == (4, 6)
+
+
+def test_batch_norm_dropout_and_activation_are_used() -> None:
+    plain = _model()
+    assert not any(isinstance(m, (nn.BatchNorm1d, nn.Dropout)) for m in plain.modules())
+    bn = _model(batch_norm=True)
+    norms = [m for m in bn.user.mlp if isinstance(m, nn.BatchNorm1d)]
+    assert [m.num_features for m in norms] == [8]                  # between layers only
+    drop = _model(dropout=0.3)
+    assert [m.p for m in drop.item.mlp if isinstance(m, nn.Dropout)] == [0.3]
+    for name, cls in (("relu", nn.ReLU), ("gelu", nn.GELU), ("tanh", nn.Tanh), ("silu", nn.SiLU)):
+        acts = [type(m) for m in _model(activation=name).user.mlp
+                if not isinstance(m, (nn.Linear, nn.BatchNorm1d, nn.Dropout))]
+        assert acts == [cls], name
+    b = _batch()
+    assert not torch.allclose(_model(activation="tanh")(b), _model(activation="relu")(b))
+
+
+def test_dropout_acts_in_training_mode_only() -> None:
+    model = _model(dropout=0.5)
+    b = _batch()
+    model.eval()
+    assert torch.equal(model(b), model(b))
+    model.train()
+    torch.manual_seed(0)
+    first = model(b)
+    assert not torch.equal(first, model(b))
+
+
+def test_batch_norm_changes_outputs_and_tracks_statistics() -> None:
+    bn = _model(batch_norm=True)
+    b = _batch()
+    bn.train()
+    bn(b)
+    norm = next(m for m in bn.user.mlp if isinstance(m, nn.BatchNorm1d))
+    assert int(norm.num_batches_tracked) == 1
+    assert not torch.allclose(bn.eval()(b), _model().eval()(b))
+
+
+def test_embedding_dim_comes_from_the_specs() -> None:
+    big = (SparseFeature("user_id", 6, 32),)
+    model = DSSM(big, (SparseFeature("item_id", 9, 7),), CFG)
+    assert model.user.embeddings.table("user_id").weight.shape == (6, 32)
+    assert model.item.embeddings.table("item_id").weight.shape == (9, 7)
+    assert model.user.mlp[0].in_features == 32
+
+
+def test_seed_fixes_initialisation_whatever_the_global_rng() -> None:
+    torch.manual_seed(1)
+    a = _model(seed=5)
+    torch.manual_seed(2)
+    b = _model(seed=5)
+    c = _model(seed=6)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_initialisation_is_not_the_articles_near_zero() -> None:
+    model = _model()
+    w = model.shared["item_id"].weight.detach()[1:]
+    assert 0.05 < float(w.std()) < 0.2
+    # Cosines of random pairs spread out, so gamma * cos gives the loss something to move.
+    assert float(model(_batch()).detach().std()) > 0.5
+
+
+def test_parameter_count_counts_shared_tables_once() -> None:
+    model = DSSM((SequenceFeature("hist", 9, 4, 3, shared_with="item_id"),),
+                 (SparseFeature("item_id", 9, 4),), CFG.with_(user_hidden=(5,), item_hidden=(5,)))
+    # shared 9*4 + user Linear(4,5) 25 + item Linear(4,5) 25
+    assert parameter_count(model) == 36 + 25 + 25
+
+
+def test_bad_specs_and_batches_raise_value_errors() -> None:
+    with pytest.raises(ValueError, match="activation"):
+        Tower(USER_SPECS[:1], (4,), activation="swishy")
+    with pytest.raises(ValueError, match="at least one feature"):
+        Tower((), (4,))
+    with pytest.raises(ValueError, match="hidden"):
+        Tower(USER_SPECS[:1], ())
+    with pytest.raises(ValueError, match="does not name a sparse feature"):
+        DSSM((SequenceFeature("hist", 9, 4, 3, shared_with="nope"),), ITEM_SPECS, CFG)
+    with pytest.raises(ValueError, match="shares a table"):
+        DSSM((SequenceFeature("hist", 9, 8, 3, shared_with="item_id"),), ITEM_SPECS, CFG)
+    with pytest.raises(ValueError, match="duplicate"):
+        DSSM((SparseFeature("item_id", 9, 4),), ITEM_SPECS, CFG)
+    model = _model()
+    b = _batch()
+    del b["gender"]
+    with pytest.raises(ValueError, match="gender"):
+        model.user_tower(b)
+    b = _batch()
+    b["item_stats"] = torch.zeros(4, 3)
+    with pytest.raises(ValueError, match="columns"):
+        model.item_tower(b)
+
+
+def test_probability_is_sigmoid_of_logits() -> None:
+    model = _model(gamma=2.0)
+    b = _batch()
+    p = torch.sigmoid(model(b))
+    u, v = model.user_tower(b), model.item_tower(b)
+    cos = (u * v).sum(dim=1).detach()
+    expected = torch.tensor([1.0 / (1.0 + math.exp(-2.0 * float(c))) for c in cos])
+    assert torch.allclose(p, expected, atol=1e-6)
