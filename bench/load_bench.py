@@ -1,6 +1,6 @@
 """Data-loading benchmark: ML-100K from ../shared and a synthetic 10M-row ml-latest ratings.csv.
 
-    OMP_NUM_THREADS=1 python bench/load_bench.py [--rows 10000000] [--repeat 2]
+    OMP_NUM_THREADS=1 python bench/load_bench.py [--rows 10000000] [--repeat 3]
 
 The synthetic file (ml-latest layout: ``userId,movieId,rating,timestamp`` header, half-star
 ratings, ~160k users, ~50k movies with a long-tail popularity) is written to a temp folder, never
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,7 +88,7 @@ def measure(data: str | Path, engine: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=10_000_000)
-    ap.add_argument("--repeat", type=int, default=2, help="fresh processes per engine")
+    ap.add_argument("--repeat", type=int, default=3, help="fresh processes per engine")
     args = ap.parse_args()
 
     results: dict[str, list[dict]] = {}
@@ -101,16 +102,19 @@ def main() -> None:
         size_mb = (folder / "ratings.csv").stat().st_size / 1e6
         print(f"wrote {args.rows:,} rows ({size_mb:.0f} MB) in {time.perf_counter() - t:.0f} s",
               file=sys.stderr)
-        for engine in ("auto", "pandas"):
-            label = f"{args.rows:,}-row ratings.csv, engine={engine}"
-            results[label] = [measure(folder, engine) for _ in range(args.repeat)]
-    print(f"{'case':<44} {'load s (best)':>13} {'peak RSS MB (max)':>18}  counts")
+        for _ in range(args.repeat):  # alternate the engines so drifting load hits both
+            for engine in ("pandas", "pyarrow"):
+                label = f"{args.rows:,}-row ratings.csv, engine={engine}"
+                results.setdefault(label, []).append(measure(folder, engine))
+    print(f"| case | load s best / median / worst | peak RSS MB (max) | counts |")
+    print("|---|---|---|---|")
     for label, runs in results.items():
-        best = min(r["seconds"] for r in runs)
+        secs = sorted(r["seconds"] for r in runs)
         rss = max(r["peak_rss_mb"] for r in runs)
         r0 = runs[0]
         counts = f"{r0['n_users']:,} users, {r0['n_items']:,} items, {r0['n_interactions']:,} rows"
-        print(f"{label:<44} {best:>13.2f} {rss:>18.0f}  {counts}")
+        timing = f"{secs[0]:.2f} / {statistics.median(secs):.2f} / {secs[-1]:.2f}"
+        print(f"| {label} | {timing} | {rss:.0f} | {counts} |")
     print(json.dumps(results))
 
 

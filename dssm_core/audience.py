@@ -38,8 +38,10 @@ if TYPE_CHECKING:  # the store is only needed by the functions that read from it
 
 log = logging.getLogger(__name__)
 
-#: Rows of the user matrix scored per step (d=64: 4 MiB read, 64 KiB of scores).
-DEFAULT_BLOCK_ROWS = 16_384
+#: Rows of the user matrix scored per step (d=64: 32 MiB read, 512 KiB of scores per query).
+DEFAULT_BLOCK_ROWS = 131_072
+#: The first cut-off of a query is the k-th best score of its first SAMPLE_FACTOR * k rows.
+SAMPLE_FACTOR = 16
 #: Cells starting with these are formulas to a spreadsheet; they are prefixed with "'".
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 #: An attribute with more distinct values than this shows its top values and "(other)".
@@ -74,12 +76,30 @@ def _l2_normalise(matrix: np.ndarray, what: str, ids: np.ndarray | None = None) 
     return m / norms[:, None]
 
 
+def _best_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k highest ``scores``, in ascending position order.
+
+    Ties at the cut go to the lower positions, so when positions follow row order the result
+    is deterministic (the earlier indexed user wins a tie).
+    """
+    if len(scores) <= k:
+        return np.arange(len(scores))
+    kth = scores[np.argpartition(scores, len(scores) - k)[len(scores) - k]]
+    keep = scores > kth
+    n_missing = k - int(keep.sum())
+    if n_missing:
+        keep[np.flatnonzero(scores == kth)[:n_missing]] = True
+    return np.flatnonzero(keep)
+
+
 def _top_k_desc(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k best (score, row) pairs, best first; ties by lower row (deterministic)."""
-    if len(scores) > k:
-        part = np.argpartition(-scores, k - 1)[:k]
-        scores, rows = scores[part], rows[part]
-    order = np.lexsort((rows, -scores))
+    """The k best (score, row) pairs, best first; ties by lower row (deterministic).
+
+    ``rows`` must be ascending (candidates are gathered block by block in row order).
+    """
+    keep = _best_k(scores, k)
+    scores, rows = scores[keep], rows[keep]
+    order = np.argsort(-scores, kind="stable")
     return scores[order], rows[order]
 
 
@@ -195,8 +215,10 @@ class UserIndex:
         nq = q.shape[0]
         if k == 0:
             return np.empty((nq, 0), np.float32), np.empty((nq, 0), np.int64)
-        m, b = self.matrix_, self.block_rows
+        m, b = self.matrix_, min(self.block_rows, n)
         qt = np.ascontiguousarray(q.T)                                       # (D, Q)
+        q_arg = qt[:, 0] if nq == 1 else qt                                  # (D,) or (D, Q)
+        buf = np.empty((b,) if nq == 1 else (b, nq), dtype=np.float32)       # (b,) or (b, Q)
         # per query: candidate buffers and the score a new row must beat (the k-th best so far)
         cand_s: list[list[np.ndarray]] = [[] for _ in range(nq)]
         cand_r: list[list[np.ndarray]] = [[] for _ in range(nq)]
@@ -204,9 +226,17 @@ class UserIndex:
         thresh = [-np.inf] * nq
         for start in range(0, n, b):
             block = m[start:start + b]                                       # (b, D)
-            s_blk = block @ (qt[:, 0] if nq == 1 else qt)                    # (b,) or (b, Q)
+            s_blk = np.matmul(block, q_arg, out=buf[:len(block)])            # (b,) or (b, Q)
             for j in range(nq):
                 s = s_blk if nq == 1 else s_blk[:, j]                        # (b,)
+                if thresh[j] == -np.inf and len(s) >= SAMPLE_FACTOR * k:
+                    # A first cut-off from a prefix: the k-th best of any k+ eligible scores is
+                    # at most the overall k-th best, so nothing of the true top k is dropped.
+                    head = s[:SAMPLE_FACTOR * k]
+                    if allowed is not None:
+                        head = head[allowed[start:start + len(head)]]
+                    if len(head) >= k:
+                        thresh[j] = float(np.partition(head, len(head) - k)[len(head) - k])
                 if thresh[j] > -np.inf:
                     idx = np.flatnonzero(s >= thresh[j])
                 else:
@@ -218,11 +248,14 @@ class UserIndex:
                 cand_s[j].append(s[idx])
                 cand_r[j].append(idx + start)
                 n_cand[j] += len(idx)
-                if n_cand[j] >= 2 * k or (thresh[j] == -np.inf and n_cand[j] >= k):
-                    ts, tr = _top_k_desc(np.concatenate(cand_s[j]), np.concatenate(cand_r[j]), k)
-                    cand_s[j], cand_r[j], n_cand[j] = [ts], [tr], len(ts)
-                    if len(ts) == k:
-                        thresh[j] = float(ts[-1])
+                last = start + b >= n
+                if not last and (n_cand[j] >= 4 * k or (thresh[j] == -np.inf and
+                                                        n_cand[j] >= k)):
+                    cs, cr = np.concatenate(cand_s[j]), np.concatenate(cand_r[j])
+                    keep = _best_k(cs, k)                    # stays in ascending row order
+                    cand_s[j], cand_r[j], n_cand[j] = [cs[keep]], [cr[keep]], len(keep)
+                    if len(keep) == k:
+                        thresh[j] = float(cs[keep].min())
         out_s = np.empty((nq, k), np.float32)
         out_r = np.empty((nq, k), np.int64)
         for j in range(nq):
@@ -450,18 +483,21 @@ class AudienceResult:
 # --------------------------------------------------------------------------------------------
 # Insights, reach, overlap
 # --------------------------------------------------------------------------------------------
-def _attribute_labels(col: pd.Series) -> pd.Series:
-    """Display categories of one attribute over the population (bands for rich numerics)."""
+def _attribute_codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Integer codes (N,) and display labels of one attribute over the population; rich
+    numerics become quantile bands, missing values the label "(missing)"."""
     if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col) \
             and col.nunique(dropna=True) > MAX_NUMERIC_VALUES:
         vals = col.astype(float)
         edges = np.unique(np.nanquantile(vals.to_numpy(), np.linspace(0, 1, 6)))
         if len(edges) >= 2:
             names = [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:])]
-            binned = pd.cut(vals, bins=edges, labels=names, include_lowest=True)
-            return binned.astype(object).where(binned.notna(), MISSING)
-    out = col.astype(object).where(col.notna(), MISSING)
-    return out.map(str)
+            codes = pd.cut(vals, bins=edges, labels=False, include_lowest=True).to_numpy()
+            codes = np.where(np.isnan(codes), len(names), codes).astype(np.int64)
+            return codes, names + [MISSING]
+    codes, uniques = pd.factorize(col, use_na_sentinel=True)               # NaN -> -1
+    labels = [str(u) for u in uniques] + [MISSING]
+    return np.where(codes < 0, len(uniques), codes).astype(np.int64), labels
 
 
 def insights(members_rows: np.ndarray, attributes: pd.DataFrame) -> pd.DataFrame:
@@ -480,24 +516,34 @@ def insights(members_rows: np.ndarray, attributes: pd.DataFrame) -> pd.DataFrame
             "population_share", "index"]
     frames = []
     n_pop = len(attributes)
+    members_rows = np.asarray(members_rows, dtype=np.int64)
     n_aud = len(members_rows)
     if n_pop == 0 or n_aud == 0:
         return pd.DataFrame(columns=cols)
     for attr in attributes.columns:
-        n_distinct = attributes[attr].astype(object).nunique(dropna=True)
+        col = attributes[attr].reset_index(drop=True)
+        codes, labels = _attribute_codes(col)
+        n_distinct = len(labels) - 1
         if n_distinct > ID_LIKE_VALUES and n_distinct > 0.2 * n_pop \
-                and not pd.api.types.is_numeric_dtype(attributes[attr]):
+                and not pd.api.types.is_numeric_dtype(col):
             continue
-        labels = _attribute_labels(attributes[attr]).to_numpy(dtype=object)
-        pop = pd.Series(labels).value_counts()
-        aud = pd.Series(labels[members_rows]).value_counts()
-        if len(pop) > MAX_CATEGORIES:
-            keep = list(aud.index[:MAX_CATEGORIES - 1])
-            labels = np.where(pd.Series(labels).isin(keep).to_numpy(), labels, OTHER)
-            pop = pd.Series(labels).value_counts()
-            aud = pd.Series(labels[members_rows]).value_counts()
-        df = pd.DataFrame({"value": pop.index.astype(str), "population_count": pop.to_numpy()})
-        df["audience_count"] = aud.reindex(pop.index).fillna(0).to_numpy().astype(np.int64)
+        pop = np.bincount(codes, minlength=len(labels))                     # (V,)
+        aud = np.bincount(codes[members_rows], minlength=len(labels))       # (V,)
+        present = pop > 0
+        if int(present.sum()) > MAX_CATEGORIES:
+            # keep the audience's most common values, pool the rest as "(other)"
+            # (ties: the more common value among all users first)
+            order = np.lexsort((-pop, -aud))
+            keep = np.zeros(len(labels), bool)
+            keep[[i for i in order if aud[i] > 0][:MAX_CATEGORIES - 1]] = True
+            other_pop, other_aud = int(pop[~keep].sum()), int(aud[~keep].sum())
+            labels = [lab for lab, k in zip(labels, keep) if k] + [OTHER]
+            pop = np.append(pop[keep], other_pop)
+            aud = np.append(aud[keep], other_aud)
+            present = pop > 0
+        df = pd.DataFrame({"value": np.asarray(labels, dtype=object)[present],
+                           "population_count": pop[present].astype(np.int64),
+                           "audience_count": aud[present].astype(np.int64)})
         df["attribute"] = str(attr)
         df["audience_share"] = df["audience_count"] / n_aud * 100.0
         df["population_share"] = df["population_count"] / n_pop * 100.0
@@ -505,9 +551,9 @@ def insights(members_rows: np.ndarray, attributes: pd.DataFrame) -> pd.DataFrame
         df = df.sort_values(["audience_count", "population_count", "value"],
                             ascending=[False, False, True])
         frames.append(df[cols])
-    out = pd.concat(frames, ignore_index=True)
-    out["population_count"] = out["population_count"].astype(np.int64)
-    return out
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(frames, ignore_index=True)
 
 
 def reach_curve(scores: np.ndarray, population: int, points: int = 60) -> pd.DataFrame:
@@ -560,9 +606,10 @@ def _filter_mask(run: LoadedRun, where: Mapping[str, tuple[str, ...]]) -> np.nda
         else:
             raise ValueError(f"unknown user attribute {attr!r}; known: "
                              f"{', '.join(known + [FAVOURITE_GENRE])}")
-        text = col.astype(object).where(col.notna(), None).map(
-            lambda v: None if v is None else str(v))
-        mask &= text.isin(set(allowed)).to_numpy()
+        # compare as text, converting each distinct value once (fast at a million users)
+        codes, uniques = pd.factorize(col, use_na_sentinel=True)
+        ok = np.array([str(u) in set(allowed) for u in uniques] + [False], dtype=bool)
+        mask &= ok[codes]                                       # code -1 (missing) -> False
     return mask
 
 

@@ -286,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = p.add_subparsers(dest="command", required=True)
 
-    sp = sub.add_parser("inspect", help="sniff a MovieLens-style file/folder/zip, print a JSON summary")
+    sp = sub.add_parser("inspect",
+                        help="sniff a MovieLens-style file/folder/zip, print a JSON summary")
     sp.add_argument("data", help="a folder, a .zip or a file")
     sp.add_argument("--mapping", metavar="JSON", default=None,
                     help='column mapping for a generic table, e.g. '

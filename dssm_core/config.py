@@ -26,6 +26,10 @@ class TrainConfig:
     gamma: the cosine scale; score = sigmoid(gamma * cos(u, v)). For "inbatch" the softmax
         temperature is 1 / gamma.
     negatives: for implicit data (no ratings), sampled negatives per positive (pointwise).
+    explicit_negatives: for rated data, sampled items the user never interacted with (in the
+        training rows) added per training/validation row with label 0, so the model also
+        learns who interacts at all (what audience retrieval needs); 0 = rated pairs only,
+        as the article. Test AUC/logloss stay on the rated test pairs either way.
     """
 
     preset: str = "default"
@@ -45,6 +49,7 @@ class TrainConfig:
     label_threshold: float = 3.0
     history_len: int = 50
     negatives: int = 4
+    explicit_negatives: int = 0
     val_fraction: float = 0.125
     test_fraction: float = 0.2
     early_stopping_patience: int = 2
@@ -70,6 +75,8 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.test_fraction < 1.0 or not 0.0 < self.val_fraction < 1.0:
             raise ValueError("test_fraction and val_fraction must be in (0, 1)")
+        if self.negatives < 0 or self.explicit_negatives < 0:
+            raise ValueError("negatives and explicit_negatives must be >= 0")
         if self.gamma <= 0:
             raise ValueError(f"gamma must be > 0, got {self.gamma}")
 

@@ -307,14 +307,19 @@ class FeatureEncoder:
         pool: np.ndarray | Sequence[int] | None = None,
         negatives: int = 0,
         seed: int = 0,
+        known: np.ndarray | Sequence[int] | None = None,
     ) -> dict[str, np.ndarray]:
         """Both towers' features for the events at ``rows`` (positions into
-        ``dataset.interactions``), each as of its own time, plus ``"label"`` (float32 0/1).
+        ``dataset.interactions``), each as of its own time, plus ``"label"`` (float32 0/1:
+        rating > label_threshold; 1 for implicit data).
 
         pool: the interactions history and statistics may come from (default: all).
-        negatives: implicit data only: per event, this many sampled items the user never
-            interacted with (by training popularity, seeded) are added with label 0 at the
-            same time. Ignored for explicit data (labels come from the rating).
+        negatives: per event, this many sampled items the user never interacted with (by
+            training popularity, seeded; see ``sample_negatives``) are appended with label 0
+            at the event's time.
+        known: the rows that define "interacted with" for the negatives (default: all; pass
+            the training rows when sampling training negatives, so that no held-out item is
+            kept out of them).
         """
         self._check_fitted()
         rows = _check_rows(dataset, rows)
@@ -327,9 +332,9 @@ class FeatureEncoder:
         else:
             label = (inter["rating"].to_numpy(dtype=np.float64)[rows]
                      > self.label_threshold).astype(np.float32)
-        if self.implicit_ and negatives > 0 and len(rows):
+        if negatives > 0 and len(rows):
             neg_items, neg_users, neg_ts = self.sample_negatives(dataset, rows, negatives,
-                                                                 seed=seed)
+                                                                 seed=seed, known=known)
             users = np.concatenate([users, neg_users])
             items = np.concatenate([items, neg_items])
             ts = np.concatenate([ts, neg_ts])
@@ -471,10 +476,12 @@ class FeatureEncoder:
         *,
         seed: int = 0,
         by: str = "popularity",
+        known: np.ndarray | Sequence[int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``n`` negatives per event at ``rows``: items the user never interacted with,
-        drawn by training popularity (``count ** 0.75 + 1``) or uniformly, seeded.
-        Returns ``(item_ids, user_ids, timestamps)`` (object, object, int64), one per draw."""
+        """``n`` negatives per event at ``rows``: items the user never interacted with in
+        the ``known`` rows (default: all), drawn by training popularity
+        (``count ** 0.75 + 1``) or uniformly, seeded. A user who has seen every item gets
+        none. Returns ``(item_ids, user_ids, timestamps)`` (object, object, int64)."""
         self._check_fitted()
         if by not in ("popularity", "uniform"):
             raise ValueError(f"by must be 'popularity' or 'uniform', got {by!r}")
@@ -496,7 +503,8 @@ class FeatureEncoder:
         user_index = pd.Index(_as_str_array(dataset.users["user_id"]))
         ucode_all = user_index.get_indexer(_as_str_array(inter["user_id"]))
         icode_all = item_index.get_indexer(_as_str_array(inter["item_id"]))
-        seen = np.unique(ucode_all.astype(np.int64) * n_items + icode_all)
+        k_rows = np.arange(len(inter)) if known is None else _check_rows(dataset, known)
+        seen = np.unique(ucode_all[k_rows].astype(np.int64) * n_items + icode_all[k_rows])
         ucode = np.repeat(ucode_all[rows], n)
         ts = np.repeat(inter["timestamp"].to_numpy(dtype=np.int64)[rows], n)
         draw = rng.choice(n_items, size=len(ucode), p=p)

@@ -22,7 +22,7 @@ the article's 1e-4, which leaves cosines near zero and training stalled), linear
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -144,12 +144,12 @@ class EmbeddingBlock(nn.Module):
             if self.training and self.id_dropout > 0 and s.name in self.id_features:
                 drop = torch.rand(ids.shape, device=ids.device) < self.id_dropout
                 ids = ids.masked_fill(drop, 0)
-            parts.append(self.table(s.name)(ids))                          # (B, E)
+            parts.append(lookup(self.table(s.name), ids))                  # (B, E)
         for s in self.sequences:
             ids = _get(batch, s.name)                                      # (B, L)
             if ids.dim() != 2:
                 raise ValueError(f"sequence {s.name!r} must be (B, L), got {tuple(ids.shape)}")
-            parts.append(pool(self.table(s.name)(ids), ids != 0, s.pooling))  # (B, E)
+            parts.append(pool(lookup(self.table(s.name), ids), ids != 0, s.pooling))  # (B, E)
         for s in self.dense:
             x = _get(batch, s.name).to(torch.float32)
             if x.dim() == 1:
@@ -158,6 +158,41 @@ class EmbeddingBlock(nn.Module):
                 raise ValueError(f"dense {s.name!r} has {x.shape[1]} columns, spec says {s.dim}")
             parts.append(x)                                                # (B, dim)
         return torch.cat(parts, dim=1)                                     # (B, output_dim)
+
+
+class _GatherRows(torch.autograd.Function):
+    """Row gather whose backward is one ``index_add_`` (the padding row's gradient zeroed).
+
+    Same values and gradients as ``nn.Embedding`` with ``padding_idx``, but several times
+    faster on CPU for long sequences: the stock dense backward sorts every index first.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor, flat_ids: Tensor, padding_idx: int) -> Tensor:
+        ctx.save_for_backward(flat_ids)
+        ctx.rows = weight.shape[0]
+        ctx.padding_idx = padding_idx
+        return weight.index_select(0, flat_ids)                            # (N, E)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (flat_ids,) = ctx.saved_tensors
+        out = grad.new_zeros((ctx.rows, grad.shape[1])).index_add_(0, flat_ids, grad)  # (V, E)
+        if ctx.padding_idx >= 0:
+            out[ctx.padding_idx] = 0
+        return out, None, None
+
+
+def lookup(table: nn.Embedding, ids: Tensor) -> Tensor:
+    """``table(ids)`` for ids of any shape -> (*ids.shape, E), with a fast CPU backward."""
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"embedding ids must be integers, got {ids.dtype}")
+    flat = ids.reshape(-1).long()
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= table.num_embeddings):
+        raise ValueError(f"ids out of range [0, {table.num_embeddings}) for an embedding table")
+    pad = -1 if table.padding_idx is None else int(table.padding_idx)
+    out = _GatherRows.apply(table.weight, flat, pad)                       # (N, E)
+    return out.reshape(*ids.shape, table.embedding_dim)
 
 
 def pool(emb: Tensor, mask: Tensor, how: str) -> Tensor:

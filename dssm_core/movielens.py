@@ -9,10 +9,10 @@ and what was found. Problems that are safe to repair are repaired and reported i
 line endings).
 
 Archives are read in memory, never extracted to disk; their entry names and declared sizes are
-checked before a single member is decompressed. Large interaction tables go through pyarrow's
-CSV reader with explicit column types (ids dictionary-encoded), falling back to pandas when
-pyarrow is unavailable; a second, streaming pass over the text runs only when the fast pass
-rejects the file, to find the first bad line.
+checked before a single member is decompressed. Interaction tables are read with explicit
+column types (integer ids straight to categoricals) by pandas' C reader, or pyarrow's with
+``engine="pyarrow"`` (bench/load_bench.py measures both); a second, streaming pass over the text
+runs only when the fast pass rejects the file, to find the first bad line.
 """
 from __future__ import annotations
 
@@ -53,6 +53,8 @@ DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: ml-25m's ratings.csv is 678 MB
 DEFAULT_MAX_UNZIPPED_BYTES = 2 << 30  # 2 GiB: all of ml-25m unpacks to about 1.2 GB
 #: Largest compression ratio of an archive (and of any member over 1 MiB); text compresses ~5-10x.
 MAX_COMPRESSION_RATIO = 100.0
+#: CSV readers ``load(engine=...)`` accepts; "auto" means pandas' C reader (measured best).
+ENGINES = ("auto", "pandas", "pyarrow")
 #: At this many interactions or more, the id columns are returned as ``category`` dtype.
 CATEGORY_MIN_ROWS = 1_000_000
 
@@ -202,10 +204,36 @@ class _Entry:
         return PurePosixPath(self.name).name.lower()
 
 
+_MEMO_MAX_BYTES = 64 << 20
+
+
+def _memo(read: Callable[[], bytes]) -> Callable[[], bytes]:
+    """Read once per ``load`` call (sniffing and parsing may look at the same file).
+
+    Files over 64 MiB are not kept: reading them twice is cheaper than holding them while
+    the parsed frames are built (peak memory).
+    """
+    box: list[bytes] = []
+
+    def once() -> bytes:
+        if box:
+            return box[0]
+        data = read()
+        if len(data) <= _MEMO_MAX_BYTES:
+            box.append(data)
+        return data
+
+    return once
+
+
 @dataclass
 class _Source:
     label: str  # a name for the dataset: folder name, archive or file stem
     entries: list[_Entry]
+    where: str = ""  # how errors name the source as a whole (the archive, the folder)
+
+    def __post_init__(self) -> None:
+        self.where = self.where or self.label
 
     def find(self, basename: str) -> _Entry | None:
         basename = basename.lower()
@@ -222,7 +250,7 @@ class _Source:
         hit = self.find(PurePosixPath(name).name)
         if hit is None:
             found = ", ".join(e.name for e in self.entries) or "nothing"
-            raise DataValidationError(f"file '{name}' not found; found: {found}", file=self.label)
+            raise DataValidationError(f"file '{name}' not found; found: {found}", file=self.where)
         return hit
 
 
@@ -343,9 +371,10 @@ def _zip_source(
     entries = []
     for info, name in zip(members, names):
         shown = f"{display}:{name}"
-        entries.append(_Entry(name[len(prefix):], shown, info.file_size, reader(info, shown)))
+        entries.append(_Entry(name[len(prefix):], shown, info.file_size,
+                              _memo(reader(info, shown))))
     top = prefix.rstrip("/").split("/")[-1] if prefix else label
-    return _Source(top or label, entries)
+    return _Source(top or label, entries, display)
 
 
 def _from_blob(
@@ -413,9 +442,9 @@ def _resolve(source: Any, max_bytes: int, max_unzipped_bytes: int) -> _Source:
         for p in files:
             entries.append(_Entry(
                 p.name, str(p), p.stat().st_size,
-                (lambda p=p: _read_path(p, str(p), max_bytes)),
+                _memo(lambda p=p: _read_path(p, str(p), max_bytes)),
             ))
-        return _Source(root.name, entries)
+        return _Source(root.name, entries, str(root))
     display = str(path)
     try:
         size = path.stat().st_size
@@ -427,7 +456,7 @@ def _resolve(source: Any, max_bytes: int, max_unzipped_bytes: int) -> _Source:
     if magic == b"PK\x03\x04" or path.suffix.lower() == ".zip":
         return _zip_source(path, path.stem, display, max_unzipped_bytes)
     return _Source(path.stem, [_Entry(path.name, display, size,
-                                      lambda: _read_path(path, display, max_bytes))])
+                                      _memo(lambda: _read_path(path, display, max_bytes)))])
 
 
 # --------------------------------------------------------------------------------------------
@@ -556,7 +585,8 @@ class _Table:
     sep: str  # one character, or "::"
     names: tuple[str, ...]  # every field of a line (placeholders for unnamed trailing ones)
     skip: int  # header lines
-    kinds: dict[str, str]  # column -> "id" | "intid" | "rating" | "int" | "float" | "str" | "optstr"
+    # column -> "id" | "intid" | "rating" | "int" | "float" | "str" | "optstr"
+    kinds: dict[str, str]
     encoding: str = "utf-8"
     quoting: bool = True
     scale: _Scale | None = None
@@ -602,7 +632,8 @@ def _read_table(t: _Table, engine: str = "auto") -> pd.DataFrame:
             raise DataValidationError("missing or invalid values", file=t.display)
         raise err
     for col, kind in t.kinds.items():
-        if kind == "intid":  # integer ids -> categorical of their decimal strings
+        if kind == "intid" and not isinstance(df[col].dtype, pd.CategoricalDtype):
+            # integer ids (pandas engine) -> categorical of their decimal strings
             codes, uniques = pd.factorize(df[col].to_numpy(dtype=np.int64))
             df[col] = pd.Categorical.from_codes(
                 codes, categories=pd.Index(uniques.astype(str), dtype=object), validate=False)
@@ -615,17 +646,20 @@ def _read_table(t: _Table, engine: str = "auto") -> pd.DataFrame:
 
 
 def _read_engine(t: _Table, engine: str) -> pd.DataFrame:
-    if engine == "pandas":
-        return _read_pandas(t)
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:  # pragma: no cover - pyarrow is a requirement
-        return _read_pandas(t)
-    return _read_arrow(t)
+    # "auto" is pandas' C reader: in bench/load_bench.py it matched pyarrow's reader on time
+    # and peaked ~300 MB lower on 10M rows (see BENCHMARKS.md, "Data loading").
+    if engine == "pyarrow":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:  # pragma: no cover - pyarrow is a requirement
+            return _read_pandas(t)
+        return _read_arrow(t)
+    return _read_pandas(t)
 
 
 def _read_arrow(t: _Table) -> pd.DataFrame:
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
     types = {
@@ -638,9 +672,9 @@ def _read_arrow(t: _Table) -> pd.DataFrame:
         "optstr": pa.string(),
     }
     table = pacsv.read_csv(
-        io.BytesIO(t.data),
+        pa.BufferReader(t.data),  # zero-copy over the bytes
         read_options=pacsv.ReadOptions(column_names=list(t.names), skip_rows=t.skip,
-                                       block_size=1 << 24),
+                                       block_size=1 << 22),
         parse_options=pacsv.ParseOptions(
             delimiter=t.sep, quote_char='"' if t.quoting else False,
             newlines_in_values=False, ignore_empty_lines=True,
@@ -655,18 +689,45 @@ def _read_arrow(t: _Table) -> pd.DataFrame:
     )
     if any(table.column(c).null_count for c, k in t.kinds.items() if k in _REQUIRED_KINDS):
         raise ValueError("missing values")  # -> the streaming diagnosis names the line
-    return table.to_pandas()
+    # Convert column by column, letting each Arrow column go as soon as it is converted,
+    # so peak memory stays near one copy of the data.
+    columns = {c: table.column(c) for c in t.kinds}
+    del table
+    pool = pa.default_memory_pool()
+    out: dict[str, Any] = {}
+    for c, kind in t.kinds.items():
+        col = columns.pop(c)
+        if kind in ("id", "intid"):
+            enc = (col.unify_dictionaries() if kind == "id" else pc.dictionary_encode(col))
+            arr = enc.combine_chunks() if isinstance(enc, pa.ChunkedArray) else enc
+            if len(arr) == 0:
+                out[c] = pd.Categorical([])
+                continue
+            cats = arr.dictionary.cast(pa.string()).to_pylist()
+            out[c] = pd.Categorical.from_codes(
+                arr.indices.to_numpy(zero_copy_only=False),
+                categories=pd.Index(cats, dtype=object), validate=False)
+        elif kind in ("str", "optstr"):
+            out[c] = col.to_pandas()
+        else:
+            out[c] = col.to_numpy()
+        del col
+        pool.release_unused()  # hand freed Arrow blocks back before numpy allocates more
+    return pd.DataFrame(out)
 
 
 def _read_pandas(t: _Table) -> pd.DataFrame:
-    dtypes = {"id": "category", "intid": "Int64", "rating": "float64", "int": "Int64", "float": "float64",
-              "str": object, "optstr": object}
-    return pd.read_csv(
+    dtypes = {"id": "category", "intid": "Int64", "rating": "float64", "int": "Int64",
+              "float": "float64", "str": object, "optstr": object}
+    # No ``usecols``: with it pandas silently accepts lines with too many or too few fields;
+    # without it a wrong field count is a parser error (then diagnosed to its line).
+    df = pd.read_csv(
         io.BytesIO(t.data), sep=t.sep, header=None, names=list(t.names), skiprows=t.skip,
-        usecols=list(t.kinds), dtype={c: dtypes[k] for c, k in t.kinds.items()},
+        dtype={c: dtypes.get(t.kinds.get(c, ""), object) for c in t.names},
         quoting=csv.QUOTE_MINIMAL if t.quoting else csv.QUOTE_NONE, keep_default_na=False,
-        na_values=[""], engine="c", skip_blank_lines=True,
+        na_values=[""], engine="c", skip_blank_lines=True, index_col=False,
     )
+    return df[list(t.kinds)]
 
 
 def _iter_rows(t: _Table, text: str) -> Iterator[tuple[int, list[str]]]:
@@ -1019,7 +1080,9 @@ def _load_latest(src: _Source, warnings: list[str], engine: str) -> dict[str, An
                            "timestamp": "int"},
                     required=("userId", "movieId", "rating", "timestamp"),
                     scale=_HALF_STARS, engine=engine)
-    inter = df.rename(columns={"userId": "user_id", "movieId": "item_id"})
+    inter = df  # renamed in place: no copy of a large frame
+    inter.columns = ["user_id" if c == "userId" else "item_id" if c == "movieId" else c
+                     for c in inter.columns]
     items = None
     movies = src.find("movies.csv")
     if movies is not None:
@@ -1034,7 +1097,7 @@ def _load_latest(src: _Source, warnings: list[str], engine: str) -> dict[str, An
 
 
 def _load_article(entry: _Entry, warnings: list[str], engine: str) -> dict[str, Any]:
-    data = _prepare(entry.read(), entry.display, warnings)
+    data = _prepare(entry.read(), entry.display, [])
     header = [h.strip() for h in _split_header(_first_line(data, "utf-8", entry.display), ",")]
     present = [c for c in ARTICLE_COLUMNS if c in header]
     kinds = {c: "str" for c in present}
@@ -1043,8 +1106,7 @@ def _load_article(entry: _Entry, warnings: list[str], engine: str) -> dict[str, 
     ignored = [c for c in header if c and c not in ARTICLE_COLUMNS]
     if ignored:
         warnings.append(f"{entry.display}: columns not used: {', '.join(ignored)}")
-    blob = _Entry(entry.name, entry.display, len(data), lambda: data)
-    df = _delimited(blob, warnings, sep=",", header=True, names=None, kinds=kinds,
+    df = _delimited(entry, warnings, sep=",", header=True, names=None, kinds=kinds,
                     required=("user_id", "movie_id", "rating", "timestamp"),
                     scale=_WHOLE_STARS, engine=engine)
     df = df.rename(columns={"movie_id": "item_id"})
@@ -1085,11 +1147,10 @@ def _read_any(entry: _Entry, warnings: list[str], mapping: ColumnMapping,
     raw = entry.read()
     if raw[:4] == b"PAR1" or entry.base.endswith((".parquet", ".pq")):
         return _read_parquet(raw, entry.display, kinds, required, mapping)
-    data = _prepare(raw, entry.display, warnings)
+    data = _prepare(raw, entry.display, [])
     first = _first_line(data, mapping.encoding, entry.display)
     sep = mapping.sep or _sniff_sep(first, entry.display)
-    blob = _Entry(entry.name, entry.display, len(data), lambda: data)
-    return _delimited(blob, warnings, sep=sep, header=True, names=None, kinds=kinds,
+    return _delimited(entry, warnings, sep=sep, header=True, names=None, kinds=kinds,
                       required=required, encoding=mapping.encoding, engine=engine)
 
 
@@ -1143,6 +1204,20 @@ def _read_parquet(raw: bytes, display: str, kinds: dict[str, str], required: Seq
                 file=display, line=row + 1, column=mapping.rating,
             )
     return df
+
+
+def _looks_numeric(data: bytes, sep: str, column: str, encoding: str) -> bool:
+    """Whether ``column`` holds a number in the first data line (decides how to read it)."""
+    lines = data[: 1 << 16].split(b"\n", 2)
+    if len(lines) < 2:
+        return False
+    try:
+        header = _split_header(lines[0].decode(encoding).rstrip("\r"), sep)
+        row = _split_header(lines[1].decode(encoding).rstrip("\r"), sep)
+        float(row[[h.strip() for h in header].index(column)])
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def _timestamps(values: pd.Series, display: str, column: str) -> np.ndarray:
@@ -1209,7 +1284,7 @@ def _load_generic(src: _Source, mapping: ColumnMapping, warnings: list[str],
             raise DataValidationError(
                 f"{len(cands)} candidate data files; set interactions_file in the column "
                 f"mapping (found: {found})",
-                file=src.label,
+                file=src.where,
             )
         entry = cands[0]
     kinds: dict[str, str] = {mapping.user: "id", mapping.item: "id"}
@@ -1230,11 +1305,12 @@ def _load_generic(src: _Source, mapping: ColumnMapping, warnings: list[str],
     if raw_first[:4] == b"PAR1" or entry.base.endswith((".parquet", ".pq")):
         df = _read_parquet(raw_first, entry.display, kinds, required, mapping)
     else:
-        data = _prepare(raw_first, entry.display, warnings)
+        data = _prepare(raw_first, entry.display, [])
         first = _first_line(data, mapping.encoding, entry.display)
         sep = mapping.sep or _sniff_sep(first, entry.display)
-        blob = _Entry(entry.name, entry.display, len(data), lambda: data)
-        df = _delimited(blob, warnings, sep=sep, header=True, names=None, kinds=kinds,
+        if mapping.timestamp and _looks_numeric(data, sep, mapping.timestamp, mapping.encoding):
+            kinds[mapping.timestamp] = "float"  # unix seconds: the fast typed read
+        df = _delimited(entry, warnings, sep=sep, header=True, names=None, kinds=kinds,
                         required=required, encoding=mapping.encoding, scale=scale,
                         engine=engine)
     n = len(df)
@@ -1317,12 +1393,12 @@ def _sniff(src: _Source, mapping: ColumnMapping | None) -> tuple[str, _Entry | N
         raise DataValidationError(
             "no known MovieLens files (u.data, ratings.dat, ratings.csv) or data files "
             f"(.csv .tsv .txt .parquet); found: {found}",
-            file=src.label,
+            file=src.where,
         )
     if not src.entries:
         raise DataValidationError(
             "no files found; expected u.data, ratings.dat, ratings.csv or a data file",
-            file=src.label,
+            file=src.where,
         )
     for e in cands or src.entries[:1]:
         raw = e.read()
@@ -1363,7 +1439,7 @@ def peek_columns(source: Any, *, file: str | None = None, encoding: str = "utf-8
         if len(cands) != 1:
             found = ", ".join(e.name for e in src.entries) or "nothing"
             raise DataValidationError(f"several files; say which one (found: {found})",
-                                      file=src.label)
+                                      file=src.where)
         entry = cands[0]
     raw = entry.read()
     if raw[:4] == b"PAR1":
@@ -1405,9 +1481,11 @@ def _exact_duplicates(inter: pd.DataFrame) -> np.ndarray:
     Looks for repeated (user, item) pairs first; only rows whose pair repeats are compared in full,
     which keeps this cheap on MovieLens files (where pairs are almost always unique).
     """
-    u = _codes(inter["user_id"])
+    pair = _codes(inter["user_id"])  # int64, then made the (user, item) key in place
     i = _codes(inter["item_id"])
-    pair = u * (int(i.max()) + 1 if len(i) else 1) + i
+    pair *= int(i.max()) + 1 if len(i) else 1
+    pair += i
+    del i
     mask = np.zeros(len(inter), dtype=bool)
     ordered = np.sort(pair)  # a sort is far cheaper than hashing 10M keys
     same = ordered[1:] == ordered[:-1]
@@ -1533,12 +1611,13 @@ def load(
     name: display name of the dataset (default: the folder, archive or file name).
     max_bytes: the largest file or archive accepted; max_unzipped_bytes: the largest total
         an archive may expand to (checked before anything is decompressed).
-    engine: "auto" (pyarrow's CSV reader) or "pandas" (its C reader), for large tables.
+    engine: the CSV reader for large tables: "auto" (= "pandas", its C reader; the faster
+        and leaner one in bench/load_bench.py) or "pyarrow".
 
     Raises ``DataValidationError`` (a ``ValueError``) naming file, line and column.
     """
-    if engine not in ("auto", "pandas"):
-        raise ValueError(f"engine must be 'auto' or 'pandas', got {engine!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     src = _resolve(source, max_bytes, max_unzipped_bytes)
     fmt, entry = _sniff(src, mapping)
     warnings: list[str] = []

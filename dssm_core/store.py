@@ -298,13 +298,27 @@ def _frame_from_parquet(data: bytes) -> pd.DataFrame:
 
 
 def _ids_to_bytes(ids: np.ndarray) -> bytes:
+    arr = np.asarray(ids)
     buf = io.BytesIO()
-    np.save(buf, np.asarray(ids).astype(str), allow_pickle=False)
+    np.save(buf, arr if arr.dtype.kind == "U" else arr.astype(str), allow_pickle=False)
     return buf.getvalue()
 
 
 def _ids_from_bytes(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _find_rows(all_ids: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Row of each wanted id in ``all_ids`` (-1 when absent): a vectorised scan for a few
+    ids, a hash lookup for many."""
+    if len(want) <= 16:
+        rows = np.full(len(want), -1, dtype=np.int64)
+        for j, w in enumerate(want):
+            hit = np.flatnonzero(all_ids == w)
+            if len(hit):
+                rows[j] = hit[0]
+        return rows
+    return pd.Index(all_ids).get_indexer(want).astype(np.int64)
 
 
 def _array_to_bytes(arr: np.ndarray) -> bytes:
@@ -314,13 +328,15 @@ def _array_to_bytes(arr: np.ndarray) -> bytes:
 
 
 def _check_matrix(ids: Any, vectors: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
-    ids_arr = np.asarray(ids).astype(str)
+    ids_arr = np.asarray(ids)
+    if ids_arr.dtype.kind != "U":
+        ids_arr = ids_arr.astype(str)
     vec = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
     if vec.ndim != 2:
         raise ValueError(f"{what} vectors must be 2-D (N, D), got shape {vec.shape}")
     if ids_arr.ndim != 1 or len(ids_arr) != vec.shape[0]:
         raise ValueError(f"{what}: {len(ids_arr)} ids for {vec.shape[0]} vectors")
-    if len(np.unique(ids_arr)) != len(ids_arr):
+    if not pd.Index(ids_arr).is_unique:  # hashing: fast at a million ids
         raise ValueError(f"{what} ids are not unique")
     return ids_arr, vec
 
@@ -766,17 +782,12 @@ class Store:
         with self._session() as s:
             head = self._embedding_header(s, run_id, kind)
             all_ids = _ids_from_bytes(head.ids)
-            order = np.argsort(all_ids, kind="stable")
-            pos = np.searchsorted(all_ids[order], want)
-            pos = np.minimum(pos, len(all_ids) - 1)
-            found = (len(all_ids) > 0) & (all_ids[order][pos] == want) if len(all_ids) else \
-                np.zeros(len(want), bool)
-            if not np.all(found):
-                missing = [str(x) for x in want[~found]]
+            rows = _find_rows(all_ids, want)
+            if (rows < 0).any():
+                missing = [str(x) for x in want[rows < 0]]
                 raise ValueError(f"unknown {kind} ids in run {run_id}: "
                                  f"{', '.join(repr(m) for m in missing[:10])}"
                                  + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
-            rows = order[pos]
             chunks = sorted(set((rows // head.chunk_rows).tolist()))
             out = np.empty((len(want), head.dim), dtype=np.float32)        # (K, D)
             data = dict(s.execute(select(EmbeddingChunkRow.chunk, EmbeddingChunkRow.data)

@@ -6,8 +6,9 @@ into tensors once; each epoch permutes them once and batches are contiguous slic
 ``DataLoader``, no per-example Python).
 
 ``fit`` reports one dict per epoch to ``on_epoch_end`` with the stable keys ``epoch``,
-``train_loss``, ``train_auc``, ``train_logloss``, ``val_auc``, ``val_logloss``, ``seconds``
-(a metric that cannot be computed, e.g. without validation data, is ``None``). Metrics are
+``train_loss``, ``train_auc``, ``train_logloss``, ``val_loss``, ``val_auc``, ``val_logloss``,
+``seconds`` (a metric that cannot be computed, e.g. without validation data, is ``None``;
+``val_loss`` is the training objective on the validation rows). Metrics are
 computed once per epoch from the collected predictions, never per batch.
 
 Objectives (``cfg.objective``):
@@ -41,10 +42,10 @@ log = logging.getLogger(__name__)
 #: Labelled training rows sampled to measure train AUC/logloss under the in-batch objective.
 TRAIN_METRIC_ROWS = 20_000
 #: Keys of every per-epoch record, in order.
-EPOCH_KEYS = ("epoch", "train_loss", "train_auc", "train_logloss", "val_auc", "val_logloss",
-              "seconds")
+EPOCH_KEYS = ("epoch", "train_loss", "train_auc", "train_logloss", "val_loss", "val_auc",
+              "val_logloss", "seconds")
 #: Metrics early stopping can watch, and whether higher is better.
-MONITORS = {"val_logloss": False, "val_auc": True}
+MONITORS = {"val_loss": False, "val_logloss": False, "val_auc": True}
 STOP_REASONS = ("completed", "early", "cancelled")
 
 
@@ -95,8 +96,10 @@ def fit(
         has such a field (else 0).
     on_epoch_end: called with each epoch's record (see module docstring).
     should_stop: polled before every batch; True cancels (``stopped == "cancelled"``).
-    monitor: "val_logloss" or "val_auc"; default val_logloss for "pointwise", val_auc for
-        "inbatch" (whose probabilities are not calibrated).
+    monitor: "val_logloss", "val_auc" or "val_loss" (the objective itself on the validation
+        rows: BCE, or the in-batch softmax over validation positives in fixed batches);
+        default val_logloss for "pointwise", val_auc for "inbatch" (whose probabilities are
+        not calibrated; on ML-100K its val_loss bottomed out epochs before recall did).
     item_to_user_weight / temperature / logq: "inbatch" options overriding the config (see
         ``losses.InBatchSoftmax``).
     """
@@ -204,15 +207,22 @@ def fit(
                 scores = _predict_tensors(model, metric_x, 8192)
                 labels = metric_y.numpy()
             train_auc, train_logloss = _auc_logloss(labels, scores)
-            val_auc = val_logloss = None
+            val_loss = val_auc = val_logloss = None
             if x_val is not None and y_val is not None:
+                val_logits = _logits_tensors(model, x_val, 8192)                 # (N_val,)
                 val_auc, val_logloss = _auc_logloss(y_val.numpy(),
-                                                    _predict_tensors(model, x_val, 8192))
+                                                    torch.sigmoid(val_logits).numpy())
+                if criterion is None:
+                    val_loss = float(pointwise_loss(val_logits, y_val))
+                else:
+                    val_loss = _inbatch_val_loss(model, criterion, x_val, y_val, bs, item_key,
+                                                 user_key, int(cfg.seed))
             record = {
                 "epoch": epoch,
                 "train_loss": loss_sum / max(loss_rows, 1),
                 "train_auc": train_auc,
                 "train_logloss": train_logloss,
+                "val_loss": val_loss,
                 "val_auc": val_auc,
                 "val_logloss": val_logloss,
                 "seconds": time.perf_counter() - t0,
@@ -286,19 +296,53 @@ def _rows(x: Mapping[str, Tensor]) -> int:
     return len(next(iter(x.values()))) if x else 0
 
 
-def _predict_tensors(model: DSSM, x: Mapping[str, Tensor], batch_size: int) -> np.ndarray:
+def _logits_tensors(model: DSSM, x: Mapping[str, Tensor], batch_size: int) -> Tensor:
+    """Logits (N,) in eval mode, without gradients; the model's mode is restored."""
     n = _rows(x)
-    out = np.empty(n, dtype=np.float32)
+    out = torch.empty(n, dtype=torch.float32)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for start in range(0, n, batch_size):
                 batch = {k: v[start:start + batch_size] for k, v in x.items()}
-                out[start:start + batch_size] = torch.sigmoid(model(batch)).numpy()  # (b,)
+                out[start:start + batch_size] = model(batch)                   # (b,)
     finally:
         model.train(was_training)
     return out
+
+
+def _predict_tensors(model: DSSM, x: Mapping[str, Tensor], batch_size: int) -> np.ndarray:
+    return torch.sigmoid(_logits_tensors(model, x, batch_size)).numpy()
+
+
+def _inbatch_val_loss(model: DSSM, criterion: InBatchSoftmax, x: Mapping[str, Tensor],
+                      y: Tensor, batch_size: int, item_key: str | None, user_key: str | None,
+                      seed: int) -> float | None:
+    """The in-batch objective on the validation positives: the same fixed (seeded) batches
+    every epoch, eval mode, frequency estimate read but not updated."""
+    pos = torch.nonzero(y > 0.5).squeeze(1)
+    if len(pos) < 2 or item_key is None:
+        return None
+    pos = pos[torch.randperm(len(pos), generator=torch.Generator().manual_seed(seed + 1))]
+    was_training = model.training
+    model.eval()
+    total, rows = 0.0, 0
+    try:
+        with torch.no_grad():
+            for start in range(0, len(pos), batch_size):
+                idx = pos[start:start + batch_size]
+                if len(idx) < 2:
+                    continue
+                batch = {k: v[idx] for k, v in x.items()}
+                loss = criterion(model.user_tower(batch), model.item_tower(batch),
+                                 batch[item_key], batch[user_key] if user_key else None,
+                                 update=False)
+                total += float(loss) * len(idx)
+                rows += len(idx)
+    finally:
+        model.train(was_training)
+    return total / rows if rows else None
 
 
 def _as_tensors(

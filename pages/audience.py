@@ -80,8 +80,10 @@ def _size_controls(population: int) -> dict[str, Any]:
     c1, c2 = st.columns([1, 2])
     by = c1.radio("Audience size", [SIZE_N, SIZE_PCT], key="aud_size_by", horizontal=False)
     if by == SIZE_N:
+        default = min(population, 1_000, max(10, round(population * 0.1)))
         n = c2.number_input("Users", min_value=1, max_value=max(1, population),
-                            value=min(1_000, population), step=100, key="aud_top_n",
+                            value=default, step=10 if population < 5_000 else 100,
+                            key="aud_top_n",
                             help=f"The run has {widgets.fmt_count(population)} users.")
         return {"top_n": int(n)}
     pct = c2.slider("Share of all users (%)", min_value=0.5, max_value=100.0, value=10.0,
@@ -178,7 +180,10 @@ def _reach_chart(res: audience.AudienceResult) -> go.Figure:
                       yaxis_title="Similarity cut-off (cosine)", height=420,
                       legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"),
                       margin=dict(l=10, r=10, t=70, b=10))
-    fig.update_xaxes(type="log")
+    top = max(int(r["size"].max()) if len(r) else 1, res.size, 1)
+    ticks = [m * 10 ** e for e in range(len(str(top)) + 1) for m in (1, 2, 5)
+             if m * 10 ** e <= top]
+    fig.update_xaxes(type="log", tickvals=ticks, ticktext=[f"{t:,}" for t in ticks])
     return fig
 
 

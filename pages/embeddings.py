@@ -247,8 +247,8 @@ def build_map(xy: np.ndarray, ids: np.ndarray, frame: pd.DataFrame, kind: str, c
             fig.add_trace(trace_cls(
                 x=xy[sel, 0], y=xy[sel, 1], mode="markers",
                 name=f"current audience ({int(sel.sum()):,} shown)",
-                marker=dict(size=size + 5, color="rgba(0,0,0,0)", symbol="circle-open",
-                            line=dict(color="#d62728", width=2)),
+                marker=dict(size=size + 6, color="#d62728", symbol="circle-open",
+                            line=dict(color="#d62728", width=2.5)),
                 customdata=custom[sel], hovertemplate=hover))
             trace_ids.append(ids[sel])
     fig.update_layout(

@@ -53,8 +53,8 @@ c[2].metric("Training now", widgets.fmt_count(len(active)))
 c[3].metric("Best test AUC", widgets.fmt_metric(max(aucs) if aucs else None),
             help="Area under the ROC curve on the held-out test period (0.5 = guessing).")
 
-if active:
-    st.subheader("Training in progress")
+if active or st.session_state.get("_live_seen_home"):
+    st.subheader("Training in progress" if active else "Training")
     widgets.live_progress(key="home")
 
 st.subheader("Datasets")

@@ -24,13 +24,14 @@ def curve_figure(curves: dict[int, pd.DataFrame], labels: dict[int, str], metric
     fig = go.Figure()
     for n, (run_id, ep) in enumerate(curves.items()):
         color = COLORS[n % len(COLORS)]
-        for col, dash, part in ((val_col, "solid", "validation"), (train_col, "dash", "training")):
+        for col, dash, symbol, part in ((val_col, "solid", "circle", "validation"),
+                                        (train_col, "dash", "circle-open", "training")):
             if col not in ep or ep[col].isna().all():
                 continue
             fig.add_trace(go.Scatter(
                 x=ep["epoch"].tolist(), y=ep[col].tolist(), mode="lines+markers",
                 name=f"{labels[run_id]} · {part}",
-                line={"color": color, "dash": dash}, marker={"size": 6},
+                line={"color": color, "dash": dash}, marker={"size": 7, "symbol": symbol},
                 hovertemplate=f"Run {run_id} {part}<br>epoch %{{x}}<br>%{{y:.4f}}<extra></extra>",
             ))
     fig.update_layout(

@@ -378,97 +378,17 @@ def live_progress(watch: Sequence[int] = (), *, key: str = "live") -> None:
         jobs.reap_orphans(store)
         runs = {int(r["id"]): r for r in store.list_runs()}
     active = sorted(i for i, r in runs.items() if r.get("status") in jobs.ACTIVE_STATUSES)
-    shown = sorted(set(active) | {int(w) for w in watch if int(w) in runs}, reverse=True)
-    state_key = f"_live_active_{key}"
+    state_key, seen_key = f"_live_active_{key}", f"_live_seen_{key}"
     previous = st.session_state.get(state_key)
     st.session_state[state_key] = active
+    # Runs seen training in this session stay listed once they end, with their outcome.
+    seen = set(st.session_state.get(seen_key, ())) | set(active)
+    st.session_state[seen_key] = sorted(seen)
+    shown = sorted((seen | {int(w) for w in watch}) & set(runs), reverse=True)
+    if previous is not None and set(previous) - set(active):
+        st.rerun()  # a run ended: refresh the whole page (tables, pickers, sidebar)
     if not shown:
         st.caption("No training is running.")
         return
     for run_id in shown:
         _progress_line(store, runs[run_id])
-    if previous is not None and set(previous) - set(active):
-        st.rerun()  # a run ended: refresh the rest of the page (tables, pickers)
-
-
-# --------------------------------------------------------------------------- maps & audiences
-#: Session keys shared by the Embedding maps and Audience pages.
-CURRENT_AUDIENCE_KEY = "current_audience"   # {"run_id", "user_ids", "label"} of the last audience
-AUDIENCE_HANDOFF_KEY = "audience_handoff"   # {"run_id", "seed_users"}: map selection -> lookalike
-
-
-@st.cache_resource(show_spinner="Loading the run's embeddings…", max_entries=4)
-def _loaded_run(url: str, run_id: int) -> Any:
-    from dssm_core import audience
-
-    return audience.load_run(_store_for(url), int(run_id))
-
-
-def loaded_run(run_id: int) -> Any:
-    """The run's vectors, user attributes, titles and history as an ``audience.LoadedRun``,
-    loaded once per server (shared by the Embedding maps and Audience pages). Read-only."""
-    return _loaded_run(db_url(), int(run_id))
-
-
-def parse_id_list(data: str | bytes | None) -> list[str]:
-    """User ids from pasted text or an uploaded file, in order, without duplicates.
-
-    A CSV whose header has a ``user_id`` column gives that column; anything else is split on
-    commas, semicolons, tabs and new lines (a first cell named ``user_id``/``id`` is dropped).
-    """
-    if data is None:
-        return []
-    text = data.decode("utf-8-sig", errors="replace") if isinstance(data, bytes) else str(data)
-    lines = [ln for ln in text.replace("\r\n", "\n").replace("\r", "\n").split("\n") if ln.strip()]
-    if not lines:
-        return []
-    import csv
-    import io
-
-    header = [h.strip().lower() for h in next(csv.reader([lines[0]]))]
-    if "user_id" in header and len(header) > 1:
-        col = header.index("user_id")
-        rows = csv.reader(io.StringIO("\n".join(lines[1:])))
-        ids = [r[col].strip() for r in rows if len(r) > col and r[col].strip()]
-    else:
-        tokens = [t.strip() for ln in lines for t in
-                  ln.replace(";", ",").replace("\t", ",").replace(" ", ",").split(",")]
-        ids = [t.strip("'\"") for t in tokens if t.strip("'\"")]
-        if ids and ids[0].lower() in ("user_id", "userid", "id", "user"):
-            ids = ids[1:]
-    return list(dict.fromkeys(ids))
-
-
-def selected_ids(event: Any, trace_ids: Sequence[Any]) -> list[str]:
-    """Ids of the points in a ``st.plotly_chart`` selection event, in selection order, without
-    duplicates. ``trace_ids[c][i]`` is the id of point ``i`` of trace (curve) ``c``."""
-    try:
-        points = event["selection"]["points"]
-    except (KeyError, TypeError, AttributeError):
-        return []
-    out = []
-    for p in points or []:
-        c, i = p.get("curve_number"), p.get("point_index", p.get("point_number"))
-        if c is None or i is None or not 0 <= c < len(trace_ids) or not 0 <= i < len(trace_ids[c]):
-            continue
-        out.append(str(trace_ids[c][i]))
-    return list(dict.fromkeys(out))
-
-
-def selection_members(run: Any, user_ids: Sequence[str]) -> pd.DataFrame:
-    """Users picked on a map as audience members (``rank, user_id, score``), ranked by the
-    cosine of each one's vector to the selection's normalised centroid (ties: index order).
-    ``run`` is an ``audience.LoadedRun``; unknown ids raise ValueError naming them."""
-    import numpy as np
-
-    rows = run.index.positions(user_ids)
-    if len(rows) == 0:
-        raise ValueError("the selection holds no users")
-    vecs = run.index.matrix_[rows]                                       # (K, D)
-    centre = vecs.mean(axis=0)                                           # (D,)
-    norm = float(np.linalg.norm(centre))
-    scores = vecs @ (centre / norm) if norm > 1e-9 else np.zeros(len(rows), np.float32)  # (K,)
-    order = np.lexsort((rows, -scores))
-    return pd.DataFrame({"rank": np.arange(1, len(rows) + 1, dtype=np.int64),
-                         "user_id": run.index.ids_[rows[order]].astype(str),
-                         "score": scores[order].astype(np.float64)})

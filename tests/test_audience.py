@@ -329,3 +329,34 @@ def test_read_user_ids_from_lists_and_exports() -> None:
     assert aud.read_user_ids(exported) == ["-5", "u7"]
     assert aud.read_user_ids("\ufeffuser_id\n'=x\n") == ["=x"]
     assert aud.read_user_ids(b"") == []
+
+
+# ----------------------------------------------------------------------------- on a trained run
+@pytest.mark.slow
+def test_audience_on_a_really_trained_run(tmp_path: Path, tiny_synthetic) -> None:
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from dssm_core import pipeline
+    from dssm_core.config import preset
+
+    store = Store(f"sqlite:///{tmp_path / 't.db'}")
+    did = store.add_dataset(tiny_synthetic)
+    cfg = preset("default", epochs=1, batch_size=256, embedding_dim=8, user_hidden=(16,),
+                 item_hidden=(16,), history_len=10)
+    rid = pipeline.run_training(store, did, cfg, project=False)
+    item = "1"
+    r = aud.audience_for(store, None, AudienceRequest(items=[item], top_n=20, exclude_seen=True))
+    assert r.run_id == rid and r.size == 20
+    seen = set(tiny_synthetic.interactions.loc[
+        tiny_synthetic.interactions["item_id"] == item, "user_id"])
+    assert seen and not (set(r.members["user_id"]) & seen)
+    # the same members as a brute-force search over the stored vectors
+    uids, uvec = store.load_embeddings(rid, "user")
+    iids, ivec = store.load_embeddings(rid, "item")
+    q = ivec[list(iids).index(item)]
+    scores = (uvec / np.linalg.norm(uvec, axis=1, keepdims=True)) @ (q / np.linalg.norm(q))
+    ok = ~np.isin(uids, list(seen))
+    order = np.flatnonzero(ok)[np.argsort(-scores[ok], kind="stable")[:20]]
+    assert r.members["user_id"].tolist() == uids[order].tolist()
+    np.testing.assert_allclose(r.members["score"], scores[order], atol=1e-5)
+    store.dispose()

@@ -247,6 +247,14 @@ def test_implicit_negatives_are_unseen_items_and_seeded(tiny_synthetic) -> None:
     again = enc.sample_negatives(imp, rows, 3, seed=5)[0]
     np.testing.assert_array_equal(items, again)
     assert not np.array_equal(items, enc.sample_negatives(imp, rows, 3, seed=6)[0])
-    # explicit data: labels come from ratings, no negatives are added
+    # rated data: labels come from ratings; negatives avoid only what the known rows show
     enc2 = FeatureEncoder().fit(ds, np.arange(4000))
-    assert len(enc2.transform_events(ds, rows, negatives=3)["label"]) == 100
+    assert len(enc2.transform_events(ds, rows)["label"]) == 100
+    known = np.arange(4000)
+    x2 = enc2.transform_events(ds, rows, negatives=2, seed=1, known=known)
+    ratings = ds.interactions["rating"].to_numpy()[rows]
+    np.testing.assert_array_equal(x2["label"][:100], (ratings > 3).astype(np.float32))
+    assert x2["label"][100:].sum() == 0 and len(x2["label"]) > 100
+    items2, users2, _ = enc2.sample_negatives(ds, rows, 2, seed=1, known=known)
+    seen_known = set(zip(inter["user_id"][:4000], inter["item_id"][:4000]))
+    assert not any((u, i) in seen_known for u, i in zip(users2, items2))

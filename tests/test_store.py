@@ -228,6 +228,10 @@ def test_weights_and_embeddings_round_trip_bit_exact(store: Store, monkeypatch) 
     assert got.tobytes() == uvec[[49, 0, 29]].tobytes()
     with pytest.raises(ValueError, match="unknown user ids in run .*'nobody'"):
         store.get_vectors(rid, "user", ["user-3", "nobody"])
+    many = uids[5:30]                                  # more than 16 ids: the hashed lookup
+    assert store.get_vectors(rid, "user", many).tobytes() == uvec[5:30].tobytes()
+    with pytest.raises(ValueError, match="unknown user ids in run .*: 'x1', 'x2'"):
+        store.get_vectors(rid, "user", many + ["x1", "x2"])
     with pytest.raises(ValueError, match="kind must be one of"):
         store.load_embeddings(rid, "movie")
 

@@ -91,7 +91,7 @@ def test_user_map_is_titled_coloured_and_says_it_is_a_sample(mapped):
     assert layout["legend"]["title"]["text"] == "favourite genre"
     traces = fig["data"]
     assert {t["type"] for t in traces} == {"scatter"}          # few points: SVG
-    assert sum(len(t["x"]) for t in traces) == 40
+    assert sum(len(t["customdata"]) for t in traces) == 40
     # Hover names the user id and attributes.
     assert "user %{customdata[0]}" in traces[0]["hovertemplate"]
     assert "gender: %{customdata[" in traces[0]["hovertemplate"]
@@ -115,8 +115,20 @@ def test_item_map_hover_shows_titles_and_colours_by_genre(mapped):
     fig = _figure(at)
     assert at.selectbox(key="emb_colour_item").value == "first genre"
     items = mapped["ds"].items.set_index("item_id")
-    first = items["genres"].map(lambda g: g[0]).value_counts()
-    assert sorted(t["name"] for t in fig["data"]) == sorted(f"{g} ({n})" for g, n in first.items())
+    first = items["genres"].map(lambda g: g[0])
+    # At most 12 colours: the 11 most common first genres, the rest pooled as "(other)" (grey).
+    traces = fig["data"]
+    assert first.nunique() > 12 and len(traces) == 12
+    assert sum(len(t["customdata"]) for t in traces) == 30
+    for t in traces:
+        genre, n = t["name"].rsplit(" (", 1)
+        got = first.loc[[c[0] for c in t["customdata"]]]
+        assert len(got) == int(n[:-1])
+        if genre == "(other)":
+            assert t["marker"]["color"] == "#c7cdd6"
+            assert got.map(first.value_counts()).max() <= first.value_counts().iloc[10]
+        else:
+            assert set(got) == {genre}
     point = fig["data"][0]["customdata"][0]
     assert point[1] == items.loc[point[0], "title"]
     assert "<b>%{customdata[1]}</b>" in fig["data"][0]["hovertemplate"]
@@ -224,7 +236,7 @@ def test_missing_map_is_computed_in_the_background_with_progress(app_store):
         time.sleep(1.0)
     at.run()
     assert not at.exception
-    assert sum(len(t["x"]) for t in _figure(at)["data"]) == 40
+    assert sum(len(t["customdata"]) for t in _figure(at)["data"]) == 40
     ids, xy, params = app_store.load_projection(r["run_id"], "user")
     assert xy.shape == (40, 2) and params["sampled"] is False
     assert sorted(ids.tolist()) == sorted(r["ds"].users["user_id"].tolist())

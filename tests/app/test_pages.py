@@ -351,3 +351,36 @@ print(sorted(m for m in ("torch", "umap", "numba", "sklearn") if m in sys.module
                          timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.slow
+def test_launching_a_one_epoch_training_ends_in_a_succeeded_run(app_store) -> None:
+    import time
+
+    ds = synthetic.generate(n_users=200, n_items=80, n_interactions=3_000, seed=5)
+    ds_id = app_store.add_dataset(ds, name="small synthetic")
+    at = new_app("pages/train.py")
+    assert at.selectbox(key="train_dataset").value == ds_id
+    next(n for n in at.number_input if n.label == "Epochs (max)").set_value(1)
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert not at.exception
+    (run,) = app_store.list_runs()
+    assert f"Run {run['id']} started in the background" in _texts(at)
+    assert run["config"]["epochs"] == 1 and run["status"] in ("queued", "running")
+    end = time.monotonic() + 240           # bounded wait: a tiny job on a busy 2-core machine
+    while app_store.get_run(run["id"])["status"] in ("queued", "running"):
+        assert time.monotonic() < end, "training did not finish within 240 s"
+        time.sleep(0.5)
+    done = app_store.get_run(run["id"])
+    assert done["status"] == "succeeded", done.get("error")
+    assert list(app_store.epochs(run["id"])["epoch"]) == [1]
+    at.run()                               # the page, rerun, reports the finished run
+    assert not at.exception
+    auc = widgets_fmt(done["summary"]["test_auc"])
+    assert f"Run {run['id']} finished: test AUC {auc}" in _texts(at)
+
+
+def widgets_fmt(value: float) -> str:
+    from pages import widgets
+
+    return widgets.fmt_metric(value)

@@ -1,0 +1,170 @@
+"""Benchmarks of the maps and audience pages' work (figures go to BENCHMARKS.md, "App").
+
+1. First projection of a 50k-user run in a fresh process, including umap's numba warm-up
+   (goal <= 60 s; it runs in the background job after training, never on a click).
+2. Opening a stored projection: the Embedding maps page rendered by AppTest on that run, cold
+   (store read + run load + figure) and warm (a rerun, e.g. changing the colouring); goal <= 1 s.
+3. An audience with insights for the top 1,000 users on ML-100K-sized data (943 users, 1,682
+   items; the real files when ../shared/data is there, else a synthetic set of that size):
+   ``audience.build_audience`` alone and the Audience page's rerun; goal <= 1 s.
+
+Usage: ``OMP_NUM_THREADS=1 python bench/projection_bench.py [--users 50000] [--dim 32]``.
+Run it as its own process: the warm-up figure is only meaningful in a fresh interpreter.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "app"))
+
+
+def _clustered_vectors(groups: np.ndarray, dim: int, seed: int) -> np.ndarray:
+    """Unit vectors around one random centre per group (what a trained tower looks like)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(int(groups.max()) + 1, dim))                  # (G, D)
+    v = (centres[groups] + rng.normal(0.0, 0.8, (len(groups), dim))).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)                     # (N, D)
+
+
+def _add_run(store, ds, dim: int, seed: int) -> int:
+    dataset_id = store.add_dataset(ds, name=ds.name or "bench")
+    run_id = store.create_run(dataset_id, {"epochs": 1}, preset="default",
+                              objective="pointwise", protocol="T")
+    ug = np.asarray(ds.truth["user_group"]) if "user_group" in ds.truth else \
+        np.random.default_rng(seed).integers(0, 6, len(ds.users))
+    ig = np.asarray(ds.truth["item_group"]) if "item_group" in ds.truth else \
+        np.random.default_rng(seed + 1).integers(0, 6, len(ds.items))
+    store.finish_run(run_id, summary={"test_auc": 0.0}, weights=b"bench", encoders={},
+                     user_ids=ds.users["user_id"].to_numpy(),
+                     user_vectors=_clustered_vectors(ug, dim, seed),
+                     item_ids=ds.items["item_id"].to_numpy(),
+                     item_vectors=_clustered_vectors(ig, dim, seed + 2))
+    return run_id
+
+
+def _app_times(page: str, setup, change, repeats: int = 3) -> tuple[float, float, float]:
+    """Seconds for: opening ``page`` in a new session (router + page, cold caches), the rerun
+    after ``setup(at)``, and (median of ``repeats``) a rerun after ``change(at, k)``."""
+    from apphelpers import new_app
+
+    t0 = time.perf_counter()
+    at = new_app(page, timeout=300)
+    cold = time.perf_counter() - t0
+    assert not at.exception, at.exception
+    setup(at)
+    t0 = time.perf_counter()
+    at.run()
+    first = time.perf_counter() - t0
+    assert not at.exception, at.exception
+    warm = []
+    for k in range(repeats):
+        change(at, k)
+        t0 = time.perf_counter()
+        at.run()
+        warm.append(time.perf_counter() - t0)
+        assert not at.exception, at.exception
+    return cold, first, float(np.median(warm))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--users", type=int, default=50_000)
+    p.add_argument("--items", type=int, default=2_000)
+    p.add_argument("--dim", type=int, default=32)
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    from dssm_core import audience, projection, synthetic
+    from dssm_core.store import Store
+
+    out: dict[str, float | int | str] = {"users": args.users, "dim": args.dim}
+    tmp = Path(tempfile.mkdtemp(prefix="projbench-"))
+    url = f"sqlite:///{tmp / 'store.db'}"
+    os.environ["DSSM_DB_URL"] = url
+    os.environ["DSSM_DEMO"] = "off"
+    store = Store(url)
+
+    # ---- 1. first projection of a large run, fresh process, warm-up included
+    t0 = time.perf_counter()
+    big = synthetic.generate(n_users=args.users, n_items=args.items,
+                             n_interactions=3 * args.users, seed=7)
+    big_run = _add_run(store, big, args.dim, seed=1)
+    out["setup_s"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    out["warm_up_s"] = round(projection.warm_up(), 1)
+    params = projection.project_run(store, big_run, kinds=("user",))
+    out["project_users_s"] = params["user"]["seconds"]
+    out["first_projection_total_s"] = round(time.perf_counter() - t0, 1)
+    params = projection.project_run(store, big_run, kinds=("item",))
+    out["project_items_s"] = params["item"]["seconds"]
+
+    # ---- 2. opening the stored map (the Embedding maps page)
+    def pick_big(at):
+        at.selectbox(key="emb_run").set_value(big_run)
+
+    colours = ["gender", "age", "favourite genre"]
+    cold, _, warm = _app_times(
+        "pages/embeddings.py", pick_big,
+        lambda at, k: at.selectbox(key="emb_colour_user").set_value(colours[k % 3]))
+    out["open_map_page_cold_s"] = round(cold, 2)
+    out["map_recolour_rerun_s"] = round(warm, 2)
+    t0 = time.perf_counter()
+    store.load_projection(big_run, "user")
+    out["load_projection_s"] = round(time.perf_counter() - t0, 3)
+
+    # ---- 3. audience with insights, ML-100K-sized
+    ml = ROOT.parent / "shared" / "data" / "ml-100k"
+    if (ml / "u.data").exists():
+        from dssm_core import movielens
+
+        small = movielens.load(str(ml), name="MovieLens 100K")
+        out["audience_data"] = "ml-100k"
+    else:
+        small = synthetic.generate(n_users=943, n_items=1_682, n_interactions=100_000, seed=3)
+        out["audience_data"] = "synthetic 943x1682"
+    small_run = _add_run(store, small, args.dim, seed=4)
+    t0 = time.perf_counter()
+    loaded = audience.load_run(store, small_run)
+    out["audience_load_run_s"] = round(time.perf_counter() - t0, 2)
+    items = small.interactions["item_id"].value_counts().index[:5].astype(str).tolist()
+    times = []
+    for k in range(5):
+        req = audience.AudienceRequest(items=(items[k],), top_n=1_000, exclude_seen=True)
+        t0 = time.perf_counter()
+        res = audience.build_audience(loaded, req)
+        times.append(time.perf_counter() - t0)
+    out["audience_top1000_insights_s"] = round(float(np.median(times)), 4)
+    out["audience_members"] = res.size
+
+    def pick_small(at):
+        at.selectbox(key="aud_run").set_value(small_run)
+        at.number_input(key="aud_top_n").set_value(943)
+        at.multiselect(key="aud_items").set_value([items[0]])
+
+    cold, first, warm = _app_times(
+        "pages/audience.py", pick_small,
+        lambda at, k: at.multiselect(key="aud_items").set_value([items[k + 1]]))
+    out["audience_page_open_s"] = round(cold, 2)
+    out["audience_page_first_item_s"] = round(first, 2)
+    out["audience_page_next_item_s"] = round(warm, 2)
+    store.dispose()
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
