@@ -4,6 +4,8 @@ Measured on ML-100K-sized data (synthetic: 943 users, 1,682 items, 100,000 inter
 with one stored run of 10 epochs (its metrics and tiny fake artefacts: page latency does not
 depend on the model), in one run, threads pinned:
 
+0. first start: empty store, demo on: launch to heading, to the demo's live progress, and to
+   "finished" (the demo trained in the background: 2,000 users, 100,000 interactions).
 A. start to first paint: launch ``streamlit run app.py`` (fresh server each time) and time
    until headless Chromium shows the home page's heading and its "Where to go next" section;
    also the time until the server answers its health check.
@@ -82,6 +84,38 @@ def bench_first_paint(url: str, repeat: int) -> dict[str, list[float]]:
     return {"server_ready_s": ready, "first_paint_s": paint}
 
 
+def bench_first_start(tmp: str) -> dict[str, float]:
+    """Empty store, demo on: launch to heading, to the demo's progress, to its trained run."""
+    from playwright.sync_api import sync_playwright
+
+    from apphelpers import kill_jobs
+    from dssm_core.store import Store
+
+    url = f"sqlite:///{tmp}/first.db"
+    t0 = time.perf_counter()
+    proc, base = start_server(url, demo=True)
+    store = Store(url)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(base + "/")
+            page.get_by_role("heading", name="Audience explorer").wait_for()
+            t_heading = time.perf_counter() - t0
+            page.get_by_text("Training in progress").wait_for(timeout=60_000)
+            t_progress = time.perf_counter() - t0
+            page.get_by_text("finished: test AUC").first.wait_for(timeout=600_000)
+            t_trained = time.perf_counter() - t0
+            browser.close()
+        (run,) = store.list_runs()
+    finally:
+        stop_server(proc)
+        kill_jobs(store)
+        store.dispose()
+    return {"heading_s": t_heading, "demo_progress_s": t_progress, "demo_trained_s": t_trained,
+            "demo_epochs": run["epoch"], "demo_test_auc": run["summary"].get("test_auc")}
+
+
 def bench_clicks(url: str, clicks: int) -> dict[str, list[float]]:
     from playwright.sync_api import sync_playwright
 
@@ -134,10 +168,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/store.db"
         prepare_store(url)
-        results = {"first_paint": bench_first_paint(url, args.repeat),
+        results = {"first_start": bench_first_start(tmp),
+                   "first_paint": bench_first_paint(url, args.repeat),
                    "browser_click_s": bench_clicks(url, args.clicks),
                    "script_run_s": bench_script(url, args.clicks)}
     med = statistics.median
+    fs = results["first_start"]
+    print(f"first start (empty store, demo on): heading {fs['heading_s']:.2f} s, demo progress "
+          f"shown {fs['demo_progress_s']:.2f} s, demo trained {fs['demo_trained_s']:.1f} s "
+          f"({fs['demo_epochs']} epochs, test AUC {fs['demo_test_auc']:.3f})")
     fp = results["first_paint"]
     print(f"streamlit run -> server ready: median {med(fp['server_ready_s']):.2f} s "
           f"({', '.join(f'{x:.2f}' for x in fp['server_ready_s'])})")

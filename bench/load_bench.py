@@ -31,11 +31,12 @@ import json, os, resource, sys, time
 os.environ["OMP_NUM_THREADS"] = "1"
 sys.path.insert(0, sys.argv[1])
 from dssm_core import movielens
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 ds = movielens.load(sys.argv[2], engine=sys.argv[3])
-seconds = time.perf_counter() - t0
+seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
 print(json.dumps({
     "seconds": round(seconds, 2),
+    "cpu_seconds": round(cpu, 2),
     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     "n_interactions": int(len(ds.interactions)),
     "n_users": int(ds.interactions["user_id"].nunique()),
@@ -46,7 +47,11 @@ print(json.dumps({
 
 
 def write_ratings(path: Path, rows: int, seed: int = 0) -> None:
-    """A ml-latest-style ratings.csv of ``rows`` lines (plus header), written in chunks."""
+    """A ml-latest-style ratings.csv of ``rows`` lines (plus header).
+
+    Like the real files: sorted by user, each (user, movie) pair at most once, long-tail movie
+    popularity, half-star ratings as "3.5", unix-second timestamps.
+    """
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -55,23 +60,27 @@ def write_ratings(path: Path, rows: int, seed: int = 0) -> None:
     pop /= pop.sum()
     movie_ids = np.sort(rng.choice(200_000, n_items, replace=False)) + 1
     stars = np.array([f"{x:.1f}" for x in np.arange(0.5, 5.01, 0.5)])
+    # draw 15% extra (user, movie) pairs, keep the distinct ones, then exactly ``rows``
+    k = int(rows * 1.15) + 1000
+    pairs = np.unique(rng.integers(0, n_users, k).astype(np.int64) * n_items
+                      + rng.choice(n_items, k, p=pop))
+    if len(pairs) < rows:
+        raise SystemExit(f"could not draw {rows:,} distinct pairs; lower --rows")
+    pairs = np.sort(rng.choice(pairs, rows, replace=False))
+    users, items = pairs // n_items + 1, movie_ids[pairs % n_items]
     t0 = 1_100_000_000
     with path.open("w", encoding="utf-8", newline="\n") as fh:
         fh.write("userId,movieId,rating,timestamp\n")
         chunk = 1_000_000
-        done = 0
-        while done < rows:
-            k = min(chunk, rows - done)
-            users = np.sort(rng.integers(1, n_users + 1, k))
-            items = movie_ids[rng.choice(n_items, k, p=pop)]
-            rating = stars[rng.integers(0, len(stars), k)]
-            ts = t0 + rng.integers(0, 400_000_000, k)
-            lines = "\n".join(
-                f"{u},{i},{r},{t}" for u, i, r, t in zip(users.tolist(), items.tolist(),
-                                                        rating.tolist(), ts.tolist())
-            )
-            fh.write(lines + "\n")
-            done += k
+        for start in range(0, rows, chunk):
+            end = min(start + chunk, rows)
+            rating = stars[rng.integers(0, len(stars), end - start)]
+            ts = t0 + rng.integers(0, 400_000_000, end - start)
+            fh.write("\n".join(
+                f"{u},{i},{r},{t}" for u, i, r, t in zip(
+                    users[start:end].tolist(), items[start:end].tolist(), rating.tolist(),
+                    ts.tolist())
+            ) + "\n")
 
 
 def measure(data: str | Path, engine: str) -> dict:
@@ -92,6 +101,7 @@ def main() -> None:
     args = ap.parse_args()
 
     results: dict[str, list[dict]] = {}
+    load_before = f"{os.getloadavg()[0]:.1f}"
     if (ML100K / "u.data").exists():
         results["ml-100k (folder)"] = [measure(ML100K, "auto") for _ in range(args.repeat)]
     with tempfile.TemporaryDirectory(prefix="load_bench_") as tmp:
@@ -106,15 +116,18 @@ def main() -> None:
             for engine in ("pandas", "pyarrow"):
                 label = f"{args.rows:,}-row ratings.csv, engine={engine}"
                 results.setdefault(label, []).append(measure(folder, engine))
-    print(f"| case | load s best / median / worst | peak RSS MB (max) | counts |")
-    print("|---|---|---|---|")
+    print(f"load average before: {load_before}, after: {os.getloadavg()[0]:.1f} "
+          f"({os.cpu_count()} cores)")
+    print("| case | load s best / median / worst | CPU s (median) | peak RSS MB (max) | counts |")
+    print("|---|---|---|---|---|")
     for label, runs in results.items():
         secs = sorted(r["seconds"] for r in runs)
         rss = max(r["peak_rss_mb"] for r in runs)
         r0 = runs[0]
         counts = f"{r0['n_users']:,} users, {r0['n_items']:,} items, {r0['n_interactions']:,} rows"
         timing = f"{secs[0]:.2f} / {statistics.median(secs):.2f} / {secs[-1]:.2f}"
-        print(f"| {label} | {timing} | {rss:.0f} | {counts} |")
+        cpu = statistics.median(r["cpu_seconds"] for r in runs)
+        print(f"| {label} | {timing} | {cpu:.2f} | {rss:.0f} | {counts} |")
     print(json.dumps(results))
 
 

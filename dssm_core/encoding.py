@@ -55,8 +55,8 @@ _YEAR_COLUMNS = ("year", "release_year")
 _JSON_VERSION = 1
 
 
-def _as_str_array(values: pd.Series | np.ndarray | Sequence[Any]) -> np.ndarray:
-    """Ids as an object array of ``str`` (works for category dtype too)."""
+def as_str_array(values: pd.Series | np.ndarray | Sequence[Any]) -> np.ndarray:
+    """Ids as an object array of ``str`` (works for the ``category`` dtype too) -> (N,)."""
     s = pd.Series(values) if not isinstance(values, pd.Series) else values
     if isinstance(s.dtype, pd.CategoricalDtype):
         cats = np.asarray(s.cat.categories.astype(str), dtype=object)
@@ -146,16 +146,18 @@ class FeatureEncoder:
         if self.smoothing < 0:
             raise ValueError(f"smoothing must be >= 0, got {self.smoothing}")
 
-    def fit(self, dataset: Dataset, train_rows: np.ndarray | Sequence[int]) -> "FeatureEncoder":
+    def fit(self, dataset: Dataset, train_rows: np.ndarray | Sequence[int], *,
+            pool: np.ndarray | Sequence[int] | None = None) -> "FeatureEncoder":
         """Fit vocabularies, buckets, priors and scalers on ``train_rows`` (positions into
-        ``dataset.interactions``) only. Returns ``self``."""
+        ``dataset.interactions``) only; ``pool`` as in ``transform_events`` (the scalers see
+        the same statistics training will). Returns ``self``."""
         self._check_params()
         rows = _check_rows(dataset, train_rows)
         if len(rows) == 0:
             raise ValueError("cannot fit the encoder on zero training rows")
         inter = dataset.interactions
-        tr_users = _as_str_array(inter["user_id"].iloc[rows])
-        tr_items = _as_str_array(inter["item_id"].iloc[rows])
+        tr_users = as_str_array(inter["user_id"].iloc[rows])
+        tr_items = as_str_array(inter["item_id"].iloc[rows])
         ratings = inter["rating"].to_numpy(dtype=np.float64)[rows]
         self.implicit_ = bool(dataset.implicit)
         self.user_vocab_ = sorted(set(tr_users.tolist()))
@@ -219,7 +221,8 @@ class FeatureEncoder:
 
         # Dense scalers from the training rows' as-of-event statistics.
         self.dense_mean_, self.dense_scale_ = {}, {}
-        raw = self._raw_events(dataset, rows, None)
+        raw = self._raw_events(dataset, rows, None if pool is None else _check_rows(dataset,
+                                                                                   pool))
         for name in ("user_stats", "item_stats"):
             x = raw[name]
             self.dense_mean_[name] = x.mean(axis=0).tolist()
@@ -243,7 +246,7 @@ class FeatureEncoder:
         lower = col.lower()
         if zip_ok and ("zip" in lower or "postal" in lower):
             kind = "prefix"
-            vals = _column_values(s, "prefix", self.zip_prefix_len, None)
+            vals = _column_values(s, "prefix", self.zip_prefix_len)
             vocab = sorted(set(v for v in vals.tolist() if v))
             edges: list[float] = []
         elif pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) \
@@ -258,7 +261,7 @@ class FeatureEncoder:
             vocab = []
         else:
             kind = "category"
-            vals = _column_values(s, "category", 0, None)
+            vals = _column_values(s, "category", 0)
             vocab = sorted(set(v for v in vals.tolist() if v))
             edges = []
         if kind != "bins" and not vocab:
@@ -324,8 +327,8 @@ class FeatureEncoder:
         self._check_fitted()
         rows = _check_rows(dataset, rows)
         inter = dataset.interactions
-        users = _as_str_array(inter["user_id"].iloc[rows])
-        items = _as_str_array(inter["item_id"].iloc[rows])
+        users = as_str_array(inter["user_id"].iloc[rows])
+        items = as_str_array(inter["item_id"].iloc[rows])
         ts = inter["timestamp"].to_numpy(dtype=np.int64)[rows]
         if self.implicit_:
             label = np.ones(len(rows), dtype=np.float32)
@@ -399,8 +402,8 @@ class FeatureEncoder:
                     pool: np.ndarray | None) -> dict[str, np.ndarray]:
         ctx = _Context(self, dataset, pool)
         inter = dataset.interactions
-        ucode = ctx.user_codes(_as_str_array(inter["user_id"].iloc[rows]))
-        icode = ctx.item_codes(_as_str_array(inter["item_id"].iloc[rows]))
+        ucode = ctx.user_codes(as_str_array(inter["user_id"].iloc[rows]))
+        icode = ctx.item_codes(as_str_array(inter["item_id"].iloc[rows]))
         ts = inter["timestamp"].to_numpy(dtype=np.int64)[rows]
         r_user = ctx.ranks(ts)
         return {"user_stats": self._stats(ctx.by_user, ucode, r_user),
@@ -490,7 +493,7 @@ class FeatureEncoder:
         rows = _check_rows(dataset, rows)
         rng = np.random.default_rng(seed)
         inter = dataset.interactions
-        all_items = _as_str_array(dataset.items["item_id"])
+        all_items = as_str_array(dataset.items["item_id"])
         n_items = len(all_items)
         if by == "popularity":
             cnt = np.asarray(self.item_counts_, dtype=np.float64)[_lookup(self.item_vocab_,
@@ -500,9 +503,9 @@ class FeatureEncoder:
             w = np.ones(n_items)
         p = w / w.sum()
         item_index = pd.Index(all_items)
-        user_index = pd.Index(_as_str_array(dataset.users["user_id"]))
-        ucode_all = user_index.get_indexer(_as_str_array(inter["user_id"]))
-        icode_all = item_index.get_indexer(_as_str_array(inter["item_id"]))
+        user_index = pd.Index(as_str_array(dataset.users["user_id"]))
+        ucode_all = user_index.get_indexer(as_str_array(inter["user_id"]))
+        icode_all = item_index.get_indexer(as_str_array(inter["item_id"]))
         k_rows = np.arange(len(inter)) if known is None else _check_rows(dataset, known)
         seen = np.unique(ucode_all[k_rows].astype(np.int64) * n_items + icode_all[k_rows])
         ucode = np.repeat(ucode_all[rows], n)
@@ -531,7 +534,7 @@ class FeatureEncoder:
                 log.info("%d negatives dropped: their users have seen every item",
                          int((~keep).sum()))
         draw, ucode, ts = draw[keep], ucode[keep], ts[keep]
-        return all_items[draw], _as_str_array(dataset.users["user_id"])[ucode], ts
+        return all_items[draw], as_str_array(dataset.users["user_id"])[ucode], ts
 
     # ---------------------------------------------------------------- JSON
     def to_json(self) -> dict[str, Any]:
@@ -592,8 +595,8 @@ class _Context:
     def __init__(self, enc: FeatureEncoder, dataset: Dataset,
                  pool: np.ndarray | Sequence[int] | None) -> None:
         inter = dataset.interactions
-        self.user_ids = _as_str_array(dataset.users["user_id"])
-        self.item_ids = _as_str_array(dataset.items["item_id"])
+        self.user_ids = as_str_array(dataset.users["user_id"])
+        self.item_ids = as_str_array(dataset.items["item_id"])
         self._user_index = pd.Index(self.user_ids)
         self._item_index = pd.Index(self.item_ids)
         self.user_vocab_idx = _lookup(enc.user_vocab_, self.user_ids)
@@ -614,8 +617,8 @@ class _Context:
             self.item_years = np.full(len(self.item_ids), np.nan)
 
         rows = np.arange(len(inter)) if pool is None else _check_rows(dataset, pool)
-        ucode = self._user_index.get_indexer(_as_str_array(inter["user_id"].iloc[rows]))
-        icode = self._item_index.get_indexer(_as_str_array(inter["item_id"].iloc[rows]))
+        ucode = self._user_index.get_indexer(as_str_array(inter["user_id"].iloc[rows]))
+        icode = self._item_index.get_indexer(as_str_array(inter["item_id"].iloc[rows]))
         keep = (ucode >= 0) & (icode >= 0)
         ts = inter["timestamp"].to_numpy(dtype=np.int64)[rows][keep]
         ucode, icode = ucode[keep], icode[keep]
@@ -678,7 +681,7 @@ def _as_of_times(as_of: int | np.ndarray | None, n: int) -> np.ndarray:
     return arr
 
 
-def _column_values(s: pd.Series, kind: str, prefix_len: int, _unused: Any) -> np.ndarray:
+def _column_values(s: pd.Series, kind: str, prefix_len: int) -> np.ndarray:
     """A column as category strings; missing values become ''."""
     missing = s.isna().to_numpy()
     vals = s.astype(str).str.strip()
@@ -701,7 +704,7 @@ def _encode_attr(a: dict[str, Any], s: pd.Series, prefix_len: int) -> np.ndarray
         x = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
         codes = np.searchsorted(np.asarray(a["edges"], dtype=np.float64), x, side="right") + 1
         return np.where(np.isfinite(x), codes, 0).astype(np.int64)
-    vals = _column_values(s, a["kind"], prefix_len, None)
+    vals = _column_values(s, a["kind"], prefix_len)
     return _lookup(a["vocab"], vals)
 
 

@@ -89,7 +89,7 @@ def is_alive(pid: int | None) -> bool:
     A child of this process that has exited is reaped here (it would otherwise linger as a
     zombie, which ``kill(pid, 0)`` reports as alive). Where ``/proc`` exists, a pid that was
     reused by an unrelated program (its command line does not mention ``dssm_core``) counts
-    as dead.
+    as dead; an empty command line (a program in the middle of exec) counts as alive.
     """
     if pid is None or int(pid) <= 0:
         return False
@@ -116,7 +116,8 @@ def is_alive(pid: int | None) -> bool:
             if state in ("Z", "X"):
                 return False
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
-            return b"dssm_core" in cmdline
+            # Empty while the kernel is still setting up a just-exec'd program: alive.
+            return not cmdline.strip() or b"dssm_core" in cmdline
         except (OSError, ValueError, IndexError):
             return False
     return True

@@ -140,7 +140,7 @@ class InBatchSoftmax(nn.Module):
             self.item_freq.update(item_ids)
             if self.user_freq is not None and user_ids is not None:
                 self.user_freq.update(user_ids)
-        sim = user_vectors @ item_vectors.T / self.temperature                 # (B, B) users x items
+        sim = user_vectors @ item_vectors.T / self.temperature         # (B, B) users x items
         target = torch.arange(n, device=sim.device)
         eye = torch.eye(n, dtype=torch.bool, device=sim.device)
         # Off-diagonal pairs that are positives too: the same item, or the same user (whose
@@ -157,7 +157,7 @@ class InBatchSoftmax(nn.Module):
                 logits = logits - torch.log(self.item_freq.probability(item_ids)).unsqueeze(0)
             loss = loss + (1.0 - w) * F.cross_entropy(logits.masked_fill(hit, -math.inf), target)
         if w > 0.0:
-            logits = sim.T                                                     # (B, B) items x users
+            logits = sim.T                                             # (B, B) items x users
             if self.logq and self.user_freq is not None and user_ids is not None:
                 logits = logits - torch.log(self.user_freq.probability(user_ids)).unsqueeze(0)
             loss = loss + w * F.cross_entropy(logits.masked_fill(hit, -math.inf), target)

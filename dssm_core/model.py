@@ -17,7 +17,12 @@ the score of a (user, item) pair is ``gamma * cos(u, v)`` and its probability
 
 Initialisation is drawn from a private generator seeded with ``cfg.seed``, so the same config
 gives the same initial weights whatever the global RNG state: embeddings ~ N(0, 0.1^2) (not
-the article's 1e-4, which leaves cosines near zero and training stalled), linear layers Kaiming-uniform for the chosen activation, biases zero.
+the article's 1e-4, which leaves cosines near zero and training stalled), linear layers
+Kaiming-uniform for the chosen activation, biases zero.
+
+Speed (CPU training is the product's case): embedding lookups use ``lookup`` (its backward is
+one ``index_add_`` instead of the stock sort-based one) and dropout uses ``FastDropout``
+(``rand_like`` instead of ``bernoulli_``); values and gradients are the same.
 """
 from __future__ import annotations
 
@@ -160,6 +165,17 @@ class EmbeddingBlock(nn.Module):
         return torch.cat(parts, dim=1)                                     # (B, output_dim)
 
 
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` drawing its mask with ``rand_like`` (vectorised) instead of
+    ``bernoulli_``: the same distribution, about twice as fast on CPU."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand_like(x) >= self.p                                # (B, H) bool
+        return x * keep * (1.0 / (1.0 - self.p))
+
+
 class _GatherRows(torch.autograd.Function):
     """Row gather whose backward is one ``index_add_`` (the padding row's gradient zeroed).
 
@@ -258,7 +274,7 @@ class Tower(nn.Module):
                     layers.append(nn.BatchNorm1d(int(h)))
                 layers.append(ACTIVATIONS[activation]())
                 if dropout > 0:
-                    layers.append(nn.Dropout(dropout))
+                    layers.append(FastDropout(dropout))
             width = int(h)
         self.mlp = nn.Sequential(*layers)
         self.output_dim = width
@@ -419,6 +435,15 @@ def _init_linear(layer: nn.Linear, activation: str | None, generator: torch.Gene
             bound = gain * math.sqrt(6.0 / (fan_in + fan_out))   # Xavier uniform
         layer.weight.uniform_(-bound, bound, generator=generator)
         layer.bias.zero_()
+
+
+def flops_per_sample(model: DSSM, *, training: bool = True) -> int:
+    """Multiply-add FLOPs (2 per multiply-add) of the towers' linear layers for one (user,
+    item) pair; ``training`` counts forward + backward as 3x the forward. Embedding lookups,
+    pooling and normalisation are memory-bound and not counted."""
+    forward = sum(2 * m.in_features * m.out_features
+                  for m in model.modules() if isinstance(m, nn.Linear))
+    return 3 * forward if training else forward
 
 
 def parameter_count(module: nn.Module, *, trainable_only: bool = True) -> int:

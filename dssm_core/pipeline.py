@@ -38,7 +38,7 @@ import pandas as pd
 
 from .config import TrainConfig
 from .dataset import Dataset
-from .encoding import FeatureEncoder, _as_str_array
+from .encoding import FeatureEncoder, as_str_array
 from . import metrics
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,8 @@ class TrainResult:
 def describe_protocol(protocol: str, cfg: TrainConfig | None = None) -> str:
     """The one-line description stored with every summary of ``protocol``."""
     if protocol not in PROTOCOL_DESCRIPTIONS:
-        raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOL_DESCRIPTIONS)}")
+        known = ", ".join(PROTOCOL_DESCRIPTIONS)
+        raise ValueError(f"unknown protocol {protocol!r}; known: {known}")
     thr = cfg.label_threshold if cfg is not None else 3.0
     return PROTOCOL_DESCRIPTIONS[protocol].format(thr=thr)
 
@@ -140,7 +141,7 @@ def split(dataset: Dataset, cfg: TrainConfig) -> Split:
         return Split("T", np.sort(train), np.sort(val), np.sort(test), int(ts[test].min()),
                      None, desc)
     # L: the last interaction of every user with at least two
-    users = _as_str_array(inter["user_id"])
+    users = as_str_array(inter["user_id"])
     codes = pd.factorize(users)[0]
     by_user = order[np.argsort(codes[order], kind="stable")]   # users, each in time order
     cu = codes[by_user]
@@ -179,13 +180,26 @@ def train(
     """
     import torch
 
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(int(cfg.num_threads))
+    try:
+        return _train(dataset, cfg, on_epoch_end, should_stop)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(
+    dataset: Dataset,
+    cfg: TrainConfig,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> TrainResult:
     from . import training
     from .model import DSSM
 
-    torch.set_num_threads(int(cfg.num_threads))
     t0 = time.perf_counter()
     sp = split(dataset, cfg)
-    enc = make_encoder(cfg).fit(dataset, sp.train)
+    enc = make_encoder(cfg).fit(dataset, sp.train, pool=sp.pool)
     # implicit data: negatives everywhere (else there is no class 0); rated data: optional
     # negatives for training/validation only, the test stays the rated pairs
     neg = int(cfg.negatives) if dataset.implicit else int(cfg.explicit_negatives)
@@ -274,13 +288,14 @@ def evaluate(
 
     # retrieval
     inter = dataset.interactions
-    users = _as_str_array(inter["user_id"])
-    items = _as_str_array(inter["item_id"])
-    user_index = pd.Index(_as_str_array(dataset.users["user_id"]))
-    item_index = pd.Index(_as_str_array(dataset.items["item_id"]))
+    users = as_str_array(inter["user_id"])
+    items = as_str_array(inter["item_id"])
+    user_index = pd.Index(as_str_array(dataset.users["user_id"]))
+    item_index = pd.Index(as_str_array(dataset.items["item_id"]))
     ucode = user_index.get_indexer(users)
     icode = item_index.get_indexer(items)
-    known = sp.known
+    listed = (ucode >= 0) & (icode >= 0)        # (the Dataset contract lists everyone)
+    known = sp.known[listed[sp.known]]
     if sp.protocol == "T":
         as_of: int | None = sp.split_time
         if dataset.implicit:
@@ -300,6 +315,7 @@ def evaluate(
     user_pop = np.bincount(ucode[known], minlength=n_users).astype(np.float64)
     item_pop = np.bincount(icode[known], minlength=n_items).astype(np.float64)
     seen = pd.DataFrame({"u": ucode[known], "i": icode[known]})
+    test = test[listed[test]]
     tq = pd.DataFrame({"u": ucode[test], "i": icode[test]})
     if sp.protocol == "T":      # the audience question: items seen in training only
         tq = tq[item_pop[tq["i"].to_numpy()] > 0]
@@ -434,8 +450,9 @@ def run_training(
         run_id = int(store.create_run(int(dataset_id), cfg.to_dict(), preset=cfg.preset,
                                       objective=cfg.objective, protocol=cfg.protocol))
     run_id = int(run_id)
+    # a run that cannot start (unknown, or already ended) is left as it is
+    store.mark_running(run_id, os.getpid())
     try:
-        store.mark_running(run_id, os.getpid())
         dataset = store.load_dataset(int(dataset_id))
 
         def epoch_cb(record: dict[str, Any]) -> None:
@@ -460,7 +477,7 @@ def run_training(
             encoders=result.encoder.to_json(), user_ids=result.user_ids,
             user_vectors=result.user_vectors, item_ids=result.item_ids,
             item_vectors=result.item_vectors)
-    except TrainingCancelled:
+    except (TrainingCancelled, KeyboardInterrupt):
         log.info("run %d cancelled", run_id)
         _safe_fail(store, run_id, "cancelled by request", "cancelled")
         raise

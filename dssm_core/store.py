@@ -81,16 +81,20 @@ class StoreError(ValueError):
 # Schema
 # --------------------------------------------------------------------------------------------
 class Base(DeclarativeBase):
-    pass
+    """Declarative base of every table of the store."""
 
 
 class SchemaVersion(Base):
+    """One row: the schema version that wrote this database."""
+
     __tablename__ = "schema_version"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version: Mapped[int] = mapped_column(Integer)
 
 
 class DatasetRow(Base):
+    """A stored dataset's metadata (its tables live in ``dataset_tables``)."""
+
     __tablename__ = "datasets"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(400))
@@ -116,6 +120,8 @@ class DatasetTableRow(Base):
 
 
 class RunRow(Base):
+    """A training run: config, status, process, timing, error, summary and progress."""
+
     __tablename__ = "runs"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     dataset_id: Mapped[int] = mapped_column(
@@ -137,6 +143,8 @@ class RunRow(Base):
 
 
 class EpochRow(Base):
+    """One epoch's metrics of a run (JSON, NaN stored as null)."""
+
     __tablename__ = "epoch_metrics"
     run_id: Mapped[int] = mapped_column(
         ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
@@ -145,6 +153,8 @@ class EpochRow(Base):
 
 
 class WeightsRow(Base):
+    """A succeeded run's model weights (``torch.save`` bytes; opaque to the store)."""
+
     __tablename__ = "model_weights"
     run_id: Mapped[int] = mapped_column(
         ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
@@ -152,6 +162,8 @@ class WeightsRow(Base):
 
 
 class EncodersRow(Base):
+    """A succeeded run's fitted encoders (``FeatureEncoder.to_json()``)."""
+
     __tablename__ = "encoders"
     run_id: Mapped[int] = mapped_column(
         ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
@@ -187,6 +199,8 @@ class EmbeddingChunkRow(Base):
 
 
 class ProjectionRow(Base):
+    """A 2-D map of a run's user or item vectors (ids and xy as .npy blobs)."""
+
     __tablename__ = "projections"
     run_id: Mapped[int] = mapped_column(
         ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
@@ -198,6 +212,8 @@ class ProjectionRow(Base):
 
 
 class AudienceRow(Base):
+    """A saved audience: its run, name and definition (the request that built it)."""
+
     __tablename__ = "audiences"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
@@ -208,6 +224,8 @@ class AudienceRow(Base):
 
 
 class AudienceMemberRow(Base):
+    """One member of a saved audience, by rank."""
+
     __tablename__ = "audience_members"
     audience_id: Mapped[int] = mapped_column(
         ForeignKey("audiences.id", ondelete="CASCADE"), primary_key=True)

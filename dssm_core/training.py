@@ -138,7 +138,8 @@ def fit(
                 temperature=temperature if temperature is not None else 1.0 / cfg.gamma,
                 logq=logq,
                 item_to_user_weight=w,
-                num_users=specs[user_key].vocab_size if user_key else None,  # type: ignore[union-attr]
+                num_users=(specs[user_key].vocab_size  # type: ignore[union-attr]
+                           if user_key else None),
             )
             pos = torch.nonzero(y_train > 0.5).squeeze(1)
             if len(pos) < 2:

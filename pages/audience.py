@@ -116,6 +116,24 @@ def _filter_controls(run: Any, items_mode: bool) -> dict[str, Any]:
             chosen = grid[k % len(grid)].multiselect(attr, values, key=f"aud_where_{attr}")
             if chosen:
                 out["where"][attr] = tuple(chosen)
+        # Numeric attributes with many values (e.g. age in years): a range.
+        for attr in run.users.columns:
+            col = run.users[attr]
+            if attr in filters or not pd.api.types.is_numeric_dtype(col) or \
+                    pd.api.types.is_bool_dtype(col) or col.notna().sum() == 0:
+                continue
+            lo, hi = float(col.min()), float(col.max())
+            integral = bool(np.all(np.mod(col.dropna(), 1) == 0))
+            if integral:
+                lo, hi = int(lo), int(hi)
+            if lo == hi:
+                continue
+            picked = st.slider(f"{attr} between", lo, hi, (lo, hi), key=f"aud_range_{attr}")
+            if tuple(picked) != (lo, hi):
+                inside = col[(col >= picked[0]) & (col <= picked[1])].dropna()
+                # the filter compares values as text, as audience.build_audience does
+                allowed = tuple(sorted(set(inside.astype(object).map(str))))
+                out["where"][attr] = allowed or ("(none)",)
     return out
 
 

@@ -60,12 +60,24 @@ def _preview(ds: Any) -> None:
             st.dataframe(head, hide_index=True)
 
 
-def _mapping_form(file_id: str, columns: list[str]) -> Any | None:
-    """Ask which column holds what; returns a ColumnMapping once submitted, else None."""
+def _mapping_form(source: Any, upload_key: str, files: list[str]) -> Any | None:
+    """Ask which file and column holds what; a ColumnMapping once submitted, else None."""
     from dssm_core import movielens
 
-    st.info("This looks like a generic table. Tell us which column is which.", icon=":material/table_view:")
-
+    st.info("This looks like a generic table. Tell us which column is which.",
+            icon=":material/table_view:")
+    files_chosen: dict[str, str | None] = {"interactions_file": None, "users_file": None,
+                                           "items_file": None}
+    if len(files) > 1:  # several uploads: which is which (outside the form: columns follow)
+        c = st.columns(3)
+        inter = c[0].selectbox("Interactions file", files, key="map_inter_file")
+        rest = [NONE] + [f for f in files if f != inter]
+        users = c[1].selectbox("Users table (optional)", rest, key="map_users_file")
+        items = c[2].selectbox("Items table (optional)", rest, key="map_items_file")
+        files_chosen = {"interactions_file": inter,
+                        "users_file": None if users == NONE else users,
+                        "items_file": None if items == NONE else items}
+    columns = list(movielens.peek_columns(source, file=files_chosen["interactions_file"]))
     low = [c.lower() for c in columns]
 
     def guess(*hints: str) -> int | None:
@@ -91,51 +103,60 @@ def _mapping_form(file_id: str, columns: list[str]) -> Any | None:
                             help="Unix seconds or date text. None: the row order is the time")
         submitted = st.form_submit_button("Preview with this mapping")
     if submitted:
-        st.session_state["_mapping"] = (file_id, (user, item, rating, ts))
+        st.session_state["_mapping"] = (upload_key, (user, item, rating, ts, files_chosen))
     chosen = st.session_state.get("_mapping")
-    if not chosen or chosen[0] != file_id:
+    if not chosen or chosen[0] != upload_key:
         return None
-    user, item, rating, ts = chosen[1]
+    user, item, rating, ts, files_chosen = chosen[1]
     return movielens.ColumnMapping(
         user=user, item=item,
         rating=None if rating == NONE else rating,
         timestamp=None if ts == NONE else ts,
+        **files_chosen,
     )
 
 
 st.subheader("Upload")
-up = st.file_uploader("A file or a .zip", key="upload",
-                      help="MovieLens zips, u.data / ratings.dat / ratings.csv, CSV, TSV, Parquet")
-if up is None:
+ups = st.file_uploader(
+    "A file or a .zip (or several files of one dataset)", key="upload",
+    accept_multiple_files=True,
+    help="MovieLens zips, u.data / ratings.dat / ratings.csv (+ movies/users files), CSV, TSV, "
+         "Parquet")
+if not ups:
     st.session_state.pop("_preview", None)
     st.session_state.pop("_mapping", None)
 else:
     from dssm_core import movielens
 
-    source = (up.name, up.getvalue())
+    names = [u.name for u in ups]
+    shown_name = names[0] if len(ups) == 1 else f"{len(ups)} files"
+    source: Any = (ups[0].name, ups[0].getvalue()) if len(ups) == 1 else [
+        (u.name, u.getvalue()) for u in ups]
+    upload_key = "|".join(u.file_id for u in ups)
+    default_name = PurePath(names[0]).stem
     ds = None
     try:
         fmt = movielens.sniff(source)
         mapping = None
         if fmt == "generic":
-            mapping = _mapping_form(up.file_id, list(movielens.peek_columns(source)))
+            mapping = _mapping_form(source, upload_key, names)
         if fmt != "generic" or mapping is not None:
-            key = (up.file_id, repr(mapping))
+            key = (upload_key, repr(mapping))
             cached = st.session_state.get("_preview")
             if cached and cached[0] == key:
                 ds = cached[1]
             else:
-                with st.spinner(f"Reading {up.name}…"):
-                    ds = movielens.load(source, mapping=mapping, name=PurePath(up.name).stem)
+                with st.spinner(f"Reading {shown_name}…"):
+                    ds = movielens.load(source, mapping=mapping, name=default_name)
                 st.session_state["_preview"] = (key, ds)
     except Exception as exc:
         st.session_state.pop("_preview", None)
-        widgets.show_error(exc, what=f"Could not read {up.name}")
+        widgets.show_error(exc, what=f"Could not read {shown_name}")
     if ds is not None:
         st.subheader("Preview")
         _preview(ds)
         with st.form("save"):
-            name = st.text_input("Dataset name", value=PurePath(up.name).stem, max_chars=120)
+            name = st.text_input("Dataset name", value=default_name, max_chars=120)
             save = st.form_submit_button("Save dataset", type="primary")
         if save:
             if not name.strip():
@@ -158,8 +179,9 @@ datasets = store.list_datasets()
 if not datasets:
     widgets.empty_state("No dataset saved yet: upload one above.")
 else:
-    st.dataframe(widgets.datasets_frame(datasets), hide_index=True)
-    st.page_link(widgets.PAGES["train"], label="Train a model on a dataset", icon=":material/arrow_forward:")
+    widgets.show_datasets(datasets)
+    st.page_link(widgets.PAGES["train"], label="Train a model on a dataset",
+                 icon=":material/arrow_forward:")
     with st.expander("Delete a dataset"):
         by_id = {int(d["id"]): d for d in datasets}
         pick = st.selectbox("Dataset to delete", sorted(by_id, reverse=True), key="del_ds",
@@ -180,5 +202,6 @@ else:
             except Exception as exc:
                 widgets.show_error(exc, what="Could not delete")
             else:
-                st.session_state["_data_flash"] = f"Deleted dataset “{by_id[pick].get('name')}”."
+                gone = by_id[pick].get("name")
+                st.session_state["_data_flash"] = f"Deleted dataset “{gone}”."
                 st.rerun()

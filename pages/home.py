@@ -31,8 +31,13 @@ if widgets.demo_enabled():
     except Exception as exc:  # never a traceback on the home page
         widgets.show_error(exc, what="Could not prepare the demo")
         started = None
-    if started and not st.session_state.get("_demo_announced"):
-        st.session_state["_demo_announced"] = True
+    demo_run = None
+    if started:
+        try:
+            demo_run = store.get_run(started[1])
+        except ValueError:  # deleted since
+            demo_run = None
+    if demo_run is not None and demo_run.get("status") in jobs.ACTIVE_STATUSES:
         st.info(
             "**Welcome!** This is the first start, so we created a demo dataset (synthetic "
             "MovieLens-style data with planted taste groups) and started training a model on "
@@ -59,7 +64,7 @@ if active or st.session_state.get("_live_seen_home"):
 
 st.subheader("Datasets")
 if datasets:
-    st.dataframe(widgets.datasets_frame(datasets), hide_index=True)
+    widgets.show_datasets(datasets)
 else:
     widgets.empty_state("No data yet. Upload a MovieLens-style file or zip to get started.",
                         page="data", link_label="Upload data")
@@ -68,7 +73,7 @@ st.subheader("Newest runs")
 if runs:
     names = {int(d["id"]): str(d.get("name")) for d in datasets}
     newest = sorted(runs, key=lambda r: -int(r["id"]))[:5]
-    st.dataframe(widgets.runs_frame(newest, names), hide_index=True)
+    widgets.show_runs(newest, names)
 elif datasets:
     widgets.empty_state("No model trained yet. Pick a dataset and train one.",
                         page="train", link_label="Train a model")

@@ -44,6 +44,27 @@ def curve_figure(curves: dict[int, pd.DataFrame], labels: dict[int, str], metric
     return fig
 
 
+def summary_table(summary: dict[str, Any]) -> pd.DataFrame:
+    """The run's headline numbers next to their baselines, in plain words.
+
+    Baselines: each item's average like-rate for AUC/log loss; popularity for recall.
+    """
+    rows = [("Test AUC (higher is better)", summary.get("test_auc"),
+             summary.get("baseline_item_mean_test_auc"), "item's average like-rate"),
+            ("Test log loss (lower is better)", summary.get("test_logloss"),
+             summary.get("baseline_item_mean_test_logloss"), "item's average like-rate")]
+    for code, label in (("i2u", "Item→user"), ("u2i", "User→item")):
+        for k in (10, 50, 100):
+            if f"{code}_recall@{k}" in summary:
+                rows.append((f"{label} recall@{k}", summary.get(f"{code}_recall@{k}"),
+                             summary.get(f"baseline_popularity_{code}_recall@{k}"),
+                             "most popular / most active"))
+    return pd.DataFrame(
+        [{"Metric": m, "Model": v, "Baseline": b, "Baseline is": how} for m, v, b, how in rows
+         if v is not None],
+        columns=["Metric", "Model", "Baseline", "Baseline is"])
+
+
 st.title("Runs")
 store = widgets.get_store()
 flash = st.session_state.pop("_runs_flash", None)
@@ -62,16 +83,7 @@ only = st.selectbox("Show runs of", choices, key="runs_dataset",
                     format_func=lambda i: "all datasets" if i is None else datasets.get(i, str(i)))
 shown = [r for r in runs if only is None or int(r["dataset_id"]) == only]
 
-st.dataframe(
-    widgets.runs_frame(shown, datasets), hide_index=True,
-    column_config={
-        "Test AUC": st.column_config.NumberColumn(format="%.3f",
-                                                  help="Held-out test period; 0.5 = guessing"),
-        "Test log loss": st.column_config.NumberColumn(format="%.3f", help="Lower is better"),
-        "Item→user recall@50": st.column_config.NumberColumn(
-            format="%.3f", help="Share of test likes whose user is among the item's top 50 users"),
-    },
-)
+widgets.show_runs(shown, datasets)
 active = [r for r in shown if r.get("status") in jobs.ACTIVE_STATUSES]
 if active:
     st.caption(f"{len(active)} run(s) still training — follow them on the Train page.")
@@ -82,7 +94,8 @@ with_epochs = [i for i in sorted(by_id, reverse=True) if int(by_id[i].get("epoch
 if not with_epochs:
     st.caption("Curves appear once a run has finished its first epoch.")
 else:
-    default = [i for i in with_epochs if by_id[i].get("status") == "succeeded"][:1] or with_epochs[:1]
+    done = [i for i in with_epochs if by_id[i].get("status") == "succeeded"]
+    default = done[:1] or with_epochs[:1]
     picked = st.multiselect(
         "Runs to overlay", with_epochs, default=default, key="runs_overlay",
         format_func=lambda i: widgets.run_label(by_id[i], datasets))
@@ -105,15 +118,28 @@ c = st.columns(4)
 c[0].metric("Status", widgets.status_label(run.get("status")))
 c[1].metric("Epochs trained", widgets.fmt_count(run.get("epoch")))
 c[2].metric("Duration", widgets.fmt_duration(widgets.run_duration(run)))
-c[3].metric("Started (UTC)", widgets.fmt_time(run.get("started_at")))
+c[3].metric("Started (UTC)", widgets.fmt_time(run.get("started_at"))[:10],
+            help=widgets.fmt_time(run.get("started_at")))
 if run.get("error"):
     st.error(f"Run {detail} {run.get('status')}: {run['error']}", icon=":material/cancel:")
 summary = widgets.summary_of(run)
 if summary:
-    metrics = pd.DataFrame(
-        [{"Metric": k, "Value": widgets.fmt_metric(v, 4) if isinstance(v, (int, float)) else v}
-         for k, v in summary.items() if not isinstance(v, (dict, list))])
-    st.dataframe(metrics, hide_index=True, width="content")
+    st.dataframe(summary_table(summary), hide_index=True, placeholder="—",
+                 column_config={"Model": st.column_config.NumberColumn(format="%.3f"),
+                                "Baseline": st.column_config.NumberColumn(format="%.3f")})
+    facts = []
+    if summary.get("n_train") is not None:
+        facts.append(f"trained on {widgets.fmt_count(summary.get('n_train'))} events, "
+                     f"validated on {widgets.fmt_count(summary.get('n_val'))}, tested on "
+                     f"{widgets.fmt_count(summary.get('n_test'))}")
+    if summary.get("best_epoch") is not None:
+        facts.append(f"best epoch {summary['best_epoch']} ({summary.get('stopped', '?')} stop)")
+    if facts:
+        st.caption("; ".join(facts).capitalize() + ".")
+    if summary.get("protocol_description"):
+        st.caption(f"Protocol {summary.get('protocol')}: {summary['protocol_description']}.")
+    with st.expander("Every stored number of this run"):
+        st.json(summary)
 with st.expander("Settings of this run"):
     st.json(run.get("config") or {})
 

@@ -123,4 +123,5 @@ if ended:
             if r.get("error"):
                 with st.expander(f"Why run {r['id']} {r.get('status')}"):
                     st.code(r["error"], language=None)
-    st.page_link(widgets.PAGES["runs"], label="Compare runs on the Runs page", icon=":material/arrow_forward:")
+    st.page_link(widgets.PAGES["runs"], label="Compare runs on the Runs page",
+                 icon=":material/arrow_forward:")

@@ -1,4 +1,4 @@
-"""Shared UI pieces of the audience explorer (the only module besides the pages importing streamlit).
+"""Shared UI pieces of the audience explorer (with the pages, the only code importing streamlit).
 
 Pages stay thin: they get the store with :func:`get_store`, pick a dataset or run with the
 pickers here, format numbers with :func:`fmt_metric`, show problems with :func:`show_error`
@@ -222,6 +222,30 @@ def runs_frame(runs: Sequence[dict[str, Any]],
     return pd.DataFrame(rows, columns=cols)
 
 
+def show_datasets(datasets: Sequence[dict[str, Any]]) -> None:
+    """The datasets table (counts with thousands separators)."""
+    count = st.column_config.NumberColumn(format="localized")
+    st.dataframe(datasets_frame(datasets), hide_index=True, placeholder="—",
+                 column_config={"Users": count, "Items": count, "Interactions": count})
+
+
+def show_runs(runs: Sequence[dict[str, Any]], dataset_names: dict[int, str] | None = None,
+              ) -> None:
+    """The runs table with metric help texts; missing metrics show as a dash."""
+    st.dataframe(
+        runs_frame(runs, dataset_names), hide_index=True, placeholder="—",
+        column_config={
+            "Test AUC": st.column_config.NumberColumn(
+                format="%.3f", help="Ranking quality on the held-out test period; 0.5 = guessing"),
+            "Test log loss": st.column_config.NumberColumn(format="%.3f",
+                                                           help="Lower is better"),
+            "Item→user recall@50": st.column_config.NumberColumn(
+                format="%.3f",
+                help="Share of test likes whose user is among the item's top 50 users"),
+        },
+    )
+
+
 # --------------------------------------------------------------------------- pickers
 def dataset_picker(store: Any, *, key: str, label: str = "Dataset") -> int | None:
     """A selectbox over the stored datasets (newest first); returns the id or None if none."""
@@ -274,7 +298,8 @@ def empty_state(message: str, *, page: str | None = None, link_label: str | None
     """A friendly "nothing here yet" box that says what to do, with a link to where to do it."""
     st.info(message, icon=icon)
     if page:
-        st.page_link(PAGES.get(page, page), label=link_label or f"Go to {page}", icon=":material/arrow_forward:")
+        st.page_link(PAGES.get(page, page), label=link_label or f"Go to {page}",
+                     icon=":material/arrow_forward:")
 
 
 def show_error(exc: BaseException, *, what: str = "That did not work") -> None:
@@ -308,20 +333,28 @@ def show_error(exc: BaseException, *, what: str = "That did not work") -> None:
 
 # --------------------------------------------------------------------------- sidebar
 def sidebar() -> None:
-    """The shared sidebar: where the store is and how many trainings are running."""
+    """The shared sidebar: where the store is and how many trainings are running (live)."""
+    url = db_url()
+    try:
+        get_store()
+    except Exception as exc:  # the store itself is unreachable: say so, run no page
+        log.exception("cannot open the store")
+        st.error(f"Cannot open the store at `{store_location(url)}`: {exc}\n\n"
+                 "Check the `DSSM_DB_URL` setting (or the `data/` folder) and reload.",
+                 icon=":material/error:")
+        st.stop()
     with st.sidebar:
-        url = db_url()
-        try:
-            store = get_store()
-            active = jobs.active_runs(store)
-        except Exception as exc:  # the store itself is unreachable: say so, keep the app up
-            show_error(exc, what="Cannot open the store")
-            return
         st.caption(f"Store: `{store_location(url)}`")
-        if active:
-            st.caption(f"▶ {len(active)} training job(s) running — see the Train page")
-        else:
-            st.caption("No training running")
+        _jobs_badge()
+
+
+@st.fragment(run_every=POLL_SECONDS * 2)
+def _jobs_badge() -> None:
+    active = jobs.active_runs(get_store())
+    if active:
+        st.caption(f"▶ {len(active)} training job(s) running — see the Train page")
+    else:
+        st.caption("No training running")
 
 
 # --------------------------------------------------------------------------- live progress
@@ -392,3 +425,83 @@ def live_progress(watch: Sequence[int] = (), *, key: str = "live") -> None:
         return
     for run_id in shown:
         _progress_line(store, runs[run_id])
+
+
+# --------------------------------------------------------------------------- maps & audiences
+# (owned by the maps & audiences engineer; used by pages/embeddings.py and pages/audience.py)
+#: Session keys shared by the Embedding maps and Audience pages.
+CURRENT_AUDIENCE_KEY = "current_audience"   # {"run_id", "user_ids", "label"} of the last audience
+AUDIENCE_HANDOFF_KEY = "audience_handoff"   # {"run_id", "seed_users" | "items"}: map -> Audience
+
+
+@st.cache_resource(show_spinner="Loading the run's embeddings…", max_entries=4)
+def _loaded_run(url: str, run_id: int) -> Any:
+    from dssm_core import audience
+
+    return audience.load_run(_store_for(url), int(run_id))
+
+
+def loaded_run(run_id: int) -> Any:
+    """The run's vectors, user attributes, titles and history as an ``audience.LoadedRun``,
+    loaded once per server (shared by the Embedding maps and Audience pages). Read-only."""
+    return _loaded_run(db_url(), int(run_id))
+
+
+def parse_id_list(data: str | bytes | None) -> list[str]:
+    """User ids from pasted text or an uploaded file, in order, without duplicates.
+
+    A file with a ``user_id`` header column (e.g. this app's CSV export) or one id per line
+    is read by ``audience.read_user_ids``; pasted text may also separate ids by commas,
+    semicolons, tabs or spaces (a leading ``user_id``/``id`` word is dropped).
+    """
+    from dssm_core import audience
+
+    if data is None:
+        return []
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
+    text = text.removeprefix("\ufeff")
+    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    if "," in first and "user_id" in [c.strip().strip('"') for c in first.split(",")]:
+        return audience.read_user_ids(text)
+    for sep in (",", ";", "\t", " "):
+        text = text.replace(sep, "\n")
+    ids = [i.strip("'\"") for i in audience.read_user_ids(text)]
+    ids = [i for i in ids if i]
+    if ids and ids[0].lower() in ("user_id", "userid", "id", "user"):
+        ids = ids[1:]
+    return list(dict.fromkeys(ids))
+
+
+def selected_ids(event: Any, trace_ids: Sequence[Any]) -> list[str]:
+    """Ids of the points in a ``st.plotly_chart`` selection event, in selection order, without
+    duplicates. ``trace_ids[c][i]`` is the id of point ``i`` of trace (curve) ``c``."""
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError, AttributeError):
+        return []
+    out = []
+    for p in points or []:
+        c, i = p.get("curve_number"), p.get("point_index", p.get("point_number"))
+        if c is None or i is None or not 0 <= c < len(trace_ids) or not 0 <= i < len(trace_ids[c]):
+            continue
+        out.append(str(trace_ids[c][i]))
+    return list(dict.fromkeys(out))
+
+
+def selection_members(run: Any, user_ids: Sequence[str]) -> pd.DataFrame:
+    """Users picked on a map as audience members (``rank, user_id, score``), ranked by the
+    cosine of each one's vector to the selection's normalised centroid (ties: index order).
+    ``run`` is an ``audience.LoadedRun``; unknown ids raise ValueError naming them."""
+    import numpy as np
+
+    rows = run.index.positions(user_ids)
+    if len(rows) == 0:
+        raise ValueError("the selection holds no users")
+    vecs = run.index.matrix_[rows]                                       # (K, D)
+    centre = vecs.mean(axis=0)                                           # (D,)
+    norm = float(np.linalg.norm(centre))
+    scores = vecs @ (centre / norm) if norm > 1e-9 else np.zeros(len(rows), np.float32)  # (K,)
+    order = np.lexsort((rows, -scores))
+    return pd.DataFrame({"rank": np.arange(1, len(rows) + 1, dtype=np.int64),
+                         "user_id": run.index.ids_[rows[order]].astype(str),
+                         "score": scores[order].astype(np.float64)})

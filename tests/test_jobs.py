@@ -135,6 +135,10 @@ def test_is_alive_tells_live_dead_zombie_and_foreign() -> None:
         proc.wait()
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:  # a live process that is not one of ours (pid reuse) counts as dead
+        cmdline = Path(f"/proc/{other.pid}/cmdline")
+        end = time.monotonic() + 5
+        while not cmdline.read_bytes() and time.monotonic() < end:
+            time.sleep(0.01)  # empty while the kernel is still exec'ing: read as alive
         assert jobs.is_alive(other.pid) is False
     finally:
         other.kill()

@@ -9,7 +9,8 @@ from torch import nn
 
 from dssm_core.config import TrainConfig
 from dssm_core.features import DenseFeature, SequenceFeature, SparseFeature
-from dssm_core.model import DSSM, EmbeddingBlock, Tower, parameter_count, pool
+from dssm_core.model import (DSSM, EmbeddingBlock, FastDropout, Tower, flops_per_sample, lookup,
+                              parameter_count, pool)
 
 torch.set_num_threads(1)
 
@@ -220,6 +221,9 @@ def test_parameter_count_counts_shared_tables_once() -> None:
                  (SparseFeature("item_id", 9, 4),), CFG.with_(user_hidden=(5,), item_hidden=(5,)))
     # shared 9*4 + user Linear(4,5) 25 + item Linear(4,5) 25
     assert parameter_count(model) == 36 + 25 + 25
+    # Two Linear(4, 5): forward 2 * (2*4*5) = 80 FLOPs per pair; training 3x = 240.
+    assert flops_per_sample(model, training=False) == 80
+    assert flops_per_sample(model) == 240
 
 
 def test_bad_specs_and_batches_raise_value_errors() -> None:
@@ -254,3 +258,71 @@ def test_probability_is_sigmoid_of_logits() -> None:
     cos = (u * v).sum(dim=1).detach()
     expected = torch.tensor([1.0 / (1.0 + math.exp(-2.0 * float(c))) for c in cos])
     assert torch.allclose(p, expected, atol=1e-6)
+
+
+def test_lookup_matches_nn_embedding_values_and_gradients() -> None:
+    table = nn.Embedding(7, 3, padding_idx=0)
+    ids = torch.tensor([[1, 6, 0], [6, 6, 2]])
+    weights = torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(0))
+    (table(ids) * weights).sum().backward()
+    expected = table.weight.grad.clone()
+    table.weight.grad = None
+    out = lookup(table, ids)                                                  # (2, 3, 3)
+    assert torch.equal(out, table(ids))
+    (out * weights).sum().backward()
+    assert torch.allclose(table.weight.grad, expected, atol=1e-6)
+    assert torch.equal(table.weight.grad[0], torch.zeros(3))                  # padding row
+    with pytest.raises(ValueError, match="out of range"):
+        lookup(table, torch.tensor([7]))
+    with pytest.raises(ValueError, match="integers"):
+        lookup(table, torch.tensor([1.0]))
+
+
+def test_id_dropout_hides_ids_in_training_only() -> None:
+    # With id_dropout close to 1 nearly every user_id/item_id is replaced by the unknown
+    # index 0 in training mode, so the output no longer depends on the ids; eval mode keeps them.
+    model = DSSM(USER_SPECS, ITEM_SPECS, CFG, id_dropout=0.999)
+    assert model.id_dropout == 0.999
+    assert model.user.embeddings.id_features == {"user_id"}
+    assert model.item.embeddings.id_features == {"item_id"}
+    b = _batch()
+    other = dict(b, user_id=torch.tensor([2, 3, 4, 1]), item_id=torch.tensor([5, 6, 7, 2]))
+    model.train()
+    torch.manual_seed(0)
+    hidden = model.user.embeddings(b)
+    torch.manual_seed(0)
+    assert torch.equal(hidden, model.user.embeddings(other))
+    assert torch.equal(hidden[:, :4], torch.zeros(4, 4))                      # user_id part
+    model.eval()
+    assert not torch.equal(model.user.embeddings(b), model.user.embeddings(other))
+    assert DSSM(USER_SPECS, ITEM_SPECS, CFG).id_dropout == 0.0                 # the default
+    with pytest.raises(ValueError, match="id_dropout"):
+        DSSM(USER_SPECS, ITEM_SPECS, CFG, id_dropout=1.0)
+
+
+def test_a_block_alone_can_share_a_table_between_its_own_features() -> None:
+    block = EmbeddingBlock((SparseFeature("item_id", 9, 4),
+                            SequenceFeature("similar", 9, 4, 2, pooling="sum",
+                                            shared_with="item_id")))
+    assert block.table("similar") is block.table("item_id")
+    assert list(block.tables) == ["item_id"]
+    out = block({"item_id": torch.tensor([2]), "similar": torch.tensor([[2, 3]])})   # (1, 8)
+    w = block.table("item_id").weight
+    assert torch.allclose(out[0, :4], w[2]) and torch.allclose(out[0, 4:], w[2] + w[3])
+    with pytest.raises(ValueError, match="not a sparse feature"):
+        EmbeddingBlock((SequenceFeature("similar", 9, 4, 2, shared_with="item_id"),))
+    with pytest.raises(KeyError):
+        block.table("nope")
+
+
+def test_fast_dropout_keeps_the_expected_fraction_and_scale() -> None:
+    drop = FastDropout(0.25)
+    x = torch.ones(400, 100)
+    torch.manual_seed(0)
+    y = drop(x)
+    kept = y != 0
+    # Kept entries are scaled by 1 / (1 - 0.25) = 4/3; about 75% of 40,000 are kept.
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 4.0 / 3.0))
+    assert abs(float(kept.float().mean()) - 0.75) < 0.01
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(FastDropout(0.0).train()(x), x)

@@ -663,3 +663,16 @@ def test_generic_side_tables_with_their_own_key_names() -> None:
     e = _error([("events.tsv", events), ("people.csv", people)],
                mapping=ColumnMapping(user="uid", item="sku", users_file="people.csv"))
     assert "missing required column 'uid'; found columns: id, age" in str(e)
+
+
+@pytest.mark.parametrize("engine", ["auto", "pyarrow"])
+def test_diagnosis_across_batches(engine: str, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(movielens, "_DIAGNOSE_BATCH", 4)
+    good = [f"{u},{i},3.5,{100 + u}" for u in range(1, 6) for i in (1, 2)]  # lines 2-11
+    lines = ["userId,movieId,rating,timestamp", *good[:5], "", *good[5:],
+             "7,1,4.0,1_000x", "8,1,9.5,5"]
+    d = _latest(tmp_path, ("\n".join(lines) + "\n").encode())
+    e = _error(d, engine=engine)
+    # header (1) + 5 rows + blank line (7) + 5 rows: the bad timestamp is on line 13
+    assert (e.line, e.column) == (13, "timestamp") and "found '1_000x'" in str(e)

@@ -39,7 +39,7 @@ def _with_cold_users(ds: Dataset, n_cold: int = 12) -> Dataset:
 
 
 #: Rated pairs plus 4 sampled unseen items per row: learns who interacts at all.
-AUDIENCE = dict(explicit_negatives=4, batch_size=64, learning_rate=0.01)
+AUDIENCE = dict(explicit_negatives=4, batch_size=64, learning_rate=0.01, dropout=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +238,20 @@ def test_run_training_marks_failures_and_cancels(store, tiny_synthetic) -> None:
     with pytest.raises(pipeline.TrainingCancelled):
         pipeline.run_training(store, ds_id, _cfg(), run_id=run_id, project=False)
     assert store.get_run(run_id)["status"] == "cancelled"
+
+
+def test_run_that_cannot_start_is_left_alone_and_interrupt_is_a_cancel(store, tiny_synthetic
+                                                                       ) -> None:
+    ds_id = store.add_dataset(tiny_synthetic)
+    run_id = store.create_run(ds_id, _cfg().to_dict(), preset="default")
+    store.fail_run(run_id, "cancelled before it started", status="cancelled")
+    with pytest.raises(ValueError):                            # StoreError: it cannot start
+        pipeline.run_training(store, ds_id, _cfg(), run_id=run_id, project=False)
+    assert store.get_run(run_id)["status"] == "cancelled"
+
+    def interrupt(record: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_training(store, ds_id, _cfg(), on_epoch_end=interrupt, project=False)
+    assert store.list_runs()[0]["status"] == "cancelled"

@@ -68,6 +68,8 @@ def test_pointwise_fit_lowers_the_loss_and_reports_every_epoch(encoded) -> None:
     assert result.train_rows == len(encoded["train"]["label"])
     for r in result.history:
         assert r["train_logloss"] == pytest.approx(r["train_loss"], rel=1e-4)
+        # val_loss is the objective (BCE) on validation rows: the logloss without clipping.
+        assert r["val_loss"] == pytest.approx(r["val_logloss"], rel=1e-4)
         assert r["seconds"] > 0
     assert result.samples_per_second > 0
     assert not model.training
@@ -87,6 +89,10 @@ def test_inbatch_fit_trains_on_positives_and_lowers_the_loss(encoded) -> None:
     # Validation uses every validation row (both classes), so its AUC exists.
     assert result.history[-1]["val_auc"] > 0.65
     assert result.history[-1]["train_auc"] is not None
+    # val_loss: the in-batch softmax over validation positives, below the uniform ln(B).
+    n_val_pos = int((encoded["val"]["label"] == 1).sum())
+    assert all(0 < r["val_loss"] < np.log(min(cfg.batch_size, n_val_pos))
+               for r in result.history)
 
 
 def test_item_to_user_weight_changes_training(encoded) -> None:
@@ -163,10 +169,15 @@ def test_early_stopping_restores_the_best_weights(encoded) -> None:
     assert logloss(val["label"], p) == pytest.approx(best["val_logloss"], rel=1e-6)
 
 
-def test_monitor_val_auc_and_bad_monitor(encoded) -> None:
+def test_monitor_val_auc_val_loss_and_bad_monitor(encoded) -> None:
     cfg = CFG.with_(epochs=2)
     result = fit(_model(encoded, cfg), encoded["train"], encoded["val"], cfg, monitor="val_auc")
     assert result.monitor == "val_auc"
+    assert result.best_epoch == max(result.history, key=lambda r: r["val_auc"])["epoch"]
+    ib = cfg.with_(objective="inbatch", epochs=3)
+    result = fit(_model(encoded, ib), encoded["train"], encoded["val"], ib, monitor="val_loss")
+    assert result.monitor == "val_loss"
+    assert result.best_epoch == min(result.history, key=lambda r: r["val_loss"])["epoch"]
     with pytest.raises(ValueError, match="monitor"):
         fit(_model(encoded, cfg), encoded["train"], encoded["val"], cfg, monitor="accuracy")
 
@@ -178,7 +189,8 @@ def test_without_validation_the_last_epoch_is_kept(encoded) -> None:
     result = fit(model, encoded["train"], None, cfg,
                  on_epoch_end=lambda r: snapshots.__setitem__(r["epoch"], _state(model)))
     assert result.best_epoch == 2 and result.monitor is None and result.stopped == "completed"
-    assert all(r["val_auc"] is None and r["val_logloss"] is None for r in result.history)
+    assert all(r["val_auc"] is None and r["val_logloss"] is None and r["val_loss"] is None
+               for r in result.history)
     assert _same_state(_state(model), snapshots[2])
 
 

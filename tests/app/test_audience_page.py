@@ -218,3 +218,34 @@ def test_save_and_compare_two_audiences(run_store):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["In both"] == str(common)
     assert metrics["Jaccard overlap"] == f"{common / len(a | b) * 100:.1f}%"
+
+
+def test_numeric_attribute_range_filter(app_store):
+    """ML-100K-style numeric ages get a range slider; members all fall inside the range."""
+    from apphelpers import ml100k_zip
+    from dssm_core import movielens
+
+    ds = movielens.load(("ml-100k.zip", ml100k_zip(n_users=60)))   # 40 distinct ages
+    dataset_id = app_store.add_dataset(ds, name="tiny 100k")
+    run_id = app_store.create_run(dataset_id, {"epochs": 1}, preset="default",
+                                  objective="pointwise", protocol="T")
+    rng = np.random.default_rng(3)
+    n_users, n_items = len(ds.users), len(ds.items)
+    app_store.finish_run(run_id, summary={"test_auc": 0.6}, weights=b"w", encoders={},
+                         user_ids=ds.users["user_id"].to_numpy(),
+                         user_vectors=_unit(rng, n_users),
+                         item_ids=ds.items["item_id"].to_numpy(),
+                         item_vectors=_unit(rng, n_items))
+    at = new_app(PAGE)
+    at.checkbox(key="aud_exclude_seen").set_value(False)
+    ages = ds.users["age"]
+    assert at.slider(key="aud_range_age").value == (int(ages.min()), int(ages.max()))
+    at.slider(key="aud_range_age").set_value((20, 30))
+    at.number_input(key="aud_top_n").set_value(50)
+    at.multiselect(key="aud_items").set_value(["1"]).run()
+    assert not at.exception
+    table = _table(at)
+    n_in_range = int(((ages >= 20) & (ages <= 30)).sum())
+    assert len(table) == n_in_range                     # clamped to the eligible users
+    assert table["age"].between(20, 30).all()
+    assert "only" in at.warning[0].value and str(n_in_range) in at.warning[0].value

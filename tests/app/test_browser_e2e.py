@@ -58,7 +58,8 @@ def test_upload_train_one_epoch_and_see_it_succeed(server) -> None:
         # Home on an empty store: says what to do next.
         page.goto(base + "/")
         expect(page.get_by_role("heading", name="Audience explorer")).to_be_visible()
-        expect(page.get_by_text("No data yet. Upload a MovieLens-style file or zip")).to_be_visible()
+        expect(page.get_by_text("No data yet. Upload a MovieLens-style file or zip")
+               ).to_be_visible()
         expect(page.get_by_text("No training running")).to_be_visible()      # the sidebar
         _shot(page, "1-home-empty")
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from apphelpers import new_app
+from apphelpers import new_app, sleeper
 from dssm_core import synthetic
 from pages import widgets
 
@@ -22,13 +22,16 @@ PAGE = "pages/embeddings.py"
 DIM = 8
 
 
-def _add_run(store: Any, n_users: int = 60, n_items: int = 30) -> dict[str, Any]:
+def _add_run(store: Any, n_users: int = 60, n_items: int = 30, pid: int | None = None
+             ) -> dict[str, Any]:
     """The synthetic dataset and one succeeded run of seeded unit vectors (no maps yet)."""
     ds = synthetic.generate(n_users=n_users, n_items=n_items, n_interactions=10 * n_users,
                             seed=1)
     dataset_id = store.add_dataset(ds, name="tiny demo")
     run_id = store.create_run(dataset_id, {"epochs": 1}, preset="default",
                               objective="pointwise", protocol="T")
+    if pid is not None:
+        store.mark_running(run_id, pid)
     rng = np.random.default_rng(5)
     u = rng.normal(size=(n_users, DIM)).astype(np.float32)
     i = rng.normal(size=(n_items, DIM)).astype(np.float32)
@@ -92,9 +95,12 @@ def test_user_map_is_titled_coloured_and_says_it_is_a_sample(mapped):
     traces = fig["data"]
     assert {t["type"] for t in traces} == {"scatter"}          # few points: SVG
     assert sum(len(t["customdata"]) for t in traces) == 40
-    # Hover names the user id and attributes.
-    assert "user %{customdata[0]}" in traces[0]["hovertemplate"]
-    assert "gender: %{customdata[" in traces[0]["hovertemplate"]
+    # Hover names the user id and attributes (customdata holds the id of each point).
+    assert traces[0]["hovertemplate"] == "%{text}<extra></extra>"
+    uid = traces[0]["customdata"][0]
+    user = mapped["ds"].users.set_index("user_id").loc[uid]
+    assert traces[0]["text"][0].startswith(f"<b>user {uid}</b><br>gender: {user['gender']}"
+                                           f"<br>age: {user['age']}")
 
     at.selectbox(key="emb_colour_user").set_value("gender").run()
     traces = _figure(at)["data"]
@@ -104,7 +110,7 @@ def test_user_map_is_titled_coloured_and_says_it_is_a_sample(mapped):
     assert {t["name"] for t in traces} == expected
     # Every point of the "F" trace is a woman.
     f_trace = [t for t in traces if t["name"].startswith("F ")][0]
-    assert set(users.loc[[c[0] for c in f_trace["customdata"]], "gender"]) == {"F"}
+    assert set(users.loc[f_trace["customdata"], "gender"]) == {"F"}
 
 
 def test_item_map_hover_shows_titles_and_colours_by_genre(mapped):
@@ -122,16 +128,16 @@ def test_item_map_hover_shows_titles_and_colours_by_genre(mapped):
     assert sum(len(t["customdata"]) for t in traces) == 30
     for t in traces:
         genre, n = t["name"].rsplit(" (", 1)
-        got = first.loc[[c[0] for c in t["customdata"]]]
+        got = first.loc[t["customdata"]]
         assert len(got) == int(n[:-1])
         if genre == "(other)":
             assert t["marker"]["color"] == "#c7cdd6"
             assert got.map(first.value_counts()).max() <= first.value_counts().iloc[10]
         else:
             assert set(got) == {genre}
-    point = fig["data"][0]["customdata"][0]
-    assert point[1] == items.loc[point[0], "title"]
-    assert "<b>%{customdata[1]}</b>" in fig["data"][0]["hovertemplate"]
+    iid, text = fig["data"][0]["customdata"][0], fig["data"][0]["text"][0]
+    assert text == (f"<b>{items.loc[iid, 'title']}</b><br>item {iid}<br>"
+                    + ", ".join(items.loc[iid, "genres"]))
 
     at.selectbox(key="emb_colour_item").set_value("one genre vs the rest").run()
     at.selectbox(key="emb_genre").set_value("Drama").run()
@@ -154,7 +160,7 @@ def test_current_audience_is_highlighted_on_the_user_map(mapped):
     ring = [t for t in traces if t["name"].startswith("current audience")]
     shown = set(members) & set(mapped["user_map_ids"])
     assert len(ring) == 1 and ring[0]["name"] == f"current audience ({len(shown)} shown)"
-    assert {c[0] for c in ring[0]["customdata"]} == shown
+    assert set(ring[0]["customdata"]) == shown
     at.checkbox(key="emb_highlight").set_value(False).run()
     assert not any(t["name"].startswith("current audience") for t in _figure(at)["data"])
 
@@ -218,6 +224,19 @@ def test_parse_id_list():
     assert widgets.parse_id_list(b"user_id,score\n7,0.5\n8,0.4\n") == ["7", "8"]
     assert widgets.parse_id_list(b"\xef\xbb\xbfuser_id\r\n9\r\n10\r\n") == ["9", "10"]
     assert widgets.parse_id_list("") == [] and widgets.parse_id_list(None) == []
+
+
+def test_map_being_computed_by_the_training_job_shows_progress_not_a_button(app_store):
+    job = sleeper()                     # stands in for the training process, still projecting
+    try:
+        _add_run(app_store, n_users=20, n_items=10, pid=job.pid)
+        at = new_app(PAGE)
+        assert not at.exception
+        assert "The training job is computing the maps" in at.get("progress")[0].proto.text
+        assert not [b for b in at.button if b.key == "emb_compute"]
+    finally:
+        job.kill()
+        job.wait()
 
 
 @pytest.mark.slow

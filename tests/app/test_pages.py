@@ -136,6 +136,14 @@ def test_runs_page_table_and_learning_curves(app_store) -> None:
     loss = json.loads(at.get("plotly_chart")[1].proto.spec)
     assert loss["data"][2]["y"] == [0.68, 0.63, 0.61]
     assert "Log loss" in loss["layout"]["yaxis"]["title"]["text"]
+    # Details of the older run: headline numbers next to their baselines.
+    at.selectbox(key="runs_detail").set_value(r1).run()
+    details = at.dataframe[1].value
+    assert list(details["Metric"]) == ["Test AUC (higher is better)",
+                                       "Test log loss (lower is better)", "Item→user recall@50"]
+    assert list(details["Model"]) == [0.75314, 0.60049, 0.41275]
+    assert details["Baseline"].isna().all()           # this summary has no baselines
+    assert {m.label: m.value for m in at.metric}["Epochs trained"] == "3"
 
 
 def test_runs_page_deletes_a_run_after_confirmation(app_store) -> None:
@@ -384,3 +392,38 @@ def widgets_fmt(value: float) -> str:
     from pages import widgets
 
     return widgets.fmt_metric(value)
+
+
+def test_upload_two_files_of_one_dataset(app_store) -> None:
+    """ratings.csv and movies.csv uploaded side by side read as MovieLens latest."""
+    ratings = "userId,movieId,rating,timestamp\n" + "".join(
+        f"{u},{m},{(u + m) % 10 / 2 + 0.5},{1_500_000_000 + 100 * (4 * u + m)}\n"
+        for u in range(1, 6) for m in range(1, 5))
+    movies = "movieId,title,genres\n" + "".join(
+        f"{m},Film {m} (200{m}),Drama|Comedy\n" for m in range(1, 5))
+    at = new_app("pages/data.py")
+    up = at.file_uploader(key="upload")
+    up.upload("ratings.csv", ratings.encode(), "text/csv")
+    up.upload("movies.csv", movies.encode(), "text/csv")
+    up.run()
+    assert not at.exception and not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    # 5 users x 4 movies, every pair rated once
+    assert metrics == {"Detected format": "ml-latest", "Users": "5", "Items": "4",
+                       "Interactions": "20"}
+    next(b for b in at.button if b.label == "Save dataset").click().run()
+    (ds,) = app_store.list_datasets()
+    assert (ds["name"], ds["format"], ds["n_interactions"]) == ("ratings", "ml-latest", 20)
+
+
+def test_an_unreachable_store_is_a_message_not_a_traceback(tmp_path, monkeypatch) -> None:
+    # A folder where the SQLite file should be: SQLite cannot open it.
+    (tmp_path / "store.db").mkdir()
+    monkeypatch.setenv("DSSM_DB_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    monkeypatch.setenv("DSSM_DEMO", "off")
+    at = new_app()
+    assert not at.exception
+    (err,) = at.error
+    assert err.value.startswith(f"Cannot open the store at `sqlite:///{tmp_path}/store.db`")
+    assert "Traceback" not in err.value
+    assert not at.title                                 # no page ran
