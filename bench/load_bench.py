@@ -32,7 +32,15 @@ os.environ["OMP_NUM_THREADS"] = "1"
 sys.path.insert(0, sys.argv[1])
 from dssm_core import movielens
 t0, c0 = time.perf_counter(), time.process_time()
-ds = movielens.load(sys.argv[2], engine=sys.argv[3])
+try:
+    ds = movielens.load(sys.argv[2], engine=sys.argv[3])
+except movielens.DataValidationError as exc:  # the --errors cases
+    print(json.dumps({"seconds": round(time.perf_counter() - t0, 2),
+                      "cpu_seconds": round(time.process_time() - c0, 2),
+                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                           / 1024, 1),
+                      "error": str(exc).split(": ", 1)[-1][:200], "line": exc.line}))
+    raise SystemExit(0)
 seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
 print(json.dumps({
     "seconds": round(seconds, 2),
@@ -84,6 +92,7 @@ def write_ratings(path: Path, rows: int, seed: int = 0) -> None:
 
 
 def measure(data: str | Path, engine: str) -> dict:
+    """Load ``data`` in a fresh process; its timings, peak RSS and counts (or its error)."""
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(ROOT), str(data), engine],
         capture_output=True, text=True, check=False,
@@ -98,6 +107,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--repeat", type=int, default=3, help="fresh processes per engine")
+    ap.add_argument("--errors", action="store_true",
+                    help="also time a bad value on line 4 and on the last line (error path)")
     args = ap.parse_args()
 
     results: dict[str, list[dict]] = {}
@@ -116,6 +127,18 @@ def main() -> None:
             for engine in ("pandas", "pyarrow"):
                 label = f"{args.rows:,}-row ratings.csv, engine={engine}"
                 results.setdefault(label, []).append(measure(folder, engine))
+        if args.errors:
+            errors = {}
+            lines = (folder / "ratings.csv").read_bytes().split(b"\n")
+            for where, pos in (("line 4", 3), ("last line", len(lines) - 1)):
+                bad = Path(tmp) / f"bad-{pos}"
+                bad.mkdir()
+                mutated = lines[:pos] + [b"5,7,4.0,oops"] + lines[pos:]
+                (bad / "ratings.csv").write_bytes(b"\n".join(mutated))
+                del mutated
+                errors[where] = measure(bad, "auto")
+                (bad / "ratings.csv").unlink()
+            del lines
     print(f"load average before: {load_before}, after: {os.getloadavg()[0]:.1f} "
           f"({os.cpu_count()} cores)")
     print("| case | load s best / median / worst | CPU s (median) | peak RSS MB (max) | counts |")
@@ -128,6 +151,13 @@ def main() -> None:
         timing = f"{secs[0]:.2f} / {statistics.median(secs):.2f} / {secs[-1]:.2f}"
         cpu = statistics.median(r["cpu_seconds"] for r in runs)
         print(f"| {label} | {timing} | {cpu:.2f} | {rss:.0f} | {counts} |")
+    if args.errors:
+        print("| bad value 'oops' in the timestamp column | load s | peak RSS MB | reported |")
+        print("|---|---|---|---|")
+        for where, r in errors.items():
+            print(f"| {where} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | "
+                  f"line {r['line']}: {r['error'][:60]} |")
+        results["errors"] = errors  # type: ignore[assignment]
     print(json.dumps(results))
 
 

@@ -157,37 +157,40 @@ def start_training(db_url: str, dataset_id: int, cfg: TrainConfig) -> int:
     """
     db_url = absolute_db_url(db_url)
     store = _open_store(db_url)
-    store.get_dataset(int(dataset_id))  # StoreError (a ValueError) when unknown
-    run_id = int(store.create_run(
-        int(dataset_id), cfg.to_dict(),
-        preset=cfg.preset, objective=cfg.objective, protocol=cfg.protocol,
-    ))
-    logfile = log_path(db_url, run_id)
-    logfile.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    )
-    env.setdefault("OMP_NUM_THREADS", str(cfg.num_threads))
-    env.setdefault("MKL_NUM_THREADS", str(cfg.num_threads))
-    env["PYTHONUNBUFFERED"] = "1"
-    cmd = build_command(db_url, dataset_id, run_id, cfg)
     try:
-        with open(logfile, "ab") as out:
-            proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True, close_fds=True,
-            )
-    except OSError as exc:
-        store.fail_run(run_id, f"could not start the training process: {exc}")
-        raise
-    # Record the pid at once so reap_orphans can tell a dead job from one still starting.
-    # The child marks itself running with the same pid once its imports are done.
-    try:
-        store.mark_running(run_id, proc.pid)
-    except ValueError:  # the child already ended the run (it failed fast, or finished)
-        log.info("run %d ended before its pid was recorded", run_id)
-    log.info("run %d: training process %d started (log %s)", run_id, proc.pid, logfile)
+        store.get_dataset(int(dataset_id))  # StoreError (a ValueError) when unknown
+        run_id = int(store.create_run(
+            int(dataset_id), cfg.to_dict(),
+            preset=cfg.preset, objective=cfg.objective, protocol=cfg.protocol,
+        ))
+        logfile = log_path(db_url, run_id)
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        )
+        env.setdefault("OMP_NUM_THREADS", str(cfg.num_threads))
+        env.setdefault("MKL_NUM_THREADS", str(cfg.num_threads))
+        env["PYTHONUNBUFFERED"] = "1"
+        cmd = build_command(db_url, dataset_id, run_id, cfg)
+        try:
+            with open(logfile, "ab") as out:
+                proc = subprocess.Popen(
+                    cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    env=env, start_new_session=True, close_fds=True,
+                )
+        except OSError as exc:
+            store.fail_run(run_id, f"could not start the training process: {exc}")
+            raise
+        # Record the pid at once so reap_orphans can tell a dead job from one still starting.
+        # The child marks itself running with the same pid once its imports are done.
+        try:
+            store.mark_running(run_id, proc.pid)
+        except ValueError:  # the child already ended the run (it failed fast, or finished)
+            log.info("run %d ended before its pid was recorded", run_id)
+        log.info("run %d: training process %d started (log %s)", run_id, proc.pid, logfile)
+    finally:
+        store.dispose()
     return run_id
 
 
@@ -198,12 +201,16 @@ def cancel(db_url: str, run_id: int) -> None:
     """
     db_url = absolute_db_url(db_url)
     store = _open_store(db_url)
-    run = store.get_run(int(run_id))  # StoreError (a ValueError) when unknown
-    if run.get("status") not in ACTIVE_STATUSES:
-        raise ValueError(f"run {run_id} has already ended ({run.get('status')}); nothing to cancel")
-    store.request_cancel(int(run_id))
-    if not is_alive(run.get("pid")):
-        store.fail_run(int(run_id), "cancelled before its process ran", status="cancelled")
+    try:
+        run = store.get_run(int(run_id))  # StoreError (a ValueError) when unknown
+        if run.get("status") not in ACTIVE_STATUSES:
+            raise ValueError(
+                f"run {run_id} has already ended ({run.get('status')}); nothing to cancel")
+        store.request_cancel(int(run_id))
+        if not is_alive(run.get("pid")):
+            store.fail_run(int(run_id), "cancelled before its process ran", status="cancelled")
+    finally:
+        store.dispose()
 
 
 def reap_orphans(store: Any, *, queued_grace_s: float = QUEUED_GRACE_S) -> list[int]:

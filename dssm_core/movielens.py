@@ -23,7 +23,7 @@ import logging
 import math
 import re
 import zipfile
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator, Sequence
 
@@ -185,6 +185,14 @@ class ColumnMapping:
         if "rating_scale" in d:
             d["rating_scale"] = tuple(float(x) for x in d["rating_scale"])
         return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form; ``ColumnMapping.from_dict(m.to_dict()) == m``."""
+        d = asdict(self)
+        for k in ("user_attributes", "item_attributes", "rating_scale"):
+            if d[k] is not None:
+                d[k] = list(d[k])
+        return d
 
 
 # --------------------------------------------------------------------------------------------
@@ -1297,8 +1305,13 @@ def _looks_numeric(data: bytes, sep: str, column: str, encoding: str) -> bool:
     return True
 
 
-def _timestamps(values: pd.Series, display: str, column: str) -> np.ndarray:
-    """Unix seconds from numbers (seconds) or date/time text."""
+def _timestamps(values: pd.Series, display: str, column: str, header_lines: int
+                ) -> np.ndarray:
+    """Unix seconds from numbers (seconds) or date/time text.
+
+    A bad value's line is its row number plus ``header_lines`` (blank lines above it are not
+    counted here: only date/time text takes this path).
+    """
     if pd.api.types.is_numeric_dtype(values):
         return np.rint(values.to_numpy(dtype=np.float64)).astype(np.int64)
     text = values.astype(str).str.strip()
@@ -1311,7 +1324,7 @@ def _timestamps(values: pd.Series, display: str, column: str) -> np.ndarray:
         row = int(np.flatnonzero(bad)[0])
         raise DataValidationError(
             f"not a time: expected unix seconds or a date/time, found '{text.iloc[row][:40]}'",
-            file=display, line=row + 2, column=column,
+            file=display, line=row + 1 + header_lines, column=column,
         )
     ns = parsed.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]")
     return (ns.to_numpy().astype("int64") // 1_000_000_000).astype(np.int64)
@@ -1334,12 +1347,17 @@ def _side_table(src: _Source, file: str, key: str, warnings: list[str],
 
 
 def _numeric_where_possible(df: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
-    """Attribute columns whose every non-empty value is a number become numeric."""
+    """Attribute columns whose every non-empty value is a number become numeric.
+
+    Codes with leading zeros (zip "02134", "007") stay text.
+    """
     for c in cols:
         s = df[c]
         if pd.api.types.is_numeric_dtype(s):
             continue
         text = s.astype(str).str.strip()
+        if text.str.match(r"[+-]?0\d").any():
+            continue
         num = pd.to_numeric(text.where(text != "", None), errors="coerce")
         if num.notna().sum() == (text != "").sum() and num.notna().any():
             whole = num.dropna()
@@ -1379,7 +1397,8 @@ def _load_generic(src: _Source, mapping: ColumnMapping, warnings: list[str],
     scale = (_Scale(mapping.rating_scale[0], mapping.rating_scale[1], None)
              if mapping.rating_scale else None)
     raw_first = entry.read()
-    if raw_first[:4] == b"PAR1" or entry.base.endswith((".parquet", ".pq")):
+    is_parquet = raw_first[:4] == b"PAR1" or entry.base.endswith((".parquet", ".pq"))
+    if is_parquet:
         df = _read_parquet(raw_first, entry.display, kinds, required, mapping)
     else:
         data = _prepare(raw_first, entry.display, [])
@@ -1397,7 +1416,8 @@ def _load_generic(src: _Source, mapping: ColumnMapping, warnings: list[str],
     else:
         inter["rating"] = np.ones(n)
     if mapping.timestamp:
-        inter["timestamp"] = _timestamps(df[mapping.timestamp], entry.display, mapping.timestamp)
+        inter["timestamp"] = _timestamps(df[mapping.timestamp], entry.display, mapping.timestamp,
+                                         0 if is_parquet else 1)
     else:
         inter["timestamp"] = np.arange(n, dtype=np.int64)
         warnings.append("no timestamp column: the row order is used as the time order")
@@ -1426,7 +1446,7 @@ def _load_generic(src: _Source, mapping: ColumnMapping, warnings: list[str],
                   else [""] * len(ids))
         genres = ([_genre_list(g, mapping.genre_sep) for g in src_df[mapping.genres]]
                   if mapping.genres and mapping.genres in src_df else [[] for _ in ids])
-        skip = {id_col, mapping.title, mapping.genres}
+        skip = {id_col, mapping.title, mapping.genres, "item_id", "title", "genres"}
         extra_cols = ([c for c in src_df.columns if c not in skip] if mapping.items_file
                       else [c for c in mapping.item_attributes if c not in skip])
         items = _items_frame(ids, titles, genres,
@@ -1535,6 +1555,7 @@ def peek_columns(source: Any, *, file: str | None = None, encoding: str = "utf-8
 
 
 def _ids_as(values: pd.Series, categorical: bool) -> pd.Series:
+    """Ids as strings: a categorical with string categories, or plain ``str``."""
     if isinstance(values.dtype, pd.CategoricalDtype):
         cats = values.cat.categories
         if not (pd.api.types.is_object_dtype(cats.dtype) or pd.api.types.is_string_dtype(cats)):
@@ -1555,8 +1576,8 @@ def _codes(s: pd.Series) -> np.ndarray:
 def _exact_duplicates(inter: pd.DataFrame) -> np.ndarray:
     """Boolean mask of rows repeating an earlier row in all four columns.
 
-    Looks for repeated (user, item) pairs first; only rows whose pair repeats are compared in full,
-    which keeps this cheap on MovieLens files (where pairs are almost always unique).
+    Looks for repeated (user, item) pairs first; only rows whose pair repeats are compared in
+    full, which keeps this cheap on MovieLens files (where pairs are almost always unique).
     """
     pair = _codes(inter["user_id"])  # int64, then made the (user, item) key in place
     i = _codes(inter["item_id"])
@@ -1582,19 +1603,16 @@ def _exact_duplicates(inter: pd.DataFrame) -> np.ndarray:
 
 def _assemble(parts: dict[str, Any], fmt: str, name: str, warnings: list[str],
               file: str) -> Dataset:
-    inter: pd.DataFrame = parts["interactions"]
-    big = len(inter) >= CATEGORY_MIN_ROWS
+    """The canonical ``Dataset``: typed columns, duplicates dropped, every id in its table."""
+    raw: pd.DataFrame = parts["interactions"]
+    big = len(raw) >= CATEGORY_MIN_ROWS
     inter = pd.DataFrame({
-        "user_id": _ids_as(inter["user_id"], big).to_numpy() if not big
-        else _ids_as(inter["user_id"], True),
-        "item_id": _ids_as(inter["item_id"], big).to_numpy() if not big
-        else _ids_as(inter["item_id"], True),
-        "rating": inter["rating"].to_numpy(dtype=np.float32),
-        "timestamp": inter["timestamp"].to_numpy(dtype=np.int64),
+        "user_id": _ids_as(raw["user_id"], big).reset_index(drop=True),
+        "item_id": _ids_as(raw["item_id"], big).reset_index(drop=True),
+        "rating": raw["rating"].to_numpy(dtype=np.float32),
+        "timestamp": raw["timestamp"].to_numpy(dtype=np.int64),
     })
-    if not big:
-        inter["user_id"] = inter["user_id"].astype(str)
-        inter["item_id"] = inter["item_id"].astype(str)
+    del raw, parts["interactions"]
     if len(inter) == 0:
         raise DataValidationError("no interactions: the file has a header but no data rows",
                                   file=file)

@@ -108,9 +108,9 @@ def fit(
     if monitor not in MONITORS:
         raise ValueError(f"monitor must be one of {sorted(MONITORS)}, got {monitor!r}")
     specs = model.feature_specs
-    names = tuple(specs)
     x_train, y_train = _as_tensors(train, specs, "train", need_label=True)
-    assert y_train is not None
+    if y_train is None:
+        raise ValueError("train: missing columns ['label']")
     x_val, y_val = (None, None)
     if val is not None:
         x_val, y_val = _as_tensors(val, specs, "val", need_label=True)

@@ -357,9 +357,10 @@ if colour == HAS_GENRE:
 highlight: set[str] | None = None
 current = st.session_state.get(widgets.CURRENT_AUDIENCE_KEY)
 if kind == "user" and current and int(current.get("run_id", -1)) == run_id:
-    if c3.checkbox(f"Highlight the current audience ({current.get('label')}, "
-                   f"{widgets.fmt_count(len(current['user_ids']))} users)", value=True,
-                   key="emb_highlight"):
+    if c3.checkbox(f"Highlight the current audience "
+                   f"({widgets.fmt_count(len(current['user_ids']))} users)", value=True,
+                   key="emb_highlight",
+                   help=f"The audience last built on the Audience page: {current.get('label')}"):
         highlight = set(current["user_ids"])
 
 noun = "users" if kind == "user" else "items"

@@ -121,7 +121,7 @@ c[2].metric("Duration", widgets.fmt_duration(widgets.run_duration(run)))
 c[3].metric("Started (UTC)", widgets.fmt_time(run.get("started_at"))[:10],
             help=widgets.fmt_time(run.get("started_at")))
 if run.get("error"):
-    st.error(f"Run {detail} {run.get('status')}: {run['error']}", icon=":material/cancel:")
+    widgets.show_run_error(run)
 summary = widgets.summary_of(run)
 if summary:
     st.dataframe(summary_table(summary), hide_index=True, placeholder="—",

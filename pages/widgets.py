@@ -331,6 +331,16 @@ def show_error(exc: BaseException, *, what: str = "That did not work") -> None:
                  "The details are in the server log.", icon=":material/error:")
 
 
+def show_run_error(run: dict[str, Any]) -> None:
+    """Why a run failed: the error's first lines as a message, any log excerpt as code."""
+    text = str(run.get("error") or "")
+    head, _, tail = text.partition("\nLast lines of its log:\n")
+    st.error(f"Run {run.get('id')} {run.get('status')}: {head}", icon=":material/cancel:")
+    if tail:
+        with st.expander("Last lines of the job's log"):
+            st.code(tail, language=None)
+
+
 # --------------------------------------------------------------------------- sidebar
 def sidebar() -> None:
     """The shared sidebar: where the store is and how many trainings are running (live)."""
@@ -386,7 +396,7 @@ def _progress_line(store: Any, run: dict[str, Any]) -> None:
             except ValueError as exc:
                 show_error(exc, what="Cannot cancel")
     if status == "failed" and run.get("error"):
-        st.error(f"Run {run_id} failed: {run['error']}", icon=":material/cancel:")
+        show_run_error(run)
     elif status == "cancelled":
         st.warning(f"Run {run_id} was cancelled.", icon=":material/stop_circle:")
     elif status == "succeeded":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -317,7 +318,9 @@ def test_column_mapping_checks() -> None:
     m = ColumnMapping.from_dict({"user": "a", "item": "b", "rating_scale": [1, 10],
                                  "user_attributes": ["g"]})
     assert m.rating_scale == (1.0, 10.0) and m.user_attributes == ("g",)
-    hash(m)
+    assert m.to_dict()["rating_scale"] == [1.0, 10.0]
+    assert ColumnMapping.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+    assert len({m, ColumnMapping.from_dict(m.to_dict())}) == 1  # hashable, equal
     with pytest.raises(ValueError, match="unknown column mapping keys: itm"):
         ColumnMapping.from_dict({"user": "a", "itm": "b"})
     with pytest.raises(ValueError, match="needs 'item'"):
@@ -650,19 +653,21 @@ def test_generic_numeric_timestamps_and_bad_one(tmp_path: Path) -> None:
 
 def test_generic_side_tables_with_their_own_key_names() -> None:
     events = b"uid\tsku\nu1\ts1\nu2\ts2\nu2\ts1\n"
-    people = b"id,age\nu1,31\nu2,45\n"
+    people = b"id,age,zip\nu1,31,02134\nu2,45,94043\n"
     goods = b"code;label;tags\ns1;Kettle;kitchen/home\ns2;Lamp (2020);home\n"
     mp = ColumnMapping(user="uid", item="sku", users_file="people.csv", users_key="id",
                        items_file="goods.csv", items_key="code", title="label", genres="tags",
                        genre_sep="/", interactions_file="events.tsv")
     ds = load([("events.tsv", events), ("people.csv", people), ("goods.csv", goods)],
               mapping=mp)
-    assert ds.users.to_dict("list") == {"user_id": ["u1", "u2"], "age": [31, 45]}
+    # numbers become numeric, but zip codes with a leading zero stay text
+    assert ds.users.to_dict("list") == {"user_id": ["u1", "u2"], "age": [31, 45],
+                                        "zip": ["02134", "94043"]}
     assert ds.items[["item_id", "title", "genres", "year"]].values.tolist() == [
         ["s1", "Kettle", ["kitchen", "home"], pd.NA], ["s2", "Lamp (2020)", ["home"], 2020]]
     e = _error([("events.tsv", events), ("people.csv", people)],
                mapping=ColumnMapping(user="uid", item="sku", users_file="people.csv"))
-    assert "missing required column 'uid'; found columns: id, age" in str(e)
+    assert "missing required column 'uid'; found columns: id, age, zip" in str(e)
 
 
 @pytest.mark.parametrize("engine", ["auto", "pyarrow"])
@@ -676,3 +681,29 @@ def test_diagnosis_across_batches(engine: str, tmp_path: Path,
     e = _error(d, engine=engine)
     # header (1) + 5 rows + blank line (7) + 5 rows: the bad timestamp is on line 13
     assert (e.line, e.column) == (13, "timestamp") and "found '1_000x'" in str(e)
+
+
+@pytest.mark.parametrize("fixture,mapping", [
+    ("ml-100k", None), ("ml-1m", None), ("ml-10M100K", None), ("ml-latest-small", None),
+    ("article.csv", None),
+    ("generic", ColumnMapping(user="customer", item="product", rating="stars",
+                              timestamp="when", interactions_file="events.csv",
+                              users_file="customers.csv", items_file="products.csv",
+                              title="name", genres="category")),
+])
+def test_every_format_inside_a_grouplens_style_zip(fixture: str, mapping, tmp_path: Path
+                                                   ) -> None:
+    path = FIX / fixture
+    plain = load(path, mapping=mapping)
+    if path.is_dir():
+        z = _zip_folder(path, tmp_path / f"{fixture}.zip")
+    else:
+        z = tmp_path / "merged.zip"
+        with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.write(path, f"merged/{path.name}")
+    zipped = load(z, mapping=mapping)
+    assert zipped.format == plain.format
+    assert zipped.summary() == plain.summary()
+    pd.testing.assert_frame_equal(zipped.interactions, plain.interactions)
+    pd.testing.assert_frame_equal(zipped.items, plain.items)
+    assert sniff(z) == (plain.format if mapping is None else "generic")

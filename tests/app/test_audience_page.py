@@ -249,3 +249,30 @@ def test_numeric_attribute_range_filter(app_store):
     assert len(table) == n_in_range                     # clamped to the eligible users
     assert table["age"].between(20, 30).all()
     assert "only" in at.warning[0].value and str(n_in_range) in at.warning[0].value
+
+
+def test_switching_to_a_smaller_run_keeps_the_page_working(run_store):
+    """Choices made on one run that the other run cannot take (an item it lacks, a size above
+    its population) are dropped or reset to that run's default, not an error."""
+    store = run_store["store"]
+    small = synthetic.generate(n_users=20, n_items=10, n_interactions=100, seed=4)
+    dataset_id = store.add_dataset(small, name="smaller")
+    run_id = store.create_run(dataset_id, {"epochs": 1}, preset="default",
+                              objective="pointwise", protocol="T")
+    rng = np.random.default_rng(1)
+    store.finish_run(run_id, summary={"test_auc": 0.6}, weights=b"w", encoders={},
+                     user_ids=small.users["user_id"].to_numpy(), user_vectors=_unit(rng, 20),
+                     item_ids=small.items["item_id"].to_numpy(), item_vectors=_unit(rng, 10))
+    at = new_app(PAGE)
+    at.selectbox(key="aud_run").set_value(run_store["run_id"]).run()
+    at.checkbox(key="aud_exclude_seen").set_value(False)
+    at.number_input(key="aud_top_n").set_value(40)
+    at.multiselect(key="aud_items").set_value(["2", "25"]).run()
+    assert len(_table(at)) == 40
+    at.selectbox(key="aud_run").set_value(run_id).run()
+    assert not at.exception
+    assert at.multiselect(key="aud_items").value == ["2"]          # item 25 is not in this run
+    # The size widget is bounded by the population, so it starts over at the run's default:
+    # 10% of 20 users, at least 10 -> 10.
+    assert at.number_input(key="aud_top_n").value == 10
+    assert len(_table(at)) == 10

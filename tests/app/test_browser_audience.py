@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +46,14 @@ def server(tmp_path: Path):
                      user_vectors=u / np.linalg.norm(u, axis=1, keepdims=True),
                      item_ids=ds.items["item_id"].to_numpy(),
                      item_vectors=i / np.linalg.norm(i, axis=1, keepdims=True))
+    # A hand-made user map: the users on a 20 x 10 grid.
+    grid = np.stack(np.divmod(np.arange(N_USERS), 10), axis=1).astype(np.float32)   # (N, 2)
+    store.save_projection(run_id, "user", ds.users["user_id"].to_numpy(), grid,
+                          {"seed": 0, "n_total": N_USERS, "n_projected": N_USERS,
+                           "sampled": False, "n_neighbors": 15, "min_dist": 0.1})
     proc, base = start_server(url, log_file=tmp_path / "server.log")
     try:
-        yield base, ds
+        yield base, ds, store
     finally:
         stop_server(proc)
         store.dispose()
@@ -62,7 +69,7 @@ def _shot(page, name: str) -> None:
 def test_pick_an_item_and_download_its_audience(server, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    base, ds = server
+    base, ds, _ = server
     title = str(ds.items.set_index("item_id").loc["5", "title"])
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -105,3 +112,47 @@ def test_pick_an_item_and_download_its_audience(server, tmp_path: Path) -> None:
     inter = ds.interactions
     seen = set(inter.loc[inter["item_id"] == "5", "user_id"])
     assert not seen & {r["user_id"] for r in rows}
+
+
+def test_lasso_users_on_the_map_and_find_their_lookalikes(server) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    base, _, store = server
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.set_default_timeout(60_000)
+        page.goto(base + "/")
+        page.get_by_role("link", name="Embedding maps").first.click()
+        expect(page.get_by_text(f"{N_USERS} users of run 1")).to_be_visible()
+        # Lasso (the map's default drag mode) a square in the middle of the plot area. On a
+        # busy machine plotly may not take the first drag while it still draws: try again.
+        picked = page.get_by_text(re.compile(r"^\d+ users selected on the map\.$"))
+        for attempt in range(3):
+            page.locator(".js-plotly-plot .nsewdrag").first.wait_for()
+            time.sleep(1.0 + attempt)
+            area = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+            x0, y0 = area["x"] + area["width"] * 0.3, area["y"] + area["height"] * 0.3
+            page.mouse.move(x0, y0)
+            page.mouse.down()
+            for dx, dy in [(0.3, 0), (0.3, 0.3), (0, 0.3), (0, 0)]:
+                page.mouse.move(x0 + dx * area["width"], y0 + dy * area["height"], steps=6)
+            page.mouse.up()
+            try:
+                picked.wait_for(timeout=15_000)
+                break
+            except Exception:  # playwright's TimeoutError: drag again
+                continue
+        expect(picked).to_be_visible()
+        n = int(picked.inner_text().split()[0])
+        assert 1 <= n < N_USERS
+        _shot(page, "maps-1-selection")
+        page.get_by_role("button", name="Save as audience").click()
+        expect(page.get_by_text(re.compile(r"Saved as audience 1: .Map selection"))).to_be_visible()
+        (saved,) = store.list_audiences()
+        assert saved["size"] == n and saved["definition"]["kind"] == "map selection"
+        page.get_by_role("button", name="Find lookalikes of them").click()
+        expect(page.get_by_text(f"lookalikes of {n} seed users")).to_be_visible()
+        expect(page.get_by_text(f"seed users: {n}")).to_be_visible()     # excluded
+        _shot(page, "maps-2-lookalikes")
+        browser.close()

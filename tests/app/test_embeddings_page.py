@@ -263,3 +263,40 @@ def test_missing_map_is_computed_in_the_background_with_progress(app_store):
                 f"{r['run_id']}.log")
     lines = [json.loads(x) for x in open(log_text) if x.startswith("{")]
     assert [x["stage"] for x in lines] == ["started", "stored", "stored", "done"]
+
+
+def test_maps_and_audience_pages_never_import_torch_or_umap(tmp_path) -> None:
+    """Opening a stored map and building an audience load neither torch nor umap/numba."""
+    import subprocess
+    import sys
+
+    from apphelpers import ROOT
+
+    script = f"""
+import os, sys
+os.environ.update(DSSM_DB_URL="sqlite:///{tmp_path}/s.db", DSSM_DEMO="off")
+sys.path[:0] = ["{ROOT}", "{ROOT}/tests/app"]
+import numpy as np
+from apphelpers import new_app
+from dssm_core import synthetic
+from dssm_core.store import Store
+store = Store(os.environ["DSSM_DB_URL"])
+ds = synthetic.generate(n_users=50, n_items=20, n_interactions=400)
+d = store.add_dataset(ds)
+r = store.create_run(d, {{}}, preset="default", objective="pointwise", protocol="T")
+v = np.eye(50, 4, dtype=np.float32) + 0.1
+store.finish_run(r, summary={{}}, weights=b"w", encoders={{}},
+                 user_ids=ds.users["user_id"].to_numpy(), user_vectors=v,
+                 item_ids=ds.items["item_id"].to_numpy(), item_vectors=v[:20])
+store.save_projection(r, "user", ds.users["user_id"].to_numpy(), v[:, :2], {{"seed": 0}})
+at = new_app("pages/embeddings.py")
+assert not at.exception and at.get("plotly_chart"), at.exception
+at.switch_page("pages/audience.py").run()
+at.multiselect(key="aud_items").set_value(["1"]).run()
+assert not at.exception and at.dataframe, at.exception
+print(sorted(m for m in ("torch", "umap", "numba", "sklearn") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
