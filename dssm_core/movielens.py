@@ -841,12 +841,100 @@ def _suspects(t: _Table, rows: list[list[str]], index: dict[str, int]) -> np.nda
     return np.flatnonzero(bad)
 
 
-def _diagnose(t: _Table) -> DataValidationError | None:
-    """Stream the table and describe its first bad line (only after the fast read failed).
+_FLOAT_TEXT = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
 
-    Rows are checked in vectorised batches; only suspect rows get the row-by-row check.
+
+def _diagnose(t: _Table) -> DataValidationError | None:
+    """Describe the table's first bad line (only after the fast read failed), or ``None``.
+
+    Files without quote characters (every ratings file) take a vectorised path over pyarrow
+    string columns; anything else is streamed row by row.
     """
     _check_decodable(t.data, t.encoding, t.display)
+    if ((not t.quoting or b'"' not in t.data)
+            and t.data.count(b"\r") == t.data.count(b"\r\n")):  # no lone CR line ends
+        try:
+            return _diagnose_unquoted(t)
+        except Exception as exc:  # no pyarrow, or a file it cannot take: stream it instead
+            log.debug("vectorised diagnosis unavailable (%s); streaming", exc)
+    return _diagnose_stream(t)
+
+
+def _diagnose_unquoted(t: _Table) -> DataValidationError | None:
+    """``_diagnose`` for files where one physical line is one row (no quoting).
+
+    Reads the checked columns as text with pyarrow, flags suspect values with regexes over
+    whole columns, maps row numbers back to physical lines through the line-end positions.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    invalid: list[tuple[int, int]] = []  # (row number among non-empty lines, fields found)
+
+    def on_invalid(row: Any) -> str:
+        if row.number is None:  # pragma: no cover - only with threaded parsing
+            raise ValueError("row number unknown")
+        invalid.append((int(row.number), int(row.actual_columns)))
+        return "skip"
+
+    checked = [c for c, k in t.kinds.items() if k in _WHAT]
+    table = pacsv.read_csv(
+        pa.BufferReader(t.data),
+        read_options=pacsv.ReadOptions(column_names=list(t.names), skip_rows=t.skip,
+                                       use_threads=False, block_size=1 << 22),
+        parse_options=pacsv.ParseOptions(delimiter=t.sep, quote_char=False,
+                                         ignore_empty_lines=True, invalid_row_handler=on_invalid),
+        convert_options=pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in checked}, include_columns=checked,
+            strings_can_be_null=False, quoted_strings_can_be_null=False),
+    )
+    # physical line (0-based) of each non-empty line: pyarrow numbers rows over those
+    raw = np.frombuffer(t.data, dtype=np.uint8)
+    ends = np.flatnonzero(raw == 10)
+    starts = np.r_[0, ends + 1]
+    ends = np.r_[ends, len(raw)]
+    length = ends - starts
+    cr = (length > 0) & (raw[np.maximum(ends - 1, 0)] == 13)  # a line's own CR of CRLF
+    nonempty = np.flatnonzero(length - cr > 0)
+    del raw, ends, starts, length, cr
+    limit = invalid[0][0] - 1 - t.skip if invalid else table.num_rows  # rows before it
+    bad = np.zeros(max(0, min(limit, table.num_rows)), dtype=bool)
+    for c in checked:
+        col = table.column(c).slice(0, len(bad))
+        kind = t.kinds[c]
+        if kind in ("id", "intid"):
+            flag = pc.match_substring_regex(col, r"^\s*$")
+        elif kind == "int":
+            flag = pc.invert(pc.match_substring_regex(col, r"^\s*[+-]?\d+\s*$"))
+        else:
+            ok = pc.match_substring_regex(col, _FLOAT_TEXT)
+            flag = pc.invert(ok)
+            if kind == "rating" and t.scale is not None:
+                x = pc.cast(pc.utf8_trim_whitespace(pc.if_else(ok, col, "0")), pa.float64())
+                x = x.to_numpy(zero_copy_only=False)
+                flag = pc.or_(flag, pa.array(~t.scale.ok(x) & ok.to_numpy(zero_copy_only=False)))
+        bad |= flag.to_numpy(zero_copy_only=False)
+    index = {c: t.names.index(c) for c in t.kinds}
+    for k in np.flatnonzero(bad):
+        row = [""] * len(t.names)
+        for c in checked:
+            row[index[c]] = table.column(c)[int(k)].as_py()
+        err = _row_error(t, int(nonempty[t.skip + k]) + 1, row, index)
+        if err is not None:
+            return err
+    if invalid:
+        number, found = invalid[0]
+        sep_shown = "tab" if t.sep == "\t" else repr("::" if t.sep == "\x1f" else t.sep)
+        return DataValidationError(
+            f"expected {len(t.names)} fields separated by {sep_shown}, found {found}",
+            file=t.display, line=int(nonempty[number - 1]) + 1,
+        )
+    return None
+
+
+def _diagnose_stream(t: _Table) -> DataValidationError | None:
+    """``_diagnose`` by streaming rows (exact with quoting; checks batches vectorised)."""
     sep_shown = "tab" if t.sep == "\t" else repr("::" if t.sep == "\x1f" else t.sep)
     index = {c: t.names.index(c) for c in t.kinds}
     lines: list[int] = []

@@ -11,9 +11,9 @@ Storage choices:
   dtypes and list-valued genres exactly.
 * Embeddings: per (run, kind) one row holding the ids (a ``.npy`` of fixed-width unicode,
   ``allow_pickle=False``) and the float32 matrix split into chunks of ``CHUNK_ROWS`` rows, so a
-  run's million vectors load in one ``SELECT`` of a few rows (not a million fetches), no single
-  value grows past what PostgreSQL's ``bytea`` accepts, and ``get_vectors`` reads only the chunks
-  that hold the requested ids.
+  run's million vectors load in one ``SELECT`` of a few dozen rows, streamed (not a million
+  fetches), no single value grows past what PostgreSQL's ``bytea`` accepts, and ``get_vectors``
+  reads only the bytes (a few ids) or the chunks (many ids) that hold the requested vectors.
 * ``finish_run`` writes weights, encoders, embeddings, summary and ``status='succeeded'`` in one
   transaction: a process killed before the commit leaves a run that is still queued/running
   (later marked failed by ``mark_orphans_failed``) and none of its artefacts.
@@ -64,13 +64,15 @@ log = logging.getLogger(__name__)
 
 #: Version of the schema this code writes. A database with a newer version is refused.
 SCHEMA_VERSION = 1
-#: Rows of an embedding matrix per stored chunk (d=64: 16 MiB a chunk).
-CHUNK_ROWS = 65_536
+#: Rows of an embedding matrix per stored chunk (d=64: 4 MiB a chunk; 1M rows: 62 chunks).
+CHUNK_ROWS = 16_384
 #: Run states. A run is "active" while queued or running.
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE_STATUSES = ("queued", "running")
 ORPHAN_ERROR = "the training process stopped unexpectedly"
 EMBEDDING_KINDS = ("user", "item")
+#: ``get_vectors`` reads up to this many vectors byte-exactly; more read whole chunks.
+FEW_VECTORS = 16
 
 
 class StoreError(ValueError):
@@ -833,8 +835,20 @@ class Store:
                 raise ValueError(f"unknown {kind} ids in run {run_id}: "
                                  f"{', '.join(repr(m) for m in missing[:10])}"
                                  + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
-            chunks = sorted(set((rows // head.chunk_rows).tolist()))
             out = np.empty((len(want), head.dim), dtype=np.float32)        # (K, D)
+            nbytes = head.dim * 4
+            if len(want) <= FEW_VECTORS:
+                # a few vectors: read only their bytes (substr on the chunk, 1-based offsets)
+                for j, row in enumerate(rows.tolist()):
+                    c, off = divmod(row, head.chunk_rows)
+                    part = s.scalar(select(func.substr(EmbeddingChunkRow.data,
+                                                       off * nbytes + 1, nbytes))
+                                    .where(EmbeddingChunkRow.run_id == int(run_id),
+                                           EmbeddingChunkRow.kind == kind,
+                                           EmbeddingChunkRow.chunk == c))
+                    out[j] = np.frombuffer(bytes(part), dtype=np.float32)
+                return out
+            chunks = sorted(set((rows // head.chunk_rows).tolist()))
             data = dict(s.execute(select(EmbeddingChunkRow.chunk, EmbeddingChunkRow.data)
                                   .where(EmbeddingChunkRow.run_id == int(run_id),
                                          EmbeddingChunkRow.kind == kind,

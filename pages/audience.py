@@ -226,7 +226,7 @@ def _show_result(store: Any, run_id: int, res: audience.AudienceResult) -> None:
                 help="The lowest cosine similarity in the audience (1 = identical taste).")
     c[3].metric("All users", widgets.fmt_count(res.population))
     for w in res.warnings:
-        st.warning(w, icon="⚠️")
+        st.warning(w, icon=":material/warning:")
     dropped = {k: v for k, v in res.excluded.items() if v}
     if dropped:
         st.caption("Excluded: " + "; ".join(f"{k}: {widgets.fmt_count(v)}"
@@ -283,7 +283,7 @@ def _show_result(store: Any, run_id: int, res: audience.AudienceResult) -> None:
             try:
                 aud_id = store.save_audience(run_id, name, res.definition(),
                                              res.members[["rank", "user_id", "score"]])
-                st.success(f"Saved as audience {aud_id}: “{name.strip()}”.", icon="✅")
+                st.success(f"Saved as audience {aud_id}: “{name.strip()}”.", icon=":material/check_circle:")
             except ValueError as exc:
                 widgets.show_error(exc, what="Could not save")
 
@@ -319,7 +319,7 @@ def _compare_saved(store: Any) -> None:
 
 
 # --------------------------------------------------------------------------- page
-st.title("🎯 Audience")
+st.title("Audience")
 st.caption("Pick what you advertise; get the users whose taste is closest to it, see who they "
            "are and download them for your ad platform.")
 
@@ -363,7 +363,7 @@ if mode == MODE_ITEMS:
 else:
     note = st.session_state.pop("aud_seeds_note", None)
     if note:
-        st.info(note, icon="🗺️")
+        st.info(note, icon=":material/scatter_plot:")
     text = st.text_area("Seed users: paste user ids (comma, space or one per line)",
                         key="aud_seeds_text", height=100)
     up = st.file_uploader("…or upload them (CSV with a user_id column, or one id per line)",
@@ -378,10 +378,10 @@ request_args.update(_size_controls(population))
 request_args.update(_filter_controls(run, mode == MODE_ITEMS))
 if not request_args.get("items") and not request_args.get("seed_users"):
     if mode == MODE_ITEMS:
-        st.info("Pick one or more items to see their audience.", icon="👆")
+        st.info("Pick one or more items to see their audience.", icon=":material/touch_app:")
     else:
         st.info("Give the ids of users you already know respond well (e.g. past buyers); we "
-                "find the users most like them. The seeds themselves are left out.", icon="👆")
+                "find the users most like them. The seeds themselves are left out.", icon=":material/touch_app:")
     _compare_saved(store)
     st.stop()
 

@@ -85,6 +85,15 @@ def _start_projection(url: str, run_id: int) -> dict[str, Any]:
     return job
 
 
+def _reap_finished_jobs() -> None:
+    """Forget projection processes that ended well (polling also reaps the OS zombie);
+    failed ones stay listed so the page can show their log."""
+    jobs_ = _jobs()
+    for key, job in list(jobs_.items()):
+        if job["proc"].poll() == 0:
+            jobs_.pop(key, None)
+
+
 def _job_stages(log_file: Path) -> list[dict[str, Any]]:
     stages = []
     try:
@@ -115,7 +124,7 @@ def _projection_progress(store: Any, url: str, run_id: int, kind: str) -> None:
     rc = job["proc"].poll()
     if rc not in (None, 0):
         tail = "\n".join(job["log"].read_text(errors="replace").splitlines()[-8:])
-        st.error(f"Computing the maps failed (exit code {rc}).\n\n```\n{tail}\n```", icon="❌")
+        st.error(f"Computing the maps failed (exit code {rc}).\n\n```\n{tail}\n```", icon=":material/error:")
         if st.button("Try again", key="emb_retry"):
             _jobs().pop((url, int(run_id)), None)
             st.rerun(scope="app")
@@ -291,7 +300,7 @@ def _selection_actions(store: Any, run: Any, run_id: int, kind: str, chosen: lis
             aud_id = store.save_audience(run_id, name, {"kind": "map selection",
                                                         "run_id": run_id, "size": len(members)},
                                          members)
-            st.success(f"Saved as audience {aud_id}: “{name.strip()}”.", icon="✅")
+            st.success(f"Saved as audience {aud_id}: “{name.strip()}”.", icon=":material/check_circle:")
         except ValueError as exc:
             widgets.show_error(exc, what="Could not save")
     if cols[2].button("Find lookalikes of them →", key="emb_to_lookalike"):
@@ -300,7 +309,7 @@ def _selection_actions(store: Any, run: Any, run_id: int, kind: str, chosen: lis
 
 
 # --------------------------------------------------------------------------- page
-st.title("🗺️ Embedding maps")
+st.title("Embedding maps")
 st.caption("Each point is a user or an item placed by the model's vectors (UMAP, cosine "
            "metric): points close together have similar taste. Box- or lasso-select users to "
            "save them as an audience or find more like them.")
@@ -316,6 +325,7 @@ url = widgets.db_url()
 kind_label = st.radio("Map of", ["Users", "Items"], key="emb_kind", horizontal=True)
 kind = "user" if kind_label == "Users" else "item"
 
+_reap_finished_jobs()
 found = _load_map(store, url, run_id, kind)
 if found is None:
     job = _jobs().get((url, run_id))
@@ -324,7 +334,7 @@ if found is None:
     if job is None and not trainer_busy:
         st.info("This run has no stored map yet (runs trained before maps existed, or the map "
                 "step failed). Computing it takes about a minute, in the background: you can "
-                "keep working meanwhile.", icon="🗺️")
+                "keep working meanwhile.", icon=":material/scatter_plot:")
         if st.button("Compute the maps", key="emb_compute", type="primary"):
             _start_projection(url, run_id)
             st.rerun()
@@ -345,7 +355,7 @@ if params.get("sampled"):
     st.info(f"This map shows a random sample of **{widgets.fmt_count(params['n_projected'])}** "
             f"of {widgets.fmt_count(params['n_total'])} {kind}s (seed {params.get('seed', 0)}); "
             f"above {widgets.fmt_count(params.get('max_points'))} points only a sample is "
-            "projected.", icon="🎲")
+            "projected.", icon=":material/casino:")
 
 c1, c2, c3 = st.columns([2, 2, 2])
 options = _colour_options(frame, kind)

@@ -47,6 +47,25 @@ PAGES = {
 }
 
 
+# --------------------------------------------------------------------------- router
+def _route_through_app() -> None:
+    """Make every page run under ``app.py``'s ``st.navigation``.
+
+    Streamlit treats a top-level ``pages/`` folder as its old automatic multipage mode until the
+    main script first calls ``st.navigation``. If a server's first request is a deep link such as
+    ``/audience``, it would run ``pages/audience.py`` on its own, without the router and sidebar,
+    and list every file of ``pages/`` (``widgets`` included) as a page. This switches that mode
+    off and reruns, so the request goes through ``app.py``, which resolves the same page.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without the flag has no such mode
+        return
+    if getattr(PagesManager, "uses_pages_directory", None):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 # --------------------------------------------------------------------------- store
 def db_url() -> str:
     """The store URL: ``$DSSM_DB_URL``, else the store's default (a SQLite file in ./data)."""
@@ -515,3 +534,7 @@ def selection_members(run: Any, user_ids: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame({"rank": np.arange(1, len(rows) + 1, dtype=np.int64),
                          "user_id": run.index.ids_[rows[order]].astype(str),
                          "score": scores[order].astype(np.float64)})
+
+
+# Runs on the first import in a server process (see the docstring).
+_route_through_app()

@@ -707,3 +707,43 @@ def test_every_format_inside_a_grouplens_style_zip(fixture: str, mapping, tmp_pa
     pd.testing.assert_frame_equal(zipped.interactions, plain.interactions)
     pd.testing.assert_frame_equal(zipped.items, plain.items)
     assert sniff(z) == (plain.format if mapping is None else "generic")
+
+
+_BAD_TABLES = {
+    "bad rating after blank lines, CRLF": (
+        "ratings.csv", b"userId,movieId,rating,timestamp\r\n1,2,3.0,4\r\n\r\n\r\n1,3,x,5\r\n"),
+    "off-scale then a short row": (
+        "ratings.csv", b"userId,movieId,rating,timestamp\n1,2,3.0,4\n\n2,3,5.5,6\n2,4\n"),
+    "short row first": (
+        "ratings.csv", b"userId,movieId,rating,timestamp\n1,2,3.0,4\n2,4\n2,3,5.5,6\n"),
+    "missing id": ("ratings.csv", b"userId,movieId,rating,timestamp\n1,2,3.0,4\n1, ,3.0,4\n"),
+    "fractional time": ("ratings.csv", b"userId,movieId,rating,timestamp\n1,2,3.0,4\n1,3,3,4.5\n"),
+    "u.data nan rating": ("u.data", b"1\t2\t3\t4\n\n1\t3\tnan\t5\n"),
+    "dat extra field": ("ratings.dat", b"1::2::3::4\n1::3::4::5::6\n"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_TABLES))
+def test_fast_and_streaming_diagnosis_agree(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = _BAD_TABLES[case]
+    fast = _error(source)
+
+    def unavailable(t):
+        raise ImportError("forced: take the streaming path")
+
+    monkeypatch.setattr(movielens, "_diagnose_unquoted", unavailable)
+    slow = _error(source)
+    assert str(fast) == str(slow)
+    assert (fast.line, fast.column) == _BAD_WHERE[case]
+
+
+# worked out by hand: header = line 1, blank lines count, the first problem wins
+_BAD_WHERE = {
+    "bad rating after blank lines, CRLF": (5, "rating"),
+    "off-scale then a short row": (4, "rating"),
+    "short row first": (3, None),
+    "missing id": (3, "movieId"),
+    "fractional time": (3, "timestamp"),
+    "u.data nan rating": (3, "rating"),
+    "dat extra field": (2, None),
+}

@@ -95,6 +95,12 @@ def test_inbatch_fit_trains_on_positives_and_lowers_the_loss(encoded) -> None:
                for r in result.history)
 
 
+def test_inbatch_can_train_on_every_observed_row(encoded) -> None:
+    cfg = CFG.with_(objective="inbatch", epochs=1)
+    result = fit(_model(encoded, cfg), encoded["train"], None, cfg, positives_only=False)
+    assert result.train_rows == len(encoded["train"]["label"])
+
+
 def test_item_to_user_weight_changes_training(encoded) -> None:
     cfg = CFG.with_(objective="inbatch", epochs=1)
     a, b = _model(encoded, cfg), _model(encoded, cfg)
