@@ -36,7 +36,7 @@ _dssm_pg_setup() {
       echo "postgres.sh: running as root but there is no 'postgres' user" >&2
       return 1
     fi
-    as=(runuser -u postgres --)
+    as=(runuser -u postgres -- env -C /)  # from /, which the postgres user can read
   fi
 
   mkdir -p "$dir" || return 1

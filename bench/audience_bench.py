@@ -149,7 +149,8 @@ def main() -> int:
     print(f"read bandwidth (best of 3 kernels, 1 thread): {bw / 1e9:.1f} GB/s")
     rows = []
     head = (f"{'N':>9} {'d':>3} {'MiB':>5} | {'ours med/best':>14} | {'faiss med/best':>15} | "
-            f"{'gemv med/best':>14} | {'floor':>6} | {'ours/faiss':>10} | {'ours/floor':>10} | same")
+            f"{'gemv med/best':>14} | {'floor':>6} | {'ours/faiss':>10} | {'ours/floor':>10} "
+            "| same")
     print(head)
     for n in args.sizes:
         for d in args.dims:

@@ -180,9 +180,12 @@ class UserIndex:
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"query vectors must be (Q, {self.dim}) or ({self.dim},), "
                              f"got shape {np.shape(vectors)}")
-        if not np.all(np.isfinite(q)):
+        norms = np.sqrt(np.einsum("ij,ij->i", q, q))                         # (Q,)
+        if not np.all(np.isfinite(norms)):
             raise ValueError("query vectors hold NaN or infinite values")
-        return _l2_normalise(q, "query")                                     # (Q, D)
+        if np.any(norms <= 1e-12):
+            raise ValueError("a query vector has length zero (cannot be normalised)")
+        return q / norms[:, None]                                            # (Q, D)
 
     def scores(self, vector: Any) -> np.ndarray:
         """Cosine of one query vector (D,) with every user: (N,) float32, in index order."""

@@ -264,6 +264,9 @@ class FeatureEncoder:
             vals = _column_values(s, "category", 0)
             vocab = sorted(set(v for v in vals.tolist() if v))
             edges = []
+            if len(vocab) > 50 and len(vocab) > 0.5 * len(s):
+                log.info("column %r skipped: nearly one value per row (an identifier?)", col)
+                return None
         if kind != "bins" and not vocab:
             return None
         used.add(name)
@@ -623,7 +626,7 @@ class _Context:
         ts = inter["timestamp"].to_numpy(dtype=np.int64)[rows][keep]
         ucode, icode = ucode[keep], icode[keep]
         rating = inter["rating"].to_numpy(dtype=np.float64)[rows][keep]
-        like = enc._likes(rating) if hasattr(enc, "implicit_") else np.ones_like(rating)
+        like = enc._likes(rating)
         self.times = np.unique(ts)                                 # sorted distinct seconds
         rank = np.searchsorted(self.times, ts)
         stride = len(self.times) + 1

@@ -853,6 +853,10 @@ def _diagnose(t: _Table) -> DataValidationError | None:
     _check_decodable(t.data, t.encoding, t.display)
     if ((not t.quoting or b'"' not in t.data)
             and t.data.count(b"\r") == t.data.count(b"\r\n")):  # no lone CR line ends
+        try:  # most bad files go wrong early: look at the first rows before reading them all
+            return _diagnose_stream(t, max_rows=_DIAGNOSE_BATCH)
+        except _Unfinished:
+            pass
         try:
             return _diagnose_unquoted(t)
         except Exception as exc:  # no pyarrow, or a file it cannot take: stream it instead
@@ -933,8 +937,15 @@ def _diagnose_unquoted(t: _Table) -> DataValidationError | None:
     return None
 
 
-def _diagnose_stream(t: _Table) -> DataValidationError | None:
-    """``_diagnose`` by streaming rows (exact with quoting; checks batches vectorised)."""
+class _Unfinished(Exception):
+    """``_diagnose_stream`` reached its row budget without finding a problem."""
+
+
+def _diagnose_stream(t: _Table, max_rows: int | None = None) -> DataValidationError | None:
+    """``_diagnose`` by streaming rows (exact with quoting; checks batches vectorised).
+
+    With ``max_rows``, raises ``_Unfinished`` after that many clean rows.
+    """
     sep_shown = "tab" if t.sep == "\t" else repr("::" if t.sep == "\x1f" else t.sep)
     index = {c: t.names.index(c) for c in t.kinds}
     lines: list[int] = []
@@ -963,6 +974,11 @@ def _diagnose_stream(t: _Table) -> DataValidationError | None:
             )
         lines.append(line)
         rows.append(row)
+        if max_rows is not None and len(rows) >= max_rows:
+            err = check()
+            if err is not None:
+                return err
+            raise _Unfinished
         if len(rows) >= _DIAGNOSE_BATCH:
             err = check()
             if err is not None:

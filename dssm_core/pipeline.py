@@ -200,16 +200,15 @@ def _train(
     t0 = time.perf_counter()
     sp = split(dataset, cfg)
     enc = make_encoder(cfg).fit(dataset, sp.train, pool=sp.pool)
-    # implicit data: negatives everywhere (else there is no class 0); rated data: optional
-    # negatives for training/validation only, the test stays the rated pairs
+    # implicit data: sampled negatives (else there is no class 0); rated data: optional
+    # negatives. The test gets them exactly as training does (none by default: rated pairs).
     neg = int(cfg.negatives) if dataset.implicit else int(cfg.explicit_negatives)
-    neg_test = int(cfg.negatives) if dataset.implicit else 0
     known = sp.known
     x_train = enc.transform_events(dataset, sp.train, pool=sp.pool, negatives=neg,
                                    seed=cfg.seed, known=known)
     x_val = enc.transform_events(dataset, sp.val, pool=sp.pool, negatives=neg,
                                  seed=cfg.seed + 1, known=known)
-    x_test = enc.transform_events(dataset, sp.test, pool=sp.pool, negatives=neg_test,
+    x_test = enc.transform_events(dataset, sp.test, pool=sp.pool, negatives=neg,
                                   seed=cfg.seed + 2)
     t_features = time.perf_counter() - t0
     if x_train["label"].min() == x_train["label"].max():
@@ -276,13 +275,11 @@ def evaluate(
     p = training.predict(model, x_test)
     out.update(_auc_logloss("test", y, p))
     out["test_positive_rate"] = float(y.mean()) if len(y) else None
+    out["test_rows"] = int(len(y))                 # rated/observed test rows + sampled negatives
     # item-mean like-rate baseline, fitted on train + validation labels
-    # (rated data: the rated rows only, not the sampled negatives appended after them)
-    n_tr = len(x_train["label"]) if dataset.implicit else len(sp.train)
-    n_va = len(x_val["label"]) if dataset.implicit else len(sp.val)
-    known_item = np.concatenate([x_train["item_id"][:n_tr], x_val["item_id"][:n_va]])
-    known_label = np.concatenate([x_train["label"][:n_tr],
-                                  x_val["label"][:n_va]]).astype(np.float64)
+    # (with sampled negatives where the run samples them: the same mixture as the test)
+    known_item = np.concatenate([x_train["item_id"], x_val["item_id"]])
+    known_label = np.concatenate([x_train["label"], x_val["label"]]).astype(np.float64)
     p_base = item_mean_baseline(known_item, known_label, x_test["item_id"])
     out.update(_auc_logloss("baseline_item_mean_test", y, p_base))
 

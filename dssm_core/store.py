@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import math
 import os
@@ -726,7 +725,8 @@ class Store:
     def list_runs(self, dataset_id: int | None = None) -> list[dict[str, Any]]:
         """Runs (newest first) as plain dicts, with ``dataset_name`` and ``duration_s``."""
         with self._session() as s:
-            q = (select(RunRow, DatasetRow.name).join(DatasetRow, RunRow.dataset_id == DatasetRow.id)
+            q = (select(RunRow, DatasetRow.name)
+                 .join(DatasetRow, RunRow.dataset_id == DatasetRow.id)
                  .order_by(RunRow.id.desc()))
             if dataset_id is not None:
                 q = q.where(RunRow.dataset_id == int(dataset_id))
@@ -766,7 +766,7 @@ class Store:
         return df.reset_index(drop=True)
 
     def load_weights(self, run_id: int) -> bytes:
-        """The model weights bytes of a succeeded run (read with ``torch.load(weights_only=True)``)."""
+        """A succeeded run's model weights (read them with ``torch.load(weights_only=True)``)."""
         with self._session() as s:
             self._run(s, run_id)
             data = s.scalar(select(WeightsRow.data).where(WeightsRow.run_id == int(run_id)))

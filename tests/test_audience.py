@@ -120,6 +120,10 @@ def test_index_loud_errors() -> None:
         index.query([1, 0, 0], 1)
     with pytest.raises(ValueError, match="k must be a positive integer"):
         index.query([1, 0], 0)
+    with pytest.raises(ValueError, match="query vector has length zero"):
+        index.query([0, 0], 1)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        index.query([np.nan, 1], 1)
     with pytest.raises(ValueError, match="unknown user ids: 'nobody'"):
         index.positions(["u1", "nobody"])
 
@@ -215,7 +219,7 @@ def test_lookalike_excludes_seeds_hand_worked(run: aud.LoadedRun) -> None:
         build(run, seed_users=["u1", "u5"], top_n=2)
 
 
-# ----------------------------------------------------------------------------- insights, reach, overlap
+# ----------------------------------------------------------------------- insights, reach, overlap
 def test_insights_share_and_index(run: aud.LoadedRun) -> None:
     ins = build(run, items=["A"], top_n=3).insights
     sums = ins.groupby("attribute")["audience_share"].sum()

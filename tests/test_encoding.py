@@ -173,8 +173,10 @@ def test_numeric_attribute_is_bucketed_and_zip_cut(tiny_synthetic) -> None:
     ds = tiny_synthetic
     users = ds.users.copy()
     users["age"] = np.arange(len(users)) % 60 + 10             # raw ages: 60 values
+    users["email"] = [f"user{i}@example.com" for i in range(len(users))]  # an identifier
     ds = Dataset(ds.interactions, users, ds.items, format="synthetic")
     enc = FeatureEncoder(n_buckets=4).fit(ds, np.arange(3000))
+    assert [a["name"] for a in enc.user_attrs_] == ["gender", "age", "occupation", "zip"]
     age = next(a for a in enc.user_attrs_ if a["name"] == "age")
     assert age["kind"] == "bins" and len(age["edges"]) == 3    # quartiles
     zip_attr = next(a for a in enc.user_attrs_ if a["name"] == "zip")

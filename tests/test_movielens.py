@@ -726,12 +726,24 @@ _BAD_TABLES = {
 @pytest.mark.parametrize("case", sorted(_BAD_TABLES))
 def test_fast_and_streaming_diagnosis_agree(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     source = _BAD_TABLES[case]
+    real = movielens._diagnose_unquoted
+    calls = []
+
+    def spy(t):
+        calls.append(t.display)
+        return real(t)
+
+    # a 1-row look-ahead, so the whole-file vectorised path has to find the problem
+    monkeypatch.setattr(movielens, "_DIAGNOSE_BATCH", 1)
+    monkeypatch.setattr(movielens, "_diagnose_unquoted", spy)
     fast = _error(source)
+    assert calls, "the vectorised diagnosis did not run"
 
     def unavailable(t):
         raise ImportError("forced: take the streaming path")
 
     monkeypatch.setattr(movielens, "_diagnose_unquoted", unavailable)
+    monkeypatch.setattr(movielens, "_DIAGNOSE_BATCH", 1 << 16)
     slow = _error(source)
     assert str(fast) == str(slow)
     assert (fast.line, fast.column) == _BAD_WHERE[case]

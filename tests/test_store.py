@@ -418,7 +418,7 @@ def test_delete_dataset_cascades(store: Store) -> None:
     assert [d["id"] for d in store.list_datasets()] == [other]
 
 
-# ----------------------------------------------------------------------------- projections, audiences
+# ------------------------------------------------------------------------ projections, audiences
 def test_projection_round_trip(store: Store) -> None:
     did = store.add_dataset(small_dataset())
     rid, _, _ = finished_run(store, did)
