@@ -39,7 +39,7 @@ RUNS = (
     ("article (pointwise)", "article", {}),
     ("default pointwise", "default", {"objective": "pointwise"}),
     ("default inbatch", "default", {"objective": "inbatch"}),
-    ("audience (pointwise + negatives)", "audience", {}),
+    ("audience (interacted + negatives)", "audience", {}),
 )
 COLUMNS = ("test_auc", "test_logloss", "i2u_recall@10", "i2u_recall@50", "i2u_recall@100",
            "u2i_recall@10", "u2i_recall@50", "u2i_recall@100", "seconds_per_epoch",

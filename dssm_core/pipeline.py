@@ -19,8 +19,14 @@ Protocols (every summary carries its name and description):
   training rows only. Every held-out interaction is relevant whatever its rating; user->item and
   item->user recall@K with already-seen candidates removed, exact search over all items/users.
 
+Labels: rating > ``cfg.label_threshold`` (implicit data: every observed event). Where the run
+samples negatives (implicit data: ``cfg.negatives``; rated data: ``cfg.explicit_negatives``),
+training, validation and test rows all get them (seeded; an item the user interacted with
+in the known rows - anywhere, for the test - is never drawn), so test AUC/logloss measure the
+same mixture the model learned.
+
 Baselines on the same split, in the same run: popularity (items ranked by training count,
-users by training activity) for both retrieval directions, and the per-item mean like-rate
+users by training activity) for both retrieval directions, and the per-item mean label rate
 (smoothed towards the global rate) for test AUC and logloss.
 """
 from __future__ import annotations

@@ -88,6 +88,13 @@ def test_index_top_k_equals_brute_force_argsort() -> None:
     s1, r1 = index.query_rows(q[0], k, allowed=allowed)
     order = np.flatnonzero(allowed)[np.argsort(-brute[allowed, 0], kind="stable")[:k]]
     assert r1[0].tolist() == order.tolist()
+    # one big block: the first cut-off comes from the k-th best of the first 16 * k rows
+    whole = UserIndex().index(m, ids)
+    assert whole.query_rows(q[1], k)[1][0].tolist() == \
+        np.argsort(-brute[:, 1], kind="stable")[:k].tolist()
+    _, r2 = whole.query_rows(q[2], k, allowed=allowed)
+    assert r2[0].tolist() == \
+        np.flatnonzero(allowed)[np.argsort(-brute[allowed, 2], kind="stable")[:k]].tolist()
 
 
 def test_index_hand_worked_scores_ties_and_clamp() -> None:

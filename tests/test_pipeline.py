@@ -255,3 +255,16 @@ def test_run_that_cannot_start_is_left_alone_and_interrupt_is_a_cancel(store, ti
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_training(store, ds_id, _cfg(), on_epoch_end=interrupt, project=False)
     assert store.list_runs()[0]["status"] == "cancelled"
+
+
+def test_audience_preset_learns_who_interacts(tiny_synthetic) -> None:
+    cfg = preset("audience", epochs=1, batch_size=256, embedding_dim=8,
+                 user_hidden=(32, 16), item_hidden=(32, 16), history_len=10)
+    assert cfg.label_threshold == 0.0 and cfg.explicit_negatives == 4
+    s = pipeline.train(tiny_synthetic, cfg).summary
+    # every rated test row is a positive; each gets up to 4 sampled unseen items (fewer only
+    # for the users who have seen all 120 items) -> a positive rate a little above 1/5
+    assert s["test_rows"] > 4 * s["n_test"]
+    assert 0.2 <= s["test_positive_rate"] < 0.25
+    # retrieval queries are all test interactions, whatever their rating
+    assert s["i2u_queries"] > 0 and s["test_auc"] is not None
