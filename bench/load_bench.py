@@ -7,8 +7,9 @@ ratings, ~160k users, ~50k movies with a long-tail popularity) is written to a t
 into the repository. Each measurement runs ``movielens.load`` in a fresh Python process and
 reports the load's wall and CPU time and the process's own peak resident memory (``VmHWM``;
 ``ru_maxrss`` would carry this script's peak over into the child), so the engines cannot share
-caches or memory. ``--errors`` also times the error path (a bad value on line 4 / the last line). The goal (issue 2): 10M rows parsed and validated in
-<= 15 s with peak memory <= 2 GB on the 2-core development machine.
+caches or memory. ``--errors`` also times the error path (a bad value on line 4 / the last
+line). The goal (issue 2): 10M rows parsed and validated in <= 15 s with peak memory <= 2 GB
+on the 2-core development machine.
 """
 from __future__ import annotations
 

@@ -94,6 +94,10 @@ class Dataset:
             "n_interactions": int(len(inter)),
             "user_columns": self.user_columns,
             "item_columns": self.item_columns,
-            "rating_scale": [float(ratings.min()), float(ratings.max())] if len(inter) else None,
+            # observed range; implicit feedback has no scale (every rating is 1.0)
+            "rating_scale": (
+                [float(ratings.min()), float(ratings.max())]
+                if len(inter) and not self.implicit else None
+            ),
             "time_span": [int(ts.min()), int(ts.max())] if len(inter) else None,
         }

@@ -1033,10 +1033,10 @@ def _delimited(
             )
         cols = [c or f"_unnamed{i}" for i, c in enumerate(cols)]
     else:
-        assert names is not None
+        assert names is not None  # internal: every headerless format passes its names
         cols = list(names)
-        extra = len(found) - len(cols) if len(found) > len(cols) and _trailing_empty(
-            found) >= len(found) - len(cols) else 0
+        surplus = len(found) - len(cols)  # fields past the expected ones, if all empty
+        extra = surplus if 0 < surplus <= _trailing_empty(found) else 0
     if extra:
         warnings.append(
             f"{entry.display}: {extra} trailing empty column(s) (a spreadsheet export?) ignored"

@@ -226,6 +226,7 @@ def test_generic_with_user_and_item_tables() -> None:
 def test_generic_implicit_without_timestamp() -> None:
     ds = load(FIX / "generic" / "clicks.tsv", mapping=ColumnMapping(user="visitor", item="page"))
     assert ds.implicit and ds.rating_scale is None
+    assert ds.summary()["rating_scale"] is None  # no scale to report for implicit feedback
     assert ds.interactions["rating"].tolist() == [1.0] * 5
     assert ds.interactions["timestamp"].tolist() == [0, 1, 2, 3, 4]
     assert any("row order" in w for w in ds.warnings)
