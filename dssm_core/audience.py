@@ -400,7 +400,8 @@ class AudienceRequest:
         object.__setattr__(self, "items", tuple(dict.fromkeys(_as_str_tuple(self.items))))
         object.__setattr__(self, "seed_users",
                            tuple(dict.fromkeys(_as_str_tuple(self.seed_users))))
-        object.__setattr__(self, "exclude_users", _as_str_tuple(self.exclude_users))
+        object.__setattr__(self, "exclude_users",
+                           tuple(dict.fromkeys(_as_str_tuple(self.exclude_users))))
         object.__setattr__(self, "where", {str(k): _as_str_tuple(v)
                                            for k, v in dict(self.where or {}).items()})
         if bool(self.items) == bool(self.seed_users):
@@ -673,7 +674,7 @@ def build_audience(run: LoadedRun, request: AudienceRequest) -> AudienceResult:
         warnings.append("exclude_seen applies to item audiences only; ignored for a lookalike")
     if request.exclude_users:
         rows = idx.positions(request.exclude_users, missing="ignore")
-        unknown = len(set(request.exclude_users)) - len(rows)
+        unknown = len(request.exclude_users) - len(rows)     # ids are deduplicated above
         if unknown:
             warnings.append(f"{unknown} ids of the exclusion list are not users of this run")
         m = np.zeros(n_pop, bool)

@@ -20,18 +20,24 @@ class CliError(Exception):
     """A usage problem the person can fix; printed as one line, exit code 2."""
 
 
+def _json_object(text: str, flag: str, example: str) -> dict:
+    """``text`` parsed as a JSON object; ``CliError`` naming ``flag`` otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{flag} is not valid JSON: {exc.msg} at character {exc.pos}") from None
+    if not isinstance(value, dict):
+        raise CliError(f"{flag} must be a JSON object like {example}")
+    return value
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     """Load DATA (any supported layout) and print ``Dataset.summary()`` as one JSON line."""
     from . import movielens
 
     mapping = None
     if args.mapping:
-        try:
-            spec = json.loads(args.mapping)
-        except json.JSONDecodeError as exc:
-            raise CliError(f"--mapping is not valid JSON: {exc.msg} at character {exc.pos}")
-        if not isinstance(spec, dict):
-            raise CliError('--mapping must be a JSON object like {"user": "u", "item": "i"}')
+        spec = _json_object(args.mapping, "--mapping", '{"user": "u", "item": "i"}')
         mapping = movielens.ColumnMapping.from_dict(spec)
     ds = movielens.load(args.data, mapping=mapping)
     print(json.dumps(ds.summary()))
@@ -43,9 +49,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_project(args: argparse.Namespace) -> int:
     """UMAP maps of a stored run's embeddings, saved in the store (one JSON line per map)."""
     from . import projection
-    from .store import Store
 
-    store = Store(args.db)
+    store = _open_store(args.db)
     run_id = args.run
     if run_id is None:
         run_id = store.newest_succeeded_run()
@@ -73,13 +78,7 @@ def _train_config(args: argparse.Namespace):  # -> TrainConfig
         raise CliError(f"unknown preset {args.preset!r}; known: {', '.join(PRESETS)}")
     cfg = PRESETS[args.preset].to_dict()
     if args.config_json:
-        try:
-            over = json.loads(args.config_json)
-        except json.JSONDecodeError as exc:
-            raise CliError(f"--config-json is not valid JSON: {exc.msg} at character {exc.pos}")
-        if not isinstance(over, dict):
-            raise CliError('--config-json must be a JSON object like {"epochs": 5}')
-        cfg.update(over)
+        cfg.update(_json_object(args.config_json, "--config-json", '{"epochs": 5}'))
     for flag, key in (("objective", "objective"), ("protocol", "protocol"),
                       ("epochs", "epochs"), ("seed", "seed"), ("threads", "num_threads")):
         value = getattr(args, flag)
@@ -336,7 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (DataValidationError, CliError, ValueError, FileNotFoundError, KeyError) as exc:
+    except (DataValidationError, CliError, ValueError, OSError, KeyError) as exc:
+        # OSError: a missing, unreadable or unwritable file (--users, --out, --report)
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 2

@@ -135,7 +135,41 @@ def _log_tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
     return "\n".join(lines[-n:])
 
 
+def _spawn(cmd: list[str], logfile: Path, *, threads: int, append: bool = True
+           ) -> subprocess.Popen:
+    """Start ``cmd`` (an argv list, no shell) detached in its own process session, stdout and
+    stderr to ``logfile``, with the repository on its PYTHONPATH."""
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    env.setdefault("MKL_NUM_THREADS", str(threads))
+    env["PYTHONUNBUFFERED"] = "1"
+    with open(logfile, "ab" if append else "wb") as out:
+        return subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            env=env, start_new_session=True, close_fds=True,
+        )
+
+
 # --------------------------------------------------------------------------- public API
+def projection_log_path(db_url: str, run_id: int) -> Path:
+    """The log of the background ``project`` process of ``run_id`` (one JSON line a stage)."""
+    return data_dir(db_url) / "logs" / f"project-{int(run_id)}.log"
+
+
+def start_projection(db_url: str, run_id: int) -> tuple[subprocess.Popen, Path]:
+    """Compute and store the UMAP maps of ``run_id`` in a background process
+    (``python -m dssm_core project --db URL --run R``); returns the process and its log."""
+    db_url = absolute_db_url(db_url)
+    logfile = projection_log_path(db_url, run_id)
+    cmd = [sys.executable, "-m", "dssm_core", "project", "--db", db_url,
+           "--run", str(int(run_id))]
+    return _spawn(cmd, logfile, threads=1, append=False), logfile
+
+
 def build_command(db_url: str, dataset_id: int, run_id: int, cfg: TrainConfig) -> list[str]:
     """The argv of the training process for one run (no shell is involved)."""
     return [
@@ -164,21 +198,9 @@ def start_training(db_url: str, dataset_id: int, cfg: TrainConfig) -> int:
             preset=cfg.preset, objective=cfg.objective, protocol=cfg.protocol,
         ))
         logfile = log_path(db_url, run_id)
-        logfile.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        )
-        env.setdefault("OMP_NUM_THREADS", str(cfg.num_threads))
-        env.setdefault("MKL_NUM_THREADS", str(cfg.num_threads))
-        env["PYTHONUNBUFFERED"] = "1"
         cmd = build_command(db_url, dataset_id, run_id, cfg)
         try:
-            with open(logfile, "ab") as out:
-                proc = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    env=env, start_new_session=True, close_fds=True,
-                )
+            proc = _spawn(cmd, logfile, threads=int(cfg.num_threads))
         except OSError as exc:
             store.fail_run(run_id, f"could not start the training process: {exc}")
             raise

@@ -1077,9 +1077,14 @@ def _items_frame(ids: Sequence[str], titles: Sequence[str], genres: Sequence[lis
     return df
 
 
-def _dat_lines(entry: _Entry, warnings: list[str], n_fields: int, encodings: Sequence[str],
-               names: Sequence[str]) -> list[list[str]]:
-    """Split a small '::' file (users.dat, movies.dat) into rows of exactly ``n_fields``."""
+def _split_rows(entry: _Entry, warnings: list[str], sep: str, n_fields: int | None,
+                names: Sequence[str], encodings: Sequence[str]) -> list[tuple[int, list[str]]]:
+    """Split a small ``sep``-separated file (ML-100K u.user/u.item/u.genre with '|', ML-1M
+    users.dat/movies.dat with '::') into ``(line number, fields)`` pairs, blank lines skipped.
+
+    The text is decoded with the first of ``encodings`` that fits. Line numbers are 1-based
+    lines of the file (not row counts), so callers' errors point at the right line.
+    """
     data = _prepare(entry.read(), entry.display, warnings)
     text = None
     for enc in encodings:
@@ -1090,51 +1095,29 @@ def _dat_lines(entry: _Entry, warnings: list[str], n_fields: int, encodings: Seq
             continue
     if text is None:
         text = _decode(data, encodings[-1], entry.display)
-    rows = []
+    rows: list[tuple[int, list[str]]] = []
     for i, line in enumerate(text.split("\n"), start=1):
         line = line.rstrip("\r")
         if not line.strip():
             continue
-        parts = line.split("::")
-        if len(parts) != n_fields:
-            raise DataValidationError(
-                f"expected {n_fields} fields separated by '::' ({'::'.join(names)}), "
-                f"found {len(parts)}",
-                file=entry.display, line=i,
-            )
-        if not parts[0].strip():
-            raise DataValidationError("missing value: expected an id, found an empty field",
-                                      file=entry.display, line=i, column=names[0])
-        rows.append(parts)
-    return rows
-
-
-def _pipe_rows(entry: _Entry, warnings: list[str], n_fields: int | None,
-               names: Sequence[str]) -> list[list[str]]:
-    """Rows of a small '|'-separated latin-1 file (ML-100K u.user, u.item, u.genre)."""
-    data = _prepare(entry.read(), entry.display, warnings)
-    text = data.decode("latin-1")
-    rows = []
-    for i, line in enumerate(text.split("\n"), start=1):
-        line = line.rstrip("\r")
-        if not line.strip():
-            continue
-        parts = line.split("|")
+        parts = line.split(sep)
         if n_fields is not None and len(parts) != n_fields:
             if len(parts) < 2:
                 raise DataValidationError(
-                    f"found one column with separator '|': expected {n_fields} fields "
-                    f"({'|'.join(names[:6])}...), found '{line[:60]}'",
+                    f"found one column with separator '{sep}': expected {n_fields} fields "
+                    f"({sep.join(names[:6])}{'...' if len(names) > 6 else ''}), "
+                    f"found '{line[:60]}'",
                     file=entry.display, line=i,
                 )
             raise DataValidationError(
-                f"expected {n_fields} fields separated by '|', found {len(parts)}",
+                f"expected {n_fields} fields separated by '{sep}' "
+                f"({sep.join(names[:6])}{'...' if len(names) > 6 else ''}), found {len(parts)}",
                 file=entry.display, line=i,
             )
         if not parts[0].strip():
             raise DataValidationError("missing value: expected an id, found an empty field",
                                       file=entry.display, line=i, column=names[0])
-        rows.append(parts)
+        rows.append((i, parts))
     return rows
 
 
@@ -1153,15 +1136,16 @@ def _load_ml100k(src: _Source, warnings: list[str], engine: str) -> dict[str, An
     uuser = src.find("u.user")
     if uuser is not None:
         names = ("user_id", "age", "gender", "occupation", "zip")
-        rows = _pipe_rows(uuser, warnings, 5, names)
+        numbered = _split_rows(uuser, warnings, "|", 5, names, ("latin-1",))
+        rows = [r for _, r in numbered]
         ages = []
-        for i, r in enumerate(rows):
+        for line, r in numbered:
             try:
                 ages.append(int(r[1]))
             except ValueError:
                 raise DataValidationError(
                     f"not an integer: expected an age in years, found '{r[1]}'",
-                    file=uuser.display, line=i + 1, column="age",
+                    file=uuser.display, line=line, column="age",
                 ) from None
         users = pd.DataFrame({
             "user_id": [r[0].strip() for r in rows],
@@ -1175,15 +1159,15 @@ def _load_ml100k(src: _Source, warnings: list[str], engine: str) -> dict[str, An
     genre_names: list[str] = list(ML100K_GENRES)
     ugenre = src.find("u.genre")
     if ugenre is not None:
-        pairs = _pipe_rows(ugenre, warnings, 2, ("genre", "index"))
+        pairs = _split_rows(ugenre, warnings, "|", 2, ("genre", "index"), ("latin-1",))
         by_index: dict[int, str] = {}
-        for i, (g, idx) in enumerate(pairs):
+        for line, (g, idx) in pairs:
             try:
                 by_index[int(idx)] = g
             except ValueError:
                 raise DataValidationError(
                     f"expected a genre index (integer), found '{idx}'",
-                    file=ugenre.display, line=i + 1, column="index",
+                    file=ugenre.display, line=line, column="index",
                 ) from None
         if sorted(by_index) != list(range(len(by_index))):
             raise DataValidationError(
@@ -1196,15 +1180,16 @@ def _load_ml100k(src: _Source, warnings: list[str], engine: str) -> dict[str, An
         n = 5 + len(genre_names)
         names = ("item_id", "title", "release_date", "video_release_date", "imdb_url",
                  *genre_names)
-        rows = _pipe_rows(uitem, warnings, n, names)
+        numbered = _split_rows(uitem, warnings, "|", n, names, ("latin-1",))
+        rows = [r for _, r in numbered]
         genres = []
-        for i, r in enumerate(rows):
+        for line, r in numbered:
             flags = r[5:]
             bad = [f for f in flags if f.strip() not in ("0", "1")]
             if bad:
                 col = genre_names[flags.index(bad[0])]
                 raise DataValidationError(f"expected a genre flag 0 or 1, found '{bad[0]}'",
-                                          file=uitem.display, line=i + 1, column=col)
+                                          file=uitem.display, line=line, column=col)
             genres.append([g for g, f in zip(genre_names, flags) if f.strip() == "1"])
         items = _items_frame([r[0] for r in rows], [r[1] for r in rows], genres)
     else:
@@ -1212,16 +1197,19 @@ def _load_ml100k(src: _Source, warnings: list[str], engine: str) -> dict[str, An
     return {"interactions": inter, "users": users, "items": items, "scale": (1.0, 5.0)}
 
 
-def _ml1m_user_frame(rows: list[list[str]], display: str) -> pd.DataFrame:
-    ages, occs = [], []
-    for i, r in enumerate(rows):
+def _ml1m_user_frame(numbered: list[tuple[int, list[str]]], display: str) -> pd.DataFrame:
+    """users.dat rows (with their line numbers) as the canonical users table."""
+    rows = [r for _, r in numbered]
+    ages: list[int] = []
+    occs: list[int] = []
+    for line, r in numbered:
         for value, col, out in ((r[2], "age", ages), (r[3], "occupation", occs)):
             try:
                 out.append(int(value))
             except ValueError:
                 raise DataValidationError(
                     f"not an integer: expected an ML-1M {col} code, found '{value}'",
-                    file=display, line=i + 1, column=col,
+                    file=display, line=line, column=col,
                 ) from None
     return pd.DataFrame({
         "user_id": [r[0].strip() for r in rows],
@@ -1245,13 +1233,14 @@ def _load_dat(src: _Source, warnings: list[str], engine: str) -> dict[str, Any]:
                        engine=engine)
     users = items = None
     if users_e is not None:
-        rows = _dat_lines(users_e, warnings, 5, ("utf-8", "latin-1"),
-                          ("UserID", "Gender", "Age", "Occupation", "Zip-code"))
-        users = _ml1m_user_frame(rows, users_e.display)
+        numbered = _split_rows(users_e, warnings, "::", 5,
+                               ("UserID", "Gender", "Age", "Occupation", "Zip-code"),
+                               ("utf-8", "latin-1"))
+        users = _ml1m_user_frame(numbered, users_e.display)
     movies = src.find("movies.dat")
     if movies is not None:
-        rows = _dat_lines(movies, warnings, 3, ("utf-8", "latin-1"),
-                          ("MovieID", "Title", "Genres"))
+        rows = [r for _, r in _split_rows(movies, warnings, "::", 3,
+                                          ("MovieID", "Title", "Genres"), ("utf-8", "latin-1"))]
         items = _items_frame([r[0] for r in rows], [r[1] for r in rows],
                              [_genre_list(r[2]) for r in rows])
     else:

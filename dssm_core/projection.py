@@ -164,10 +164,12 @@ def project_run(
         ids = np.asarray(ids)
         idx = sample_indices(len(ids), max_points, seed)
         xy = project(vectors[idx], seed=seed, n_neighbors=n_neighbors, min_dist=min_dist)
+        n_proj = len(idx)
         params: dict[str, Any] = {
-            "method": "umap",
+            # what project() really did: a PCA layout under 4 points, n_neighbors clamped
+            "method": "umap" if n_proj >= _MIN_UMAP_POINTS else "pca",
             "metric": "cosine",
-            "n_neighbors": int(n_neighbors),
+            "n_neighbors": int(min(n_neighbors, max(n_proj - 1, 1))),
             "min_dist": float(min_dist),
             "seed": int(seed),
             "n_total": int(len(ids)),

@@ -97,6 +97,7 @@ class DatasetRow(Base):
     """A stored dataset's metadata (its tables live in ``dataset_tables``)."""
 
     __tablename__ = "datasets"
+    __table_args__ = {"sqlite_autoincrement": True}  # see RunRow
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(400))
     format: Mapped[str] = mapped_column(String(64))
@@ -124,6 +125,10 @@ class RunRow(Base):
     """A training run: config, status, process, timing, error, summary and progress."""
 
     __tablename__ = "runs"
+    # AUTOINCREMENT: SQLite would otherwise hand a deleted newest run's id to the next run,
+    # and caches, job logs (run-R.log), links and saved selections keyed by id would then
+    # show the deleted run's data for the new one. PostgreSQL sequences never reuse ids.
+    __table_args__ = {"sqlite_autoincrement": True}
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     dataset_id: Mapped[int] = mapped_column(
         ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
@@ -216,6 +221,7 @@ class AudienceRow(Base):
     """A saved audience: its run, name and definition (the request that built it)."""
 
     __tablename__ = "audiences"
+    __table_args__ = {"sqlite_autoincrement": True}  # see RunRow
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(400))

@@ -290,18 +290,8 @@ def embed(model: DSSM, tower: str, table: Mapping[str, np.ndarray], batch_size: 
     specs = model.user_specs if tower == "user" else model.item_specs
     x, _ = _as_tensors(table, {s.name: s for s in specs}, f"{tower} table", need_label=False)
     fn = model.user_tower if tower == "user" else model.item_tower
-    n = _rows(x)
-    out = np.empty((n, model.output_dim), dtype=np.float32)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, n, batch_size):
-                batch = {k: v[start:start + batch_size] for k, v in x.items()}
-                out[start:start + batch_size] = fn(batch).numpy()               # (b, D)
-    finally:
-        model.train(was_training)
-    return out
+    out = torch.empty((_rows(x), model.output_dim), dtype=torch.float32)       # (N, D)
+    return _eval_batches(model, fn, x, batch_size, out).numpy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,20 +300,25 @@ def _rows(x: Mapping[str, Tensor]) -> int:
     return len(next(iter(x.values()))) if x else 0
 
 
-def _logits_tensors(model: DSSM, x: Mapping[str, Tensor], batch_size: int) -> Tensor:
-    """Logits (N,) in eval mode, without gradients; the model's mode is restored."""
-    n = _rows(x)
-    out = torch.empty(n, dtype=torch.float32)
+def _eval_batches(model: DSSM, fn: Callable[[dict[str, Tensor]], Tensor],
+                  x: Mapping[str, Tensor], batch_size: int, out: Tensor) -> Tensor:
+    """``out[rows] = fn(batch)`` over contiguous batches of ``x``, in eval mode, without
+    gradients; the model's mode is restored. Returns ``out``."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, n, batch_size):
+            for start in range(0, _rows(x), batch_size):
                 batch = {k: v[start:start + batch_size] for k, v in x.items()}
-                out[start:start + batch_size] = model(batch)                   # (b,)
+                out[start:start + batch_size] = fn(batch)                      # (b, ...)
     finally:
         model.train(was_training)
     return out
+
+
+def _logits_tensors(model: DSSM, x: Mapping[str, Tensor], batch_size: int) -> Tensor:
+    """Logits (N,) in eval mode, without gradients; the model's mode is restored."""
+    return _eval_batches(model, model, x, batch_size, torch.empty(_rows(x), dtype=torch.float32))
 
 
 def _predict_tensors(model: DSSM, x: Mapping[str, Tensor], batch_size: int) -> np.ndarray:

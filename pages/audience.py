@@ -17,6 +17,8 @@ import streamlit as st
 from dssm_core import audience
 from pages import widgets
 
+widgets.route_through_app()
+
 MODE_ITEMS = "Users for items"
 MODE_LOOKALIKE = "Lookalike of a user list"
 SIZE_N = "Number of users"

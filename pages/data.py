@@ -10,6 +10,8 @@ import streamlit as st
 from dssm_core import jobs
 from pages import widgets
 
+widgets.route_through_app()
+
 NONE = "— none —"
 
 st.title("Data")

@@ -8,9 +8,6 @@ can be saved as an audience or sent to the Audience page as lookalike seeds.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,8 @@ from plotly.colors import qualitative
 from dssm_core import audience, jobs
 from pages import widgets
 
+widgets.route_through_app()
+
 #: Above this many points the map is drawn with WebGL (Scattergl).
 WEBGL_ABOVE = 3_000
 #: Categorical colourings keep this many most common values; the rest is "(other)".
@@ -36,7 +35,6 @@ HAS_GENRE = "one genre vs the rest"
 OTHER, MISSING = "(other)", "(missing)"
 GREY = "#c7cdd6"
 HOVER = "%{text}<extra></extra>"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------- background job
@@ -68,18 +66,7 @@ def _load_map(store: Any, url: str, run_id: int, kind: str) -> Any:
 
 def _start_projection(url: str, run_id: int) -> dict[str, Any]:
     """Start ``python -m dssm_core project`` for the run in its own process session."""
-    log_file = jobs.data_dir(url) / "logs" / f"project-{int(run_id)}.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONUNBUFFERED"] = "1"
-    cmd = [sys.executable, "-m", "dssm_core", "project", "--db", url, "--run", str(int(run_id))]
-    with open(log_file, "wb") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                close_fds=True)
+    proc, log_file = jobs.start_projection(url, int(run_id))
     job = {"proc": proc, "log": log_file, "started": time.time()}
     _jobs()[(url, int(run_id))] = job
     return job

@@ -10,6 +10,8 @@ import streamlit as st
 from dssm_core import jobs
 from pages import widgets
 
+widgets.route_through_app()
+
 
 @st.cache_resource(show_spinner=False)
 def _first_start(url: str) -> tuple[int, int] | None:

@@ -10,6 +10,8 @@ import streamlit as st
 from dssm_core import jobs
 from pages import widgets
 
+widgets.route_through_app()
+
 COLORS = ["#2f6fde", "#e4572e", "#17a398", "#f3a712", "#8e44ad", "#5d6d7e", "#c0392b",
           "#27ae60"]
 CURVES = {

@@ -7,6 +7,8 @@ from dssm_core import jobs
 from dssm_core.config import PRESETS, TrainConfig
 from pages import widgets
 
+widgets.route_through_app()
+
 OBJECTIVES = {
     "pointwise": "Like / dislike — rating above the threshold is a like (as in the article)",
     "inbatch": "In-batch softmax — other items in the batch are negatives, popularity-corrected",

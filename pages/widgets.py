@@ -48,7 +48,7 @@ PAGES = {
 
 
 # --------------------------------------------------------------------------- router
-def _route_through_app() -> None:
+def route_through_app() -> None:
     """Make every page run under ``app.py``'s ``st.navigation``.
 
     Streamlit treats a top-level ``pages/`` folder as its old automatic multipage mode until the
@@ -56,6 +56,7 @@ def _route_through_app() -> None:
     ``/audience``, it would run ``pages/audience.py`` on its own, without the router and sidebar,
     and list every file of ``pages/`` (``widgets`` included) as a page. This switches that mode
     off and reruns, so the request goes through ``app.py``, which resolves the same page.
+    Every page calls it first; under ``app.py`` it does nothing.
     """
     try:
         from streamlit.runtime.pages_manager import PagesManager
@@ -534,7 +535,3 @@ def selection_members(run: Any, user_ids: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame({"rank": np.arange(1, len(rows) + 1, dtype=np.int64),
                          "user_id": run.index.ids_[rows[order]].astype(str),
                          "score": scores[order].astype(np.float64)})
-
-
-# Runs on the first import in a server process (see the docstring).
-_route_through_app()

@@ -169,6 +169,8 @@ def test_exclusions_and_filters(run: aud.LoadedRun) -> None:
     assert r.members["user_id"].tolist() == ["u1", "u6", "u3"]
     assert r.excluded == {"exclusion list": 1}
     assert r.warnings == ["1 ids of the exclusion list are not users of this run"]
+    r = build(run, items=["A"], top_n=3, exclude_users=["u2", "u2", "ghost"])   # repeated id
+    assert r.warnings == ["1 ids of the exclusion list are not users of this run"]
     r = build(run, items=["A"], top_n=3, where={"gender": ["F"]})
     assert r.members["user_id"].tolist() == ["u1", "u3", "u4"]
     r = build(run, items=["A"], top_n=5, where={"gender": "M", "age": ["25-34"]})

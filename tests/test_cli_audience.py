@@ -110,6 +110,14 @@ def test_audience_errors_exit_2_with_one_line(db: str, tmp_path: Path, capsys, a
     assert not out.exists()
 
 
+def test_unwritable_out_is_one_line_exit_2(db: str, tmp_path: Path, capsys) -> None:
+    # --out naming a folder: IsADirectoryError, an OSError that is not FileNotFoundError
+    assert main(["audience", "--item", "A", "--top", "1", "--db", db,
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_lookalike_errors(db: str, tmp_path: Path, capsys) -> None:
     empty = tmp_path / "empty.txt"
     empty.write_text("\n# nothing\n", encoding="utf-8")
@@ -136,6 +144,8 @@ def test_no_succeeded_run_and_bad_url(tmp_path: Path, capsys) -> None:
                  "--out", str(tmp_path / "o.csv")]) == 2
     assert "no succeeded run" in capsys.readouterr().err
     assert main(["runs", "--db", "not a url"]) == 2
+    assert capsys.readouterr().err.startswith("error: cannot open the store at not a url")
+    assert main(["project", "--db", "not a url"]) == 2                  # same message
     assert capsys.readouterr().err.startswith("error: cannot open the store at not a url")
 
 

@@ -115,6 +115,24 @@ def test_ml100k_zip_grouplens_layout(tmp_path: Path) -> None:
     assert _row(ds.items, "item_id", "3")["title"] == "Misérables, Les (1995)"
 
 
+def test_small_table_errors_name_the_file_line_after_blank_lines(tmp_path: Path) -> None:
+    # u.user / users.dat are read line by line with blank lines skipped: the error must
+    # still name the line of the file (5), not the count of rows read (4)
+    d = tmp_path / "ml-100k"
+    shutil.copytree(FIX / "ml-100k", d)
+    (d / "u.user").write_text("1|24|M|technician|85711\n\n2|53|F|other|94043\n"
+                              "3|23|M|writer|32067\n4|old|M|writer|32067\n")
+    with pytest.raises(DataValidationError) as ei:
+        load(d)
+    assert (ei.value.line, ei.value.column) == (5, "age")
+    d1 = tmp_path / "ml-1m"
+    shutil.copytree(FIX / "ml-1m", d1)
+    (d1 / "users.dat").write_text("1::F::1::10::48067\n\n2::M::x::16::70072\n")
+    with pytest.raises(DataValidationError) as ei:
+        load(d1)
+    assert (ei.value.line, ei.value.column) == (3, "age")
+
+
 def test_ml1m_codes_kept_and_labels_added() -> None:
     ds = load(FIX / "ml-1m")
     assert ds.format == "ml-1m" and ds.rating_scale == (1.0, 5.0)

@@ -404,6 +404,23 @@ def test_delete_run_cascades(store: Store) -> None:
         store.delete_run(rid)
 
 
+def test_ids_of_deleted_rows_are_never_reused(store: Store) -> None:
+    # SQLite without AUTOINCREMENT reuses the largest deleted rowid; caches, job logs and
+    # links keyed by a run id would then show a deleted run's data for a new run
+    did = store.add_dataset(small_dataset())
+    gone = store.add_dataset(small_dataset(), name="gone")
+    store.delete_dataset(gone)
+    assert store.add_dataset(small_dataset(), name="new") == gone + 1
+    rid = store.create_run(did, {"epochs": 1})
+    store.delete_run(rid)
+    rid2 = store.create_run(did, {"epochs": 1})
+    assert rid2 == rid + 1
+    members = pd.DataFrame({"user_id": ["u1"], "score": [0.5]})
+    aid = store.save_audience(rid2, "a", {}, members)
+    store.delete_audience(aid)
+    assert store.save_audience(rid2, "b", {}, members) == aid + 1
+
+
 def test_delete_dataset_cascades(store: Store) -> None:
     did = store.add_dataset(small_dataset())
     other = store.add_dataset(small_dataset(), name="other")
