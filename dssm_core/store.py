@@ -609,8 +609,11 @@ class Store:
             s.flush()
             return int(row.id)
 
-    def _run(self, s: Session, run_id: int) -> RunRow:
-        r = s.get(RunRow, int(run_id))
+    def _run(self, s: Session, run_id: int, *, lock: bool = False) -> RunRow:
+        """The run's row; ``lock``: SELECT ... FOR UPDATE, so a status check and the write
+        that follows it are atomic on PostgreSQL too (SQLite writers already hold the
+        database lock from BEGIN IMMEDIATE; FOR UPDATE is not rendered there)."""
+        r = s.get(RunRow, int(run_id), with_for_update=lock)
         if r is None:
             raise StoreError(f"no run with id {run_id}")
         return r
@@ -618,7 +621,7 @@ class Store:
     def mark_running(self, run_id: int, pid: int | None = None) -> None:
         """Queued -> running, recording the training process id and the start time."""
         with self._session(write=True) as s:
-            r = self._run(s, run_id)
+            r = self._run(s, run_id, lock=True)
             if r.status not in ACTIVE_STATUSES:
                 raise StoreError(f"run {run_id} is {r.status}; it cannot start")
             r.status = "running"
@@ -656,7 +659,7 @@ class Store:
         if status not in ("failed", "cancelled"):
             raise ValueError(f"status must be 'failed' or 'cancelled', got {status!r}")
         with self._session(write=True) as s:
-            r = self._run(s, run_id)
+            r = self._run(s, run_id, lock=True)
             if r.status == "succeeded":
                 raise StoreError(f"run {run_id} already succeeded")
             r.status = status
@@ -678,7 +681,7 @@ class Store:
         enc = _jsonable(encoders)
         summ = _jsonable(summary)
         with self._session(write=True) as s:
-            r = self._run(s, run_id)
+            r = self._run(s, run_id, lock=True)
             if r.status not in ACTIVE_STATUSES:
                 raise StoreError(f"run {run_id} is {r.status}; only a queued or running run "
                                  "can finish")

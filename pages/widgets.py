@@ -48,23 +48,45 @@ PAGES = {
 
 
 # --------------------------------------------------------------------------- router
+#: (page key, title, icon) in menu order; the file is ``PAGES[key]``.
+MENU = (
+    ("home", "Home", ":material/home:"),
+    ("data", "Data", ":material/upload_file:"),
+    ("train", "Train", ":material/model_training:"),
+    ("runs", "Runs", ":material/monitoring:"),
+    ("embeddings", "Embedding maps", ":material/scatter_plot:"),
+    ("audience", "Audience", ":material/groups:"),
+)
+
+
+def app_navigation() -> Any:
+    """The app's ``st.navigation`` over every page (``app.py`` runs what it returns)."""
+    return st.navigation([
+        st.Page(PAGES[key], title=title, icon=icon, default=(key == "home"))
+        for key, title, icon in MENU
+    ])
+
+
 def route_through_app() -> None:
-    """Make every page run under ``app.py``'s ``st.navigation``.
+    """Give a page the app's menu and sidebar even when Streamlit ran it without ``app.py``.
 
     Streamlit treats a top-level ``pages/`` folder as its old automatic multipage mode until the
     main script first calls ``st.navigation``. If a server's first request is a deep link such as
-    ``/audience``, it would run ``pages/audience.py`` on its own, without the router and sidebar,
-    and list every file of ``pages/`` (``widgets`` included) as a page. This switches that mode
-    off and reruns, so the request goes through ``app.py``, which resolves the same page.
-    Every page calls it first; under ``app.py`` it does nothing.
+    ``/audience``, it runs ``pages/audience.py`` on its own and lists every file of ``pages/``
+    (``widgets`` included) as a page. Then this declares the app's navigation (which also ends
+    that mode for the server) and draws the shared sidebar, and the page goes on. Every page
+    calls it first; under ``app.py``'s router it does nothing.
     """
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-    except ImportError:  # a Streamlit without the flag has no such mode
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is None:
         return
-    if getattr(PagesManager, "uses_pages_directory", None):
-        PagesManager.uses_pages_directory = False
-        st.rerun()
+    # Under the automatic mode every file of pages/ is a page, widgets.py included.
+    pages = ctx.pages_manager.get_pages().values()
+    if any(str(p.get("script_path", "")).endswith("widgets.py") for p in pages):
+        app_navigation()
+        sidebar()
 
 
 # --------------------------------------------------------------------------- store

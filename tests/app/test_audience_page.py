@@ -203,7 +203,8 @@ def test_save_and_compare_two_audiences(run_store):
     at.text_input(key="aud_save_name").set_value("Item 3 fans")
     submit = [b for b in at.button if b.label == "Save audience"][0]
     submit.click().run()
-    assert not at.exception
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.success, [e.value for e in at.error] + [w.value for w in at.warning]
     assert "Saved as audience" in at.success[0].value
     at.multiselect(key="aud_items").set_value(["3", "7"])
     at.number_input(key="aud_top_n").set_value(10).run()
