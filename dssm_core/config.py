@@ -30,6 +30,10 @@ class TrainConfig:
         training rows) added per row with label 0, so the model also learns who interacts at
         all (what audience retrieval needs); the test rows get the same sampling, so test
         AUC/logloss then measure that mixture. 0 = rated pairs only, as the article.
+    id_dropout: in training, the probability of hiding a row's user_id/item_id (index 0), so
+        the towers also learn from attributes and history alone (cold-start users and items).
+    item_to_user_weight: "inbatch" only: weight w of the item->user softmax (each item picks its
+        user among the batch's users); the loss is (1 - w) * user->item + w * item->user.
     """
 
     preset: str = "default"
@@ -53,6 +57,8 @@ class TrainConfig:
     val_fraction: float = 0.125
     test_fraction: float = 0.2
     early_stopping_patience: int = 2
+    id_dropout: float = 0.0
+    item_to_user_weight: float = 0.0
     seed: int = 42
     num_threads: int = 1
 
@@ -79,6 +85,12 @@ class TrainConfig:
             raise ValueError("negatives and explicit_negatives must be >= 0")
         if self.gamma <= 0:
             raise ValueError(f"gamma must be > 0, got {self.gamma}")
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
+        if not 0.0 <= self.item_to_user_weight <= 1.0:
+            raise ValueError(
+                f"item_to_user_weight must be in [0, 1], got {self.item_to_user_weight}"
+            )
 
     @property
     def output_dim(self) -> int:
@@ -135,7 +147,11 @@ PRESETS: dict[str, TrainConfig] = {
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
-    """The named preset with overrides applied; the result is marked "custom" if changed."""
+    """The named preset with overrides applied (validated again).
+
+    The result keeps the preset's name in ``preset`` (what the run started from); the stored
+    config records every field, overrides included.
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
     cfg = PRESETS[name]

@@ -304,6 +304,6 @@ def ensure_demo(
             dataset_id = int(store.add_dataset(ds, name=DEMO_NAME))
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-    run_id = start_training(url, dataset_id, cfg or PRESETS["default"])
+    run_id = start_training(url, dataset_id, cfg or PRESETS["audience"])
     log.info("first start: demo dataset %d added, training run %d", dataset_id, run_id)
     return dataset_id, run_id

@@ -44,10 +44,18 @@ if ds_id is None:
 dataset = store.get_dataset(ds_id)
 implicit = dataset.get("rating_scale") is None
 
+PRESET_LABELS = {
+    "audience": "audience — who will interact with an item: best for building audiences",
+    "default": "default — who will like an item (rating above the threshold)",
+    "article": "article — the original article's model, for comparison",
+}
+preset_names = sorted(PRESETS, key=lambda p: list(PRESET_LABELS).index(p)
+                      if p in PRESET_LABELS else len(PRESET_LABELS))
 preset_name = st.selectbox(
-    "Starting point (preset)", list(PRESETS), key="train_preset",
-    format_func=lambda p: {"default": "default — our tuned settings (recommended)",
-                           "article": "article — the original article's model"}.get(p, p))
+    "Starting point (preset)", preset_names, key="train_preset",
+    format_func=lambda p: PRESET_LABELS.get(p, p),
+    help="See BENCHMARKS.md: 'audience' finds about 4x more of an item's future audience than "
+         "popularity on MovieLens 100K; 'default' has the best AUC on rated pairs.")
 base: TrainConfig = PRESETS[preset_name]
 
 with st.form(f"train_form_{preset_name}"):

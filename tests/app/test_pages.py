@@ -98,7 +98,7 @@ def test_home_on_first_start_creates_the_demo_and_trains_it(app_store, monkeypat
     (ds,) = app_store.list_datasets()
     assert ds["name"] == "Demo (synthetic)" and ds["n_interactions"] == 100_000
     (run,) = app_store.list_runs()
-    assert run["status"] in ("queued", "running") and run["preset"] == "default"
+    assert run["status"] in ("queued", "running") and run["preset"] == "audience"
     text = _texts(at)
     assert "This is the first start" in text
     assert "Training in progress" in text and f"**Run {run['id']}**" in text
