@@ -252,7 +252,7 @@ class FeatureEncoder:
         elif pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) \
                 and s.nunique(dropna=True) > _MAX_NUMERIC_CATEGORIES:
             kind = "bins"
-            x = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
+            x = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
             x = x[np.isfinite(x)]
             if len(x) == 0:
                 return None
@@ -704,7 +704,7 @@ def _attr_vocab_size(a: dict[str, Any]) -> int:
 def _encode_attr(a: dict[str, Any], s: pd.Series, prefix_len: int) -> np.ndarray:
     """Codes of one attribute column (0 = missing/unknown) -> (N,) int64."""
     if a["kind"] == "bins":
-        x = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
+        x = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         codes = np.searchsorted(np.asarray(a["edges"], dtype=np.float64), x, side="right") + 1
         return np.where(np.isfinite(x), codes, 0).astype(np.int64)
     vals = _column_values(s, a["kind"], prefix_len)
@@ -733,11 +733,14 @@ def _genre_matrix(items: pd.DataFrame, vocab: list[str], length: int) -> np.ndar
 def _item_years(items: pd.DataFrame, year_col: str | None) -> np.ndarray:
     """Release year per item (float, NaN when unknown): a year column, else "(1995)" in
     the title."""
+    # na_value: pandas 2.2.0 may hand back a nullable (masked) column here, which refuses a
+    # plain float conversion while it holds missing values.
     if year_col and year_col in items.columns:
-        y = pd.to_numeric(items[year_col], errors="coerce").to_numpy(dtype=np.float64)
+        y = pd.to_numeric(items[year_col], errors="coerce").to_numpy(dtype=np.float64,
+                                                                     na_value=np.nan)
     elif "title" in items.columns:
         y = pd.to_numeric(items["title"].astype(str).str.extract(r"\((\d{4})\)\s*$")[0],
-                          errors="coerce").to_numpy(dtype=np.float64)
+                          errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     else:
         y = np.full(len(items), np.nan)
     return np.where((y > 1800) & (y < 2200), y, np.nan)

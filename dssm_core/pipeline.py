@@ -373,15 +373,24 @@ def _finite(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _unique_per(df: pd.DataFrame, by: str, col: str) -> pd.Series:
+    """The sorted distinct ``col`` values of each ``by`` group, as one array per group.
+
+    (Not ``.agg(lambda s: np.unique(...))``: pandas 2.2 refuses an aggregate that is an array.)
+    """
+    g = df.groupby(by)[col].unique()
+    return pd.Series([np.unique(v) for v in g.to_numpy()], index=g.index, dtype=object)
+
+
 def _grouped(tq: pd.DataFrame, seen: pd.DataFrame, q_col: str, c_col: str, n_cand: int
              ) -> Iterator[tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]]:
     """Chunks of (query codes, relevant candidate codes, excluded candidate codes)."""
     if len(tq) == 0:
         return
-    rel = tq.groupby(q_col)[c_col].agg(lambda s: np.unique(s.to_numpy()))
+    rel = _unique_per(tq, q_col, c_col)
     qids = rel.index.to_numpy()
     seen_q = seen[seen[q_col].isin(qids)]
-    exc = seen_q.groupby(q_col)[c_col].agg(lambda s: np.unique(s.to_numpy()))
+    exc = _unique_per(seen_q, q_col, c_col)
     empty = np.zeros(0, dtype=np.int64)
     for start in range(0, len(qids), EVAL_CHUNK):
         chunk = qids[start:start + EVAL_CHUNK]

@@ -59,8 +59,13 @@ MENU = (
 )
 
 
+#: Session flag: this session has declared the app's navigation (see route_through_app).
+_ROUTED_KEY = "_dssm_routed"
+
+
 def app_navigation() -> Any:
     """The app's ``st.navigation`` over every page (``app.py`` runs what it returns)."""
+    st.session_state[_ROUTED_KEY] = True
     return st.navigation([
         st.Page(PAGES[key], title=title, icon=icon, default=(key == "home"))
         for key, title, icon in MENU
@@ -74,8 +79,14 @@ def route_through_app() -> None:
     main script first calls ``st.navigation``. If a server's first request is a deep link such as
     ``/audience``, it runs ``pages/audience.py`` on its own and lists every file of ``pages/``
     (``widgets`` included) as a page. Then this declares the app's navigation (which also ends
-    that mode for the server) and draws the shared sidebar, and the page goes on. Every page
-    calls it first; under ``app.py``'s router it does nothing.
+    that mode for the server). If the session has never been through ``app.py``'s router, it
+    then reruns at once, so that the page is drawn by the router (page config, sidebar, menu):
+    a widget gets another id in a routerless run than under the router, so the user's first
+    change to a widget drawn by that routerless run (a picked item, say) was silently dropped
+    by the next, routed, run. Otherwise (AppTest's ``switch_page`` runs the page routerless on
+    every run, after a first run of ``app.py``) it draws the shared sidebar and the page goes
+    on: a rerun there would drop the click that the run carries. Every page calls it first;
+    under ``app.py``'s router it does nothing.
     """
     from streamlit.runtime.scriptrunner import get_script_run_ctx
 
@@ -85,7 +96,10 @@ def route_through_app() -> None:
     # Under the automatic mode every file of pages/ is a page, widgets.py included.
     pages = ctx.pages_manager.get_pages().values()
     if any(str(p.get("script_path", "")).endswith("widgets.py") for p in pages):
+        routed_before = bool(st.session_state.get(_ROUTED_KEY))
         app_navigation()
+        if not routed_before:  # e.g. a deep link as the session's first request
+            st.rerun()
         sidebar()
 
 
