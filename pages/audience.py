@@ -214,7 +214,10 @@ def _file_stub(res: audience.AudienceResult) -> str:
 
 def _show_result(store: Any, run_id: int, res: audience.AudienceResult) -> None:
     if res.item_titles:
-        names = ", ".join(f"**{t or i}**" for t, i in zip(res.item_titles, res.item_ids))
+        named = [f"**{t or i}**" for t, i in zip(res.item_titles, res.item_ids)]
+        # a campaign of many items: name the first two, count the rest
+        names = ", ".join(named) if len(named) <= 3 else (
+            f"{', '.join(named[:2])} and {len(named) - 2} more items")
         st.subheader(f"{widgets.fmt_count(res.size)} users for {names}")
     else:
         st.subheader(f"{widgets.fmt_count(res.size)} lookalikes of "

@@ -277,3 +277,13 @@ def test_switching_to_a_smaller_run_keeps_the_page_working(run_store):
     # 10% of 20 users, at least 10 -> 10.
     assert at.number_input(key="aud_top_n").value == 10
     assert len(_table(at)) == 10
+
+
+def test_a_large_campaign_heading_names_two_items_and_counts_the_rest(run_store):
+    at = _open(["3", "7", "11", "12", "15"], top_n=10)
+    assert not at.exception
+    titles = run_store["ds"].items.set_index("item_id")["title"]
+    heading = at.subheader[0].value
+    assert heading.startswith("10 users for ")
+    assert titles.loc["3"] in heading and titles.loc["7"] in heading
+    assert heading.endswith("and 3 more items") and titles.loc["15"] not in heading
