@@ -135,8 +135,8 @@ def _log_tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
     return "\n".join(lines[-n:])
 
 
-def _spawn(cmd: list[str], logfile: Path, *, threads: int, append: bool = True
-           ) -> subprocess.Popen:
+def _spawn(cmd: list[str], logfile: Path, *, threads: int, append: bool = True,
+           extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start ``cmd`` (an argv list, no shell) detached in its own process session, stdout and
     stderr to ``logfile``, with the repository on its PYTHONPATH."""
     logfile.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +147,7 @@ def _spawn(cmd: list[str], logfile: Path, *, threads: int, append: bool = True
     env.setdefault("OMP_NUM_THREADS", str(threads))
     env.setdefault("MKL_NUM_THREADS", str(threads))
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra_env or {})
     with open(logfile, "ab" if append else "wb") as out:
         return subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -160,14 +161,28 @@ def projection_log_path(db_url: str, run_id: int) -> Path:
     return data_dir(db_url) / "logs" / f"project-{int(run_id)}.log"
 
 
+def _secret_free(db_url: str) -> tuple[str, dict[str, str]]:
+    """``(url for the child's argv, extra environment)``: a PostgreSQL password travels in
+    ``PGPASSWORD`` (libpq reads it), never on a command line that ``ps`` shows to every user."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url)
+    if url.password and url.get_backend_name() == "postgresql":
+        # URL is a NamedTuple; ``set(password=None)`` would keep the password
+        return (url._replace(password=None).render_as_string(hide_password=False),
+                {"PGPASSWORD": str(url.password)})
+    return db_url, {}
+
+
 def start_projection(db_url: str, run_id: int) -> tuple[subprocess.Popen, Path]:
     """Compute and store the UMAP maps of ``run_id`` in a background process
     (``python -m dssm_core project --db URL --run R``); returns the process and its log."""
     db_url = absolute_db_url(db_url)
     logfile = projection_log_path(db_url, run_id)
-    cmd = [sys.executable, "-m", "dssm_core", "project", "--db", db_url,
+    argv_url, secret_env = _secret_free(db_url)
+    cmd = [sys.executable, "-m", "dssm_core", "project", "--db", argv_url,
            "--run", str(int(run_id))]
-    return _spawn(cmd, logfile, threads=1, append=False), logfile
+    return _spawn(cmd, logfile, threads=1, append=False, extra_env=secret_env), logfile
 
 
 def build_command(db_url: str, dataset_id: int, run_id: int, cfg: TrainConfig) -> list[str]:
@@ -198,9 +213,10 @@ def start_training(db_url: str, dataset_id: int, cfg: TrainConfig) -> int:
             preset=cfg.preset, objective=cfg.objective, protocol=cfg.protocol,
         ))
         logfile = log_path(db_url, run_id)
-        cmd = build_command(db_url, dataset_id, run_id, cfg)
+        argv_url, secret_env = _secret_free(db_url)
+        cmd = build_command(argv_url, dataset_id, run_id, cfg)
         try:
-            proc = _spawn(cmd, logfile, threads=int(cfg.num_threads))
+            proc = _spawn(cmd, logfile, threads=int(cfg.num_threads), extra_env=secret_env)
         except OSError as exc:
             store.fail_run(run_id, f"could not start the training process: {exc}")
             raise
