@@ -94,6 +94,34 @@ def _size_controls(population: int) -> dict[str, Any]:
     return {"percent": float(pct)}
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _filter_options(url: str, run_id: int
+                    ) -> tuple[dict[str, list[str]], dict[str, tuple[float, float]]]:
+    """What the filters offer for a run, computed once per (store, run) rather than on every
+    rerun (a scan of every user's attributes): the values of each attribute with at most
+    ``MAX_FILTER_VALUES`` of them (and the favourite genre), and ``(lo, hi)`` of the other
+    numeric attributes (whole numbers when all values are)."""
+    run = widgets.loaded_run(run_id)
+    cols = [c for c in run.users.columns
+            if run.users[c].astype(object).nunique(dropna=True) <= MAX_FILTER_VALUES]
+    filters = {c: run.users[c] for c in cols}
+    filters[audience.FAVOURITE_GENRE] = pd.Series(run.favourite_genre)
+    values_of = {attr: sorted({str(v) for v in col.dropna().tolist()})
+                 for attr, col in filters.items()}
+    ranges: dict[str, tuple[float, float]] = {}
+    for attr in run.users.columns:
+        col = run.users[attr]
+        if attr in filters or not pd.api.types.is_numeric_dtype(col) or \
+                pd.api.types.is_bool_dtype(col) or col.notna().sum() == 0:
+            continue
+        lo, hi = float(col.min()), float(col.max())
+        if bool(np.all(np.mod(col.dropna(), 1) == 0)):
+            lo, hi = int(lo), int(hi)
+        if lo != hi:
+            ranges[attr] = (lo, hi)
+    return values_of, ranges
+
+
 def _filter_controls(run: Any, items_mode: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"exclude_seen": False, "exclude_users": (), "where": {}}
     with st.expander("Exclusions and filters", expanded=False):
@@ -107,29 +135,16 @@ def _filter_controls(run: Any, items_mode: bool) -> dict[str, Any]:
         if up is not None:
             out["exclude_users"] = tuple(widgets.parse_id_list(up.getvalue()))
             st.caption(f"{widgets.fmt_count(len(out['exclude_users']))} ids in the list")
-        cols = [c for c in run.users.columns
-                if run.users[c].astype(object).nunique(dropna=True) <= MAX_FILTER_VALUES]
-        filters = {c: run.users[c] for c in cols}
-        filters[audience.FAVOURITE_GENRE] = pd.Series(run.favourite_genre)
+        values_of, ranges = _filter_options(widgets.db_url(), int(run.run_id))
         st.markdown("**Only users with** (leave empty for everyone)")
-        grid = st.columns(min(3, len(filters)) or 1)
-        for k, (attr, col) in enumerate(filters.items()):
-            values = sorted({str(v) for v in col.dropna().tolist()})
+        grid = st.columns(min(3, len(values_of)) or 1)
+        for k, (attr, values) in enumerate(values_of.items()):
             chosen = grid[k % len(grid)].multiselect(attr, values, key=f"aud_where_{attr}")
             if chosen:
                 out["where"][attr] = tuple(chosen)
         # Numeric attributes with many values (e.g. age in years): a range.
-        for attr in run.users.columns:
+        for attr, (lo, hi) in ranges.items():
             col = run.users[attr]
-            if attr in filters or not pd.api.types.is_numeric_dtype(col) or \
-                    pd.api.types.is_bool_dtype(col) or col.notna().sum() == 0:
-                continue
-            lo, hi = float(col.min()), float(col.max())
-            integral = bool(np.all(np.mod(col.dropna(), 1) == 0))
-            if integral:
-                lo, hi = int(lo), int(hi)
-            if lo == hi:
-                continue
             picked = st.slider(f"{attr} between", lo, hi, (lo, hi), key=f"aud_range_{attr}")
             if tuple(picked) != (lo, hi):
                 inside = col[(col >= picked[0]) & (col <= picked[1])].dropna()
