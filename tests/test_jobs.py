@@ -21,6 +21,7 @@ import pytest
 from dssm_core import jobs, synthetic
 from dssm_core.config import PRESETS, TrainConfig
 from dssm_core.store import Store
+from jobhelpers import kill_jobs, wait_dead
 
 #: A small, quick configuration for real jobs on the tiny synthetic set.
 SMALL = PRESETS["default"].with_(
@@ -37,24 +38,6 @@ def _sleeper(*, tag: str = "dssm_core-test", seconds: float = 120.0) -> subproce
         [sys.executable, "-c", f"import time; time.sleep({seconds})", tag],
         start_new_session=True,
     )
-
-
-def _kill_all(store: Store) -> None:
-    """Stop every still-running process of the store's runs (tests must not leak jobs)."""
-    for run in store.list_runs():
-        pid = run.get("pid")
-        if pid and jobs.is_alive(pid):
-            try:
-                os.killpg(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            _wait_dead(int(pid))
-
-
-def _wait_dead(pid: int, timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while jobs.is_alive(pid) and time.monotonic() < end:
-        time.sleep(0.05)
 
 
 def _wait_status(store: Store, run_id: int, statuses: tuple[str, ...], *,
@@ -80,7 +63,7 @@ def store_ds(sqlite_url: str, tiny_synthetic) -> Iterator[tuple[Store, int]]:
     store = Store(sqlite_url)
     ds_id = store.add_dataset(tiny_synthetic, name="tiny")
     yield store, ds_id
-    _kill_all(store)
+    kill_jobs(store)
     store.dispose()
 
 
@@ -216,7 +199,7 @@ def test_start_training_records_pid_and_a_crash_shows_its_log(store_ds, monkeypa
     assert run["status"] == "running" and run["pid"] > 0
     assert run["config"] == SMALL.to_dict()
     assert (run["preset"], run["objective"], run["protocol"]) == ("default", "pointwise", "T")
-    _wait_dead(run["pid"])
+    wait_dead(run["pid"])
     assert jobs.reap_orphans(store) == [run_id]
     error = store.get_run(run_id)["error"]
     assert error.endswith("loading\nboom: bad things")
@@ -239,7 +222,7 @@ def two_runs(tmp_path_factory) -> Iterator[tuple[Store, int, list[int]]]:
             _wait_status(store, run_id, ("succeeded",))
         yield store, ds_id, ids
     finally:
-        _kill_all(store)
+        kill_jobs(store)
         store.dispose()
 
 
@@ -267,7 +250,7 @@ def test_kill_9_marks_the_job_failed_and_keeps_earlier_runs(two_runs) -> None:
     run_id = jobs.start_training(url, ds_id, SMALL.with_(epochs=200))
     run = _wait_status(store, run_id, ("running",), min_epoch=1)
     os.killpg(int(run["pid"]), signal.SIGKILL)
-    _wait_dead(int(run["pid"]))
+    wait_dead(int(run["pid"]))
     assert jobs.reap_orphans(store) == [run_id]
     dead = store.get_run(run_id)
     assert dead["status"] == "failed"
@@ -310,7 +293,7 @@ def test_ensure_demo_adds_the_demo_once_and_starts_training(sqlite_url: str) -> 
         assert jobs.ensure_demo(store, SMALL, sizes=sizes) is None   # not twice
         assert len(store.list_datasets()) == 1 and len(store.list_runs()) == 1
     finally:
-        _kill_all(store)
+        kill_jobs(store)
         store.dispose()
 
 
@@ -348,5 +331,5 @@ def test_a_job_on_postgres_trains_without_its_password_on_the_command_line(tiny_
         assert any(b"postgresql+psycopg://" in a for a in argv) or not argv
         assert _wait_status(store, run_id, ("succeeded",))["status"] == "succeeded"
     finally:
-        _kill_all(store)
+        kill_jobs(store)
         store.dispose()

@@ -14,23 +14,12 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+# tests/ holds the job helpers shared with tests/test_jobs.py; subprocesses that import this
+# module have only tests/app on their path.
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))
+from jobhelpers import kill_jobs  # noqa: E402,F401  (re-exported for the app tests)
 APP = str(ROOT / "app.py")
-
-
-def kill_jobs(store: Any) -> None:
-    """Stop every still-running process of the store's runs (tests must not leak jobs)."""
-    from dssm_core import jobs
-
-    for run in store.list_runs():
-        pid = run.get("pid")
-        if pid and jobs.is_alive(pid):
-            try:
-                os.killpg(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                continue
-            end = time.monotonic() + 20
-            while jobs.is_alive(pid) and time.monotonic() < end:
-                time.sleep(0.05)
 
 
 def new_app(page: str | None = None, timeout: float = 60.0):
