@@ -38,10 +38,11 @@ if TYPE_CHECKING:  # the store is only needed by the functions that read from it
 
 log = logging.getLogger(__name__)
 
-#: Rows of the user matrix scored per step (d=64: 32 MiB read, 512 KiB of scores per query).
+#: Users scored per step (d=64: 32 MiB read, 512 KiB of scores per query: they stay in L2
+#: cache for the cut-off pass that follows).
 DEFAULT_BLOCK_ROWS = 131_072
 #: The first cut-off of a query is the k-th best score of its first SAMPLE_FACTOR * k rows.
-SAMPLE_FACTOR = 16
+SAMPLE_FACTOR = 64
 #: Cells starting with these are formulas to a spreadsheet; they are prefixed with "'".
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 #: An attribute with more distinct values than this shows its top values and "(other)".
@@ -120,7 +121,13 @@ class UserIndex:
 
     # fitted attributes end in "_"
     def index(self, matrix: Any, ids: Any) -> "UserIndex":
-        """Index ``matrix`` (N, D) whose rows belong to ``ids`` (N,); returns self."""
+        """Index ``matrix`` (N, D) whose rows belong to ``ids`` (N,); returns self.
+
+        The vectors are kept dimension-major, ``columns_`` (D, N): a query is then a
+        matrix-vector product that streams D long contiguous rows (BLAS ``gemv`` "N"), which
+        runs at memory bandwidth, where the (N, D) layout's N short dot products of D floats
+        ran ~20 % slower at D = 32-64 (BENCHMARKS.md). ``matrix_`` is the (N, D) view of it.
+        """
         ids_arr = np.asarray(ids)
         if ids_arr.ndim != 1:
             raise ValueError(f"ids must be 1-D, got shape {ids_arr.shape}")
@@ -138,26 +145,32 @@ class UserIndex:
         if not lookup.is_unique:
             dup = lookup[lookup.duplicated()].unique()[:10].tolist()
             raise ValueError(f"ids are not unique: {dup}")
-        self.matrix_ = _l2_normalise(m, "user", ids_arr)                     # (N, D)
+        self.columns_ = np.ascontiguousarray(_l2_normalise(m, "user", ids_arr).T)  # (D, N)
         self.ids_ = ids_arr                                                  # (N,)
         self._lookup = lookup
         return self
 
+    @property
+    def matrix_(self) -> np.ndarray:
+        """The indexed unit vectors as an (N, D) view (row i belongs to ``ids_[i]``)."""
+        self._check_fitted()
+        return self.columns_.T
+
     def _check_fitted(self) -> None:
-        if not hasattr(self, "matrix_"):
+        if not hasattr(self, "columns_"):
             raise ValueError("the index is empty: call index(matrix, ids) first")
 
     @property
     def size(self) -> int:
         """Number of indexed users."""
         self._check_fitted()
-        return int(self.matrix_.shape[0])
+        return int(self.columns_.shape[1])
 
     @property
     def dim(self) -> int:
         """Vector length D."""
         self._check_fitted()
-        return int(self.matrix_.shape[1])
+        return int(self.columns_.shape[0])
 
     def positions(self, ids: Iterable[Any], *, missing: str = "raise") -> np.ndarray:
         """Row numbers of ``ids``. ``missing="raise"``: ValueError naming unknown ids;
@@ -185,15 +198,31 @@ class UserIndex:
             raise ValueError("query vectors hold NaN or infinite values")
         if np.any(norms <= 1e-12):
             raise ValueError("a query vector has length zero (cannot be normalised)")
-        return q / norms[:, None]                                            # (Q, D)
+        return np.ascontiguousarray(q / norms[:, None])                      # (Q, D)
+
+    def _score_blocks(self, q: np.ndarray):
+        """Yield ``(start, scores (Q, w))`` for consecutive blocks of ``block_rows`` users.
+
+        The yielded array is a reused buffer: consume it before asking for the next block.
+        """
+        cols, n, b = self.columns_, self.size, min(self.block_rows, self.size)
+        nq = q.shape[0]
+        buf = np.empty((nq, b), dtype=np.float32)                            # (Q, b)
+        for start in range(0, n, b):
+            w = min(b, n - start)
+            if nq == 1:   # 1-D operands: numpy calls gemv, not a one-row gemm
+                np.matmul(q[0], cols[:, start:start + w], out=buf[0, :w])
+            else:
+                np.matmul(q, cols[:, start:start + w], out=buf[:, :w])
+            yield start, buf[:, :w]
 
     def scores(self, vector: Any) -> np.ndarray:
         """Cosine of one query vector (D,) with every user: (N,) float32, in index order."""
-        q = self._queries(vector)[0]                                         # (D,)
+        self._check_fitted()
+        q = self._queries(vector)[:1]                                        # (1, D)
         out = np.empty(self.size, dtype=np.float32)                          # (N,)
-        m, b = self.matrix_, self.block_rows
-        for start in range(0, self.size, b):
-            np.matmul(m[start:start + b], q, out=out[start:start + b])
+        for start, s in self._score_blocks(q):
+            out[start:start + s.shape[1]] = s[0]
         return out
 
     def query_rows(self, vectors: Any, k: int, *, allowed: np.ndarray | None = None
@@ -218,21 +247,17 @@ class UserIndex:
         nq = q.shape[0]
         if k == 0:
             return np.empty((nq, 0), np.float32), np.empty((nq, 0), np.int64)
-        m, b = self.matrix_, min(self.block_rows, n)
-        qt = np.ascontiguousarray(q.T)                                       # (D, Q)
-        q_arg = qt[:, 0] if nq == 1 else qt                                  # (D,) or (D, Q)
-        buf = np.empty((b,) if nq == 1 else (b, nq), dtype=np.float32)       # (b,) or (b, Q)
         # per query: candidate buffers and the score a new row must beat (the k-th best so far)
         cand_s: list[list[np.ndarray]] = [[] for _ in range(nq)]
         cand_r: list[list[np.ndarray]] = [[] for _ in range(nq)]
         n_cand = [0] * nq
         thresh = [-np.inf] * nq
-        for start in range(0, n, b):
-            block = m[start:start + b]                                       # (b, D)
-            s_blk = np.matmul(block, q_arg, out=buf[:len(block)])            # (b,) or (b, Q)
+        for start, s_blk in self._score_blocks(q):
+            w = s_blk.shape[1]
+            last = start + w >= n
             for j in range(nq):
-                s = s_blk if nq == 1 else s_blk[:, j]                        # (b,)
-                if thresh[j] == -np.inf and len(s) >= SAMPLE_FACTOR * k:
+                s = s_blk[j]                                                 # (w,)
+                if thresh[j] == -np.inf and w >= SAMPLE_FACTOR * k:
                     # A first cut-off from a prefix: the k-th best of any k+ eligible scores is
                     # at most the overall k-th best, so nothing of the true top k is dropped.
                     head = s[:SAMPLE_FACTOR * k]
@@ -243,15 +268,14 @@ class UserIndex:
                 if thresh[j] > -np.inf:
                     idx = np.flatnonzero(s >= thresh[j])
                 else:
-                    idx = np.arange(len(s))
+                    idx = np.arange(w)
                 if allowed is not None and len(idx):
                     idx = idx[allowed[start + idx]]
                 if not len(idx):
                     continue
-                cand_s[j].append(s[idx])
+                cand_s[j].append(s[idx])                 # fancy indexing copies: buffer reuse ok
                 cand_r[j].append(idx + start)
                 n_cand[j] += len(idx)
-                last = start + b >= n
                 if not last and (n_cand[j] >= 4 * k or (thresh[j] == -np.inf and
                                                         n_cand[j] >= k)):
                     cs, cr = np.concatenate(cand_s[j]), np.concatenate(cand_r[j])
