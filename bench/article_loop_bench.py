@@ -15,8 +15,16 @@ trains, in one process and for the same fixed number of epochs (no early stoppin
     (``get_regularization_loss``, l2 = 1e-6), ``.item()`` of both losses, backward, Adam step,
     and the per-batch ``roc_auc_score`` and accuracy on the batch's numpy predictions (the
     article compiles with ``metrics=['auc', 'accuracy']``);
-(b) ``dssm_core.training.fit`` with the ``article`` preset on the same arrays and model sizes;
-(c) ``dssm_core.training.fit`` with the ``default`` preset.
+(b) ``dssm_core.training.fit`` with the ``article`` preset on the same arrays and model sizes,
+    as it runs by default (``precision="auto"``: bfloat16 matrix products where the CPU has
+    them natively, else float32);
+(b32) the same with ``precision="float32"`` (what the loop alone buys);
+(c) ``dssm_core.training.fit`` with the ``default`` preset (``precision="auto"``).
+
+Efficiency: the machine's matmul GFLOP/s is measured in the same process (one thread;
+float32 and bfloat16; at the article towers' own shape, a 256 x 300 by 300 x 300 product, and
+at 1024^3), and each loop's achieved GFLOP/s = samples/s x ``model.flops_per_sample`` (linear
+layers, forward + backward = 3 x forward) is stated against it.
 
 The three loops run back to back ``--repeats`` times (fresh, identically seeded models each
 round) and the table shows each loop's median round, since shared CPUs are noisy.
@@ -55,7 +63,8 @@ from dssm_core import pipeline, training  # noqa: E402
 from dssm_core.config import PRESETS, TrainConfig  # noqa: E402
 from dssm_core.dataset import Dataset  # noqa: E402
 from dssm_core.features import DenseFeature, Feature, SparseFeature  # noqa: E402
-from dssm_core.model import DSSM  # noqa: E402
+from dssm_core.model import DSSM, flops_per_sample  # noqa: E402
+from dssm_core.training import resolve_precision  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -73,6 +82,8 @@ class Measured:
     rows: int
     epochs: int
     seconds: float
+    flops_per_sample: int = 0
+    precision: str = "float32"
 
     @property
     def samples_per_second(self) -> float:
@@ -190,7 +201,7 @@ def article_loop(model: DSSM, x: dict[str, np.ndarray], cfg: TrainConfig, epochs
               f"auc {np.nanmean(train_result['auc']):.4f} "
               f"acc {np.mean(train_result['acc']):.4f}", file=sys.stderr, flush=True)
     return Measured("(a) article's loop (DataLoader, per-batch sklearn metrics), article sizes",
-                    sample_num, epochs, seconds)
+                    sample_num, epochs, seconds, flops_per_sample(model), "float32")
 
 
 # ---------------------------------------------------------------------------- (b), (c) ours
@@ -201,7 +212,39 @@ def our_fit(label: str, x: dict[str, np.ndarray], enc: Any, cfg: TrainConfig) ->
     for h in fr.history:
         print(f"  {label[:3]} epoch {h['epoch']}: loss {h['train_loss']:.4f} "
               f"auc {h['train_auc']:.4f}", file=sys.stderr, flush=True)
-    return Measured(label, fr.train_rows, len(fr.history), fr.train_seconds)
+    return Measured(label, fr.train_rows, len(fr.history), fr.train_seconds,
+                    flops_per_sample(model), fr.precision)
+
+
+def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 0.5) -> float:
+    """Best-of-5 GFLOP/s of ``torch.mm`` (m x k) @ (k x n) on this thread."""
+    a = torch.randn(m, k).to(dtype)
+    b = torch.randn(k, n).to(dtype)
+    torch.mm(a, b)
+    reps = 1
+    while True:                                   # calibrate to ~seconds / 5 per trial
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b)
+        dt = time.perf_counter() - t
+        if dt > seconds / 5 or reps > 1 << 20:
+            break
+        reps *= 2
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b)
+        best = min(best, (time.perf_counter() - t) / reps)
+    return 2.0 * m * k * n / best / 1e9
+
+
+def peaks() -> dict[str, float]:
+    """Measured matmul GFLOP/s: float32 and bfloat16, the towers' shape and 1024^3."""
+    return {f"{name} {shape}": matmul_gflops(*dims, dtype)
+            for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16))
+            for shape, dims in (("256x300x300", (256, 300, 300)),
+                                ("1024^3", (1024, 1024, 1024)))}
 
 
 def median(runs: list[Measured]) -> Measured:
@@ -209,15 +252,20 @@ def median(runs: list[Measured]) -> Measured:
     return sorted(runs, key=lambda r: r.seconds)[(len(runs) - 1) // 2]
 
 
-def markdown(runs: list[Measured]) -> str:
-    """The Markdown table; ratios are against the first run, (a)."""
+def markdown(runs: list[Measured], peak: dict[str, float]) -> str:
+    """The Markdown table; ratios are against the first run, (a); efficiency against the
+    measured matmul GFLOP/s at the towers' shape in the loop's precision."""
     base = runs[0].samples_per_second
-    out = ["| training loop | rows x epochs | train seconds | samples/s | vs (a) |",
-           "|---|---|---|---|---|"]
+    out = ["| training loop | precision | rows x epochs | train seconds | samples/s | vs (a) "
+           "| MFLOP/sample | achieved GFLOP/s | of measured matmul peak |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         ratio = r.samples_per_second / base if base > 0 else float("nan")
-        out.append(f"| {r.label} | {r.rows:,} x {r.epochs} | {r.seconds:.1f} | "
-                   f"{r.samples_per_second:,.0f} | {ratio:.1f}x |")
+        achieved = r.samples_per_second * r.flops_per_sample / 1e9
+        top = peak.get(f"{r.precision} 256x300x300", float("nan"))
+        out.append(f"| {r.label} | {r.precision} | {r.rows:,} x {r.epochs} | {r.seconds:.1f} | "
+                   f"{r.samples_per_second:,.0f} | {ratio:.2f}x | "
+                   f"{r.flops_per_sample / 1e6:.2f} | {achieved:.1f} | {achieved / top:.0%} |")
     return "\n".join(out)
 
 
@@ -243,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     art = PRESETS["article"].with_(epochs=args.epochs, early_stopping_patience=0, num_threads=1)
     dflt = PRESETS["default"].with_(epochs=args.epochs, early_stopping_patience=0,
                                     num_threads=1)
+    art32 = art.with_(precision="float32")
     x_art, enc_art = features(ds, art)
     x_def, enc_def = features(ds, dflt)
     print(f"ML-100K protocol T: {len(x_art['label']):,} training rows, "
@@ -255,14 +304,18 @@ def main(argv: list[str] | None = None) -> int:
             article_loop(DSSM(enc_art.user_specs_, enc_art.item_specs_, art), x_art, art,
                          args.epochs),
             our_fit("(b) ours (`training.fit`), `article` preset", x_art, enc_art, art),
+            our_fit("(b32) ours, `article` preset, `precision=\"float32\"`", x_art, enc_art,
+                    art32),
             our_fit("(c) ours (`training.fit`), `default` preset", x_def, enc_def, dflt),
         ])
     runs = [median(list(col)) for col in zip(*rounds)]
-    table = markdown(runs)
-    a, b, c = (r.samples_per_second for r in runs)
+    peak = peaks()
+    table = markdown(runs, peak)
+    a, b, b32, c = (r.samples_per_second for r in runs)
     meta = {"python": platform.python_version(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "epochs": args.epochs, "repeats": args.repeats}
+            "cpus": os.cpu_count(), "epochs": args.epochs, "repeats": args.repeats,
+            "auto_precision": resolve_precision("auto"), "matmul_gflops": peak}
     result = {"meta": meta,
               "runs": [{"label": r.label, "rows": r.rows, "epochs": r.epochs,
                         "train_seconds": r.seconds,
@@ -270,16 +323,20 @@ def main(argv: list[str] | None = None) -> int:
               "rounds": [[{"label": r.label, "train_seconds": r.seconds,
                            "samples_per_second": r.samples_per_second} for r in rnd]
                          for rnd in rounds],
-              "ratio_b_over_a": b / a, "ratio_c_over_a": c / a}
+              "ratio_b_over_a": b / a, "ratio_b32_over_a": b32 / a, "ratio_c_over_a": c / a}
     out_dir = ROOT / "bench" / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "article_loop_bench.json").write_text(json.dumps(result, indent=2))
     print(table)
+    print("\nmeasured matmul GFLOP/s (1 thread): "
+          + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()))
     for i, rnd in enumerate(rounds, 1):
-        sa, sb, sc = (r.samples_per_second for r in rnd)
-        print(f"round {i}: samples/s (a) {sa:,.0f}  (b) {sb:,.0f}  (c) {sc:,.0f}  "
-              f"(b)/(a) {sb / sa:.2f}x  (c)/(a) {sc / sa:.2f}x")
-    print(f"\nmedian rounds: (b)/(a) = {b / a:.2f}x, (c)/(a) = {c / a:.2f}x")
+        sa, sb, sb32, sc = (r.samples_per_second for r in rnd)
+        print(f"round {i}: samples/s (a) {sa:,.0f}  (b) {sb:,.0f}  (b32) {sb32:,.0f}  "
+              f"(c) {sc:,.0f}  (b)/(a) {sb / sa:.2f}x  (b32)/(a) {sb32 / sa:.2f}x  "
+              f"(c)/(a) {sc / sa:.2f}x")
+    print(f"\nmedian rounds: (b)/(a) = {b / a:.2f}x, (b32)/(a) = {b32 / a:.2f}x, "
+          f"(c)/(a) = {c / a:.2f}x")
     print(f"\ncommand: OMP_NUM_THREADS=1 python bench/article_loop_bench.py "
           f"--data {args.data} --epochs {args.epochs} --repeats {args.repeats}")
     print(f"{meta}")

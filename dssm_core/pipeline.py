@@ -251,6 +251,7 @@ def _train(
         "stopped": fr.stopped,
         "seconds_per_epoch": float(np.mean(seconds)) if seconds else None,
         "train_samples_per_second": float(fr.samples_per_second),
+        "precision": fr.precision,
         "feature_seconds": round(t_features, 3),
         "eval_seconds": round(t_eval, 3),
     })

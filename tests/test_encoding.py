@@ -76,10 +76,14 @@ def test_vocabularies_and_specs_are_sized_from_training_rows() -> None:
     assert by_name["hist"] == SequenceFeature("hist", 5, 8, 3, "mean", shared_with="item_id")
     assert by_name["genres"] == SequenceFeature("genres", 5, 8, 2, "mean")
     assert by_name["user_id"] == SparseFeature("user_id", 3, 8)
-    assert by_name["user_stats"] == DenseFeature("user_stats", 3)
+    # user: mean, like-rate, log count, bias, recent mean; item: mean, like-rate, log count,
+    # bias; one affinity per genre
+    assert by_name["user_stats"] == DenseFeature("user_stats", 5)
+    assert by_name["item_stats"] == DenseFeature("item_stats", 4)
+    assert by_name["genre_affinity"] == DenseFeature("genre_affinity", 4)
     assert by_name["year"] == DenseFeature("year", 2)
     assert [s.name for s in enc.user_specs_] == ["user_id", "gender", "age", "zip", "hist",
-                                                 "user_stats"]
+                                                 "user_stats", "genre_affinity"]
 
 
 def test_history_and_statistics_as_of_event_time() -> None:
@@ -102,15 +106,31 @@ def test_history_and_statistics_as_of_event_time() -> None:
     # training means with 5 pseudo-counts: global mean rating = 25/6, like-rate = 5/6
     #   mean = (7 + 5 * 25/6) / (2 + 5) = 3.976190;  rate = (1 + 5 * 5/6) / 7 = 0.738095
     #   count = log1p(2) = 1.098612
+    # bias: each earlier rating minus its item's smoothed mean as of that rating's own time:
+    #   row 0 (a@100, nothing before): 5 - 25/6 = 5/6; row 1 (b@200, nothing): 2 - 25/6 = -13/6
+    #   bias = (5/6 - 13/6) / (2 + 5) = -4/21 = -0.190476 (prior 0)
+    # recent mean of the last 10 ratings with 2 pseudo-counts: (7 + 2 * 25/6) / 4 = 23/6
     raw = _unscale(enc, "user_stats", x["user_stats"][3])
-    np.testing.assert_allclose(raw, [3.976190, 0.738095, math.log1p(2)], atol=1e-5)
+    np.testing.assert_allclose(raw, [3.976190, 0.738095, math.log1p(2), -4 / 21, 23 / 6],
+                               atol=1e-5)
     # row 0 has no past: the priors themselves and log1p(0) = 0
     np.testing.assert_allclose(_unscale(enc, "user_stats", x["user_stats"][0]),
-                               [25 / 6, 5 / 6, 0.0], atol=1e-5)
-    # item statistics of row 6 (item a before 400: ratings 5, 4)
+                               [25 / 6, 5 / 6, 0.0, 0.0, 25 / 6], atol=1e-5)
+    # item statistics of row 6 (item a before 400: ratings 5 by u1@100, 4 by u2@200)
     #   mean = (9 + 5 * 25/6) / 7 = 4.261905; rate = (2 + 5 * 5/6) / 7 = 0.880952
+    #   bias: rating minus the rater's mean before it (neither had rated): 5 - 25/6 = 5/6 and
+    #   4 - 25/6 = -1/6 -> (5/6 - 1/6) / 7 = 2/21
     np.testing.assert_allclose(_unscale(enc, "item_stats", x["item_stats"][6]),
-                               [4.261905, 0.880952, math.log1p(2)], atol=1e-5)
+                               [4.261905, 0.880952, math.log1p(2), 2 / 21], atol=1e-5)
+    # genre affinity (Action, Comedy, Drama, Horror) of row 3, u1 before 300: a (Action,
+    # Drama) with residual 5/6 and b (Comedy) with -13/6, each over (1 + 5)
+    np.testing.assert_allclose(_unscale(enc, "genre_affinity", x["genre_affinity"][3]),
+                               [5 / 36, -13 / 36, 5 / 36, 0.0], atol=1e-5)
+    # row 7, u2 before 500: a@200 (item a's mean before: (5 + 5 * 25/6) / 6 = 155/36, so
+    # residual 4 - 155/36 = -11/36) and b@300 (b's mean before: (2 + 125/6) / 6 = 137/36,
+    # residual 5 - 137/36 = 43/36)
+    np.testing.assert_allclose(_unscale(enc, "genre_affinity", x["genre_affinity"][7]),
+                               [-11 / 216, 43 / 216, -11 / 216, 0.0], atol=1e-5)
     # row 2 (item a at t=200): only row 0 is strictly earlier -> count 1, never itself
     assert _unscale(enc, "item_stats", x["item_stats"][2])[2] == pytest.approx(math.log1p(1))
 
@@ -227,6 +247,68 @@ def test_activity_count_excludes_the_event_itself(tiny_synthetic) -> None:
     users = inter["user_id"].to_numpy()
     expected = [int(((users == users[r]) & (ts < ts[r])).sum()) for r in rows]
     np.testing.assert_allclose(n_before, expected, atol=1e-3)
+
+
+def test_no_feature_changes_when_the_event_or_anything_later_changes(tiny_synthetic) -> None:
+    """The label leak check for every feature at once: rewrite the ratings of an event, of
+    every event at its second and of everything after it; its features must not move."""
+    ds = tiny_synthetic
+    inter = ds.interactions
+    enc = FeatureEncoder().fit(ds, np.arange(4000))
+    ts = inter["timestamp"].to_numpy()
+    rng = np.random.default_rng(3)
+    for row in rng.choice(len(inter), 5, replace=False):
+        before = enc.transform_events(ds, [row])
+        changed = inter.copy()
+        later = ts >= ts[row]
+        changed.loc[later, "rating"] = (6 - changed.loc[later, "rating"]).astype(np.float32)
+        after = enc.transform_events(Dataset(changed, ds.users, ds.items, format="synthetic"),
+                                     [row])
+        for name in before:
+            if name != "label":
+                np.testing.assert_array_equal(before[name], after[name], err_msg=name)
+        assert before["label"][0] != after["label"][0] or inter["rating"].iloc[row] == 3
+
+
+def test_genre_affinity_is_a_share_when_every_event_is_a_positive() -> None:
+    """label_threshold 0 (the audience preset: "interacted at all"): the affinity is the
+    user's share of earlier events in each genre, smoothed by 5 pseudo-events."""
+    ds = _tiny()
+    enc = FeatureEncoder(history_len=3, label_threshold=0.0).fit(ds, TRAIN)
+    assert enc.affinity_ == "share"
+    x = enc.transform_events(ds, [3, 7])
+    # row 3, u1 before 300: a (Action, Drama) and b (Comedy) -> 1/(2 + 5) each
+    np.testing.assert_allclose(_unscale(enc, "genre_affinity", x["genre_affinity"][0]),
+                               [1 / 7, 1 / 7, 1 / 7, 0.0], atol=1e-6)
+    # row 7, u2 before 500: a@200 and b@300, the same shares
+    np.testing.assert_allclose(_unscale(enc, "genre_affinity", x["genre_affinity"][1]),
+                               [1 / 7, 1 / 7, 1 / 7, 0.0], atol=1e-6)
+    assert FeatureEncoder.from_json(enc.to_json()).affinity_ == "share"
+
+
+def test_an_encoder_stored_before_the_bias_statistics_still_transforms() -> None:
+    """A version-1 document (3 user/item statistics, no genre affinity) keeps the inputs its
+    model was trained on."""
+    ds = _tiny()
+    d = FeatureEncoder(history_len=3, embedding_dim=4).fit(ds, TRAIN).to_json()
+    assert d["version"] == 2
+    d = json.loads(json.dumps(d))
+    d["version"] = 1
+    for name in ("user_stats", "item_stats"):
+        d["dense_mean"][name] = d["dense_mean"][name][:3]
+        d["dense_scale"][name] = d["dense_scale"][name][:3]
+    del d["dense_mean"]["genre_affinity"], d["dense_scale"]["genre_affinity"]
+    d["user_specs"] = [s for s in d["user_specs"] if s["name"] != "genre_affinity"]
+    for s in d["user_specs"] + d["item_specs"]:
+        if s["name"] in ("user_stats", "item_stats"):
+            s["dim"] = 3
+    old = FeatureEncoder.from_json(d)
+    x = old.transform_events(ds, np.arange(8))
+    assert "genre_affinity" not in x
+    assert x["user_stats"].shape == (8, 3) and x["item_stats"].shape == (8, 3)
+    np.testing.assert_allclose(_unscale(old, "user_stats", x["user_stats"][3]),
+                               [3.976190, 0.738095, math.log1p(2)], atol=1e-5)
+    assert old.to_json()["version"] == 1
 
 
 def test_implicit_negatives_are_unseen_items_and_seeded(tiny_synthetic) -> None:
