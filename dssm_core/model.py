@@ -26,8 +26,9 @@ one ``index_add_`` instead of the stock sort-based one) and dropout uses ``FastD
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +91,9 @@ class EmbeddingBlock(nn.Module):
             raise ValueError(f"id_dropout must be in [0, 1), got {id_dropout}")
         self.id_dropout = float(id_dropout)
         self.id_features = frozenset(id_features)
+        #: check every lookup's ids against the table size (``DSSM.ids_prechecked`` turns it
+        #: off for callers that validated all ids once, up front)
+        self.check_ids = True
         shared = dict(shared or {})
         by_name = {s.name: s for s in specs}
         self.sparse: tuple[SparseFeature, ...] = tuple(
@@ -149,12 +153,13 @@ class EmbeddingBlock(nn.Module):
             if self.training and self.id_dropout > 0 and s.name in self.id_features:
                 drop = torch.rand(ids.shape, device=ids.device) < self.id_dropout
                 ids = ids.masked_fill(drop, 0)
-            parts.append(lookup(self.table(s.name), ids))                  # (B, E)
+            parts.append(lookup(self.table(s.name), ids, check=self.check_ids))  # (B, E)
         for s in self.sequences:
             ids = _get(batch, s.name)                                      # (B, L)
             if ids.dim() != 2:
                 raise ValueError(f"sequence {s.name!r} must be (B, L), got {tuple(ids.shape)}")
-            parts.append(pool(lookup(self.table(s.name), ids), ids != 0, s.pooling))  # (B, E)
+            emb = lookup(self.table(s.name), ids, check=self.check_ids)    # (B, L, E)
+            parts.append(pool(emb, ids != 0, s.pooling))                   # (B, E)
         for s in self.dense:
             x = _get(batch, s.name).to(torch.float32)
             if x.dim() == 1:
@@ -199,12 +204,16 @@ class _GatherRows(torch.autograd.Function):
         return out, None, None
 
 
-def lookup(table: nn.Embedding, ids: Tensor) -> Tensor:
-    """``table(ids)`` for ids of any shape -> (*ids.shape, E), with a fast CPU backward."""
+def lookup(table: nn.Embedding, ids: Tensor, *, check: bool = True) -> Tensor:
+    """``table(ids)`` for ids of any shape -> (*ids.shape, E), with a fast CPU backward.
+
+    check: verify 0 <= ids < table size (two reductions; skip only for ids validated before).
+    """
     if ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"embedding ids must be integers, got {ids.dtype}")
     flat = ids.reshape(-1).long()
-    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= table.num_embeddings):
+    if check and flat.numel() and (int(flat.min()) < 0
+                                   or int(flat.max()) >= table.num_embeddings):
         raise ValueError(f"ids out of range [0, {table.num_embeddings}) for an embedding table")
     pad = -1 if table.padding_idx is None else int(table.padding_idx)
     out = _GatherRows.apply(table.weight, flat, pad)                       # (N, E)
@@ -234,7 +243,9 @@ class Tower(nn.Module):
     """Embeddings and dense features -> concat -> MLP -> L2-normalised vector.
 
     hidden: layer sizes; the last is the output dimension D. Between layers (never after
-    the last): optional batch norm, then the activation, then dropout (if > 0).
+    the last): optional batch norm, then the activation, then dropout (if > 0). A linear layer
+    followed by batch norm has no bias (BN's shift replaces it); weights saved by a version
+    that still had one load exactly: the bias is folded into BN's running mean.
     id_dropout / id_features: see ``EmbeddingBlock``.
     """
 
@@ -265,8 +276,10 @@ class Tower(nn.Module):
         layers: list[nn.Module] = []
         width = self.embeddings.output_dim
         for k, h in enumerate(hidden):
-            linear = nn.Linear(width, int(h), bias=True)
             last = k == len(hidden) - 1
+            # a bias right before batch norm is cancelled by its mean subtraction (BN's own
+            # shift replaces it): leaving it out is the same model, minus dead parameters
+            linear = nn.Linear(width, int(h), bias=last or not batch_norm)
             _init_linear(linear, None if last else activation, generator)
             layers.append(linear)
             if not last:
@@ -278,6 +291,7 @@ class Tower(nn.Module):
             width = int(h)
         self.mlp = nn.Sequential(*layers)
         self.output_dim = width
+        self.register_load_state_dict_pre_hook(_fold_bias_into_batch_norm)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         """(B, D), each row of unit L2 norm."""
@@ -385,6 +399,20 @@ class DSSM(nn.Module):
         """Logits gamma * cos(u, v), (B,); the probability is ``torch.sigmoid`` of them."""
         return self.score(self.user_tower(batch), self.item_tower(batch))  # (B,)
 
+    @contextlib.contextmanager
+    def ids_prechecked(self) -> Iterator["DSSM"]:
+        """Within this block lookups skip their per-batch id range check: for callers that
+        validated every id of their data once (``training`` does, in ``_as_tensors``)."""
+        blocks = [self.user.embeddings, self.item.embeddings]
+        before = [b.check_ids for b in blocks]
+        for b in blocks:
+            b.check_ids = False
+        try:
+            yield self
+        finally:
+            for b, was in zip(blocks, before):
+                b.check_ids = was
+
 
 def _id_feature(specs: Sequence[Feature], tower: str) -> str | None:
     sparse = [s.name for s in specs if isinstance(s, SparseFeature)]
@@ -425,6 +453,23 @@ def _checked_table(table: nn.Module, spec: SparseFeature | SequenceFeature) -> n
     return table
 
 
+def _fold_bias_into_batch_norm(module: "Tower", state_dict: dict[str, Tensor], prefix: str,
+                               *_: Any) -> None:
+    """Load-time hook: a saved bias of a linear layer that now precedes batch norm without
+    one. In training mode BN subtracts the batch mean, so the bias never mattered; in eval
+    mode BN subtracts its running mean, which had absorbed it: ``(Wx + b) - rm`` equals
+    ``Wx - (rm - b)``. So the bias is dropped and subtracted from the running mean."""
+    layers = list(module.mlp)
+    for i, layer in enumerate(layers[:-1]):
+        key = f"{prefix}mlp.{i}.bias"
+        if (isinstance(layer, nn.Linear) and layer.bias is None and key in state_dict
+                and isinstance(layers[i + 1], nn.BatchNorm1d)):
+            bias = state_dict.pop(key)
+            mean_key = f"{prefix}mlp.{i + 1}.running_mean"
+            if mean_key in state_dict:
+                state_dict[mean_key] = state_dict[mean_key] - bias
+
+
 def _init_linear(layer: nn.Linear, activation: str | None, generator: torch.Generator | None
                  ) -> None:
     """Kaiming-uniform for ReLU-like activations, Xavier for the rest and the last layer."""
@@ -436,7 +481,8 @@ def _init_linear(layer: nn.Linear, activation: str | None, generator: torch.Gene
             gain = 5.0 / 3.0 if activation == "tanh" else 1.0
             bound = gain * math.sqrt(6.0 / (fan_in + fan_out))   # Xavier uniform
         layer.weight.uniform_(-bound, bound, generator=generator)
-        layer.bias.zero_()
+        if layer.bias is not None:
+            layer.bias.zero_()
 
 
 def flops_per_sample(model: DSSM, *, training: bool = True) -> int:

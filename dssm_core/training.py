@@ -28,6 +28,7 @@ Objectives (``cfg.objective``):
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -77,15 +78,14 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
-def _adam(model: DSSM, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _adam(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam; the fused CPU kernel where this torch has one (one call per step instead of a
     dozen small ops per parameter tensor; same update rule)."""
     try:
-        return torch.optim.Adam(model.parameters(), lr=cfg.learning_rate,
-                                weight_decay=cfg.weight_decay, fused=True)
+        return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                fused=True)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(model.parameters(), lr=cfg.learning_rate,
-                                weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
 @dataclass
@@ -164,7 +164,9 @@ def fit(
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(int(cfg.num_threads))
+    stack = contextlib.ExitStack()
     try:
+        stack.enter_context(model.ids_prechecked())    # _as_tensors range-checked every id
         torch.manual_seed(int(cfg.seed))                         # dropout
         order_gen = torch.Generator().manual_seed(int(cfg.seed))  # shuffling
 
@@ -202,7 +204,7 @@ def fit(
         if n == 0:
             raise ValueError("no training rows")
 
-        optimizer = _adam(model, cfg)
+        optimizer = _adam(list(model.parameters()), cfg)
         precision = resolve_precision(str(getattr(cfg, "precision", "float32")))
         autocast = precision == "bfloat16"
         result = FitResult(monitor=monitor if x_val is not None else None, train_rows=n,
@@ -304,6 +306,7 @@ def fit(
         model.eval()
         return result
     finally:
+        stack.close()
         torch.set_num_threads(previous_threads)
 
 
@@ -420,6 +423,10 @@ def _as_tensors(
             if arr.dtype.kind not in "iu":
                 raise ValueError(f"{what}: {name!r} must hold integer indices, got {arr.dtype}")
             t = torch.as_tensor(arr.astype(np.int64, copy=False))
+            size = spec.vocab_size  # type: ignore[union-attr]
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= size):
+                bad = t[(t < 0) | (t >= size)].unique()[:5].tolist()
+                raise ValueError(f"{what}: {name!r} holds indices outside [0, {size}): {bad}")
         if n is None:
             n = len(t)
         elif len(t) != n:

@@ -17,6 +17,11 @@ PROTOCOLS = {
     "T": "Time split — train on the first 80 % of events, test on the last 20 %",
     "L": "Leave last out — each user's last event is the test",
 }
+PRECISIONS = {
+    "auto": "Automatic (bfloat16 where this CPU has it)",
+    "float32": "float32 (exact)",
+    "bfloat16": "bfloat16 (faster)",
+}
 BATCH_SIZES = [64, 128, 256, 512, 1024, 2048, 4096]
 EMBED_DIMS = [4, 8, 16, 32, 64]
 
@@ -83,13 +88,19 @@ with st.form(f"train_form_{preset_name}"):
     item_hidden = c[1].text_input("Item tower layers", ", ".join(map(str, base.item_hidden)),
                                   help="Both towers must end in the same size")
     with st.expander("Advanced"):
-        a = st.columns(4)
+        a = st.columns(5)
         lr = a[0].number_input("Learning rate", 1e-5, 1.0, float(base.learning_rate),
                                format="%.4f", step=1e-4)
         patience = a[1].number_input("Early-stop patience (epochs)", 1, 100,
                                      base.early_stopping_patience)
         history_len = a[2].number_input("History length (items)", 1, 500, base.history_len)
         seed = a[3].number_input("Random seed", 0, 2**31 - 1, base.seed)
+        precision = a[4].selectbox(
+            "Arithmetic", list(PRECISIONS), index=list(PRECISIONS).index(base.precision),
+            format_func=PRECISIONS.get,
+            help="The towers' matrix products while training. bfloat16 is about 1.7x faster "
+                 "on CPUs that have it, at the same accuracy; weights and the stored "
+                 "embeddings are float32 either way.")
     launch = st.form_submit_button("Start training", type="primary")
 
 if launch:
@@ -101,7 +112,7 @@ if launch:
             user_hidden=parse_layers(user_hidden, "User tower layers"),
             item_hidden=parse_layers(item_hidden, "Item tower layers"),
             learning_rate=float(lr), early_stopping_patience=int(patience),
-            history_len=int(history_len), seed=int(seed),
+            history_len=int(history_len), seed=int(seed), precision=str(precision),
         )
         run_id = jobs.start_training(widgets.db_url(), ds_id, cfg)
     except Exception as exc:

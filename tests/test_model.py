@@ -326,3 +326,31 @@ def test_fast_dropout_keeps_the_expected_fraction_and_scale() -> None:
     assert abs(float(kept.float().mean()) - 0.75) < 0.01
     assert torch.equal(drop.eval()(x), x)
     assert torch.equal(FastDropout(0.0).train()(x), x)
+
+
+def test_no_bias_before_batch_norm_and_old_biases_fold_into_the_running_mean() -> None:
+    model = _model(batch_norm=True, user_hidden=(8, 6, 5), item_hidden=(7, 5))
+    linears = [m for m in model.user.mlp if isinstance(m, nn.Linear)]
+    assert [lin.bias is None for lin in linears] == [True, True, False]   # last keeps its bias
+    assert _model(batch_norm=False).user.mlp[0].bias is not None
+    # train a little so the running statistics are not the initial ones
+    model.train()
+    for _ in range(3):
+        model(_batch())
+    model.eval()
+    expected = model(_batch()).detach()
+    # weights saved by a version whose linear layers before batch norm had a bias b: BN's
+    # running mean then held b as well (rm + b); loading must give the same function
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    gen = torch.Generator().manual_seed(5)
+    for tower in ("user", "item"):
+        layers = list(getattr(model, tower).mlp)
+        for i, layer in enumerate(layers[:-1]):
+            if isinstance(layer, nn.Linear) and isinstance(layers[i + 1], nn.BatchNorm1d):
+                b = torch.randn(layer.out_features, generator=gen)
+                state[f"{tower}.mlp.{i}.bias"] = b
+                state[f"{tower}.mlp.{i + 1}.running_mean"] += b
+    fresh = _model(batch_norm=True, user_hidden=(8, 6, 5), item_hidden=(7, 5), seed=3)
+    fresh.load_state_dict(state)                                 # strict: no key left over
+    fresh.eval()
+    assert torch.allclose(fresh(_batch()), expected, atol=1e-5)

@@ -352,4 +352,28 @@ def test_bad_data_raises_value_errors(encoded) -> None:
         fit(model, one_pos, None, CFG.with_(objective="inbatch"))
     with pytest.raises(ValueError, match="batch_size"):
         predict(model, encoded["val"], batch_size=0)
+    # ids are range-checked once, up front (the training steps then skip the per-batch check)
+    before = _state(model)
+    for bad_value in (-1, model.feature_specs["item_id"].vocab_size):
+        bad = dict(encoded["train"])
+        bad["item_id"] = bad["item_id"].copy()
+        bad["item_id"][7] = bad_value
+        with pytest.raises(ValueError, match=r"'item_id' holds indices outside \[0, "):
+            fit(model, bad, None, CFG)
+    bad_val = dict(encoded["val"])
+    bad_val["hist"] = bad_val["hist"].copy()
+    bad_val["hist"][0, 0] = 10**6
+    with pytest.raises(ValueError, match="val: 'hist'"):
+        fit(model, encoded["train"], bad_val, CFG)
+    assert _same_state(before, _state(model))                          # nothing trained
+
+
+def test_fit_leaves_the_per_lookup_id_check_on(encoded) -> None:
+    model = _model(encoded)
+    fit(model, encoded["train"], None, CFG.with_(epochs=1))
+    assert model.user.embeddings.check_ids and model.item.embeddings.check_ids
+    batch = {k: torch.as_tensor(v[:4]) for k, v in encoded["val"].items() if k != "label"}
+    batch["user_id"] = torch.tensor([0, 1, 2, 10**6])
+    with pytest.raises(ValueError, match="out of range"):
+        model(batch)
 
