@@ -80,7 +80,8 @@ def _train_config(args: argparse.Namespace):  # -> TrainConfig
     if args.config_json:
         cfg.update(_json_object(args.config_json, "--config-json", '{"epochs": 5}'))
     for flag, key in (("objective", "objective"), ("protocol", "protocol"),
-                      ("epochs", "epochs"), ("seed", "seed"), ("threads", "num_threads")):
+                      ("epochs", "epochs"), ("seed", "seed"), ("threads", "num_threads"),
+                      ("precision", "precision")):
         value = getattr(args, flag)
         if value is not None:
             cfg[key] = value
@@ -149,7 +150,7 @@ def _add_train_parser(sub) -> None:  # sub: argparse._SubParsersAction
                     help="store URL: store the run there (default: train in memory only)")
     sp.add_argument("--dataset-id", type=int, default=None, help="a stored dataset (with --db)")
     sp.add_argument("--run-id", type=int, default=None, help="a queued run to execute (with --db)")
-    sp.add_argument("--preset", default="default", help="default or article")
+    sp.add_argument("--preset", default="default", help="default, audience or article")
     sp.add_argument("--objective", "--loss", dest="objective", default=None,
                     choices=("pointwise", "inbatch"))
     sp.add_argument("--protocol", default=None, choices=("T", "L"),
@@ -157,6 +158,9 @@ def _add_train_parser(sub) -> None:  # sub: argparse._SubParsersAction
     sp.add_argument("--epochs", type=int, default=None)
     sp.add_argument("--seed", type=int, default=None)
     sp.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
+    sp.add_argument("--precision", default=None, choices=("auto", "float32", "bfloat16"),
+                    help="the towers' matrix products while training (default auto: bfloat16 "
+                         "where the CPU has it natively)")
     sp.add_argument("--config-json", default=None, metavar="JSON",
                     help="TrainConfig fields overriding the preset, e.g. '{\"epochs\": 5}'")
     sp.add_argument("--no-project", action="store_true",

@@ -32,12 +32,13 @@ def test_train_file_in_memory_prints_summary_and_report(tiny_synthetic, tmp_path
     data = _write_ml_latest(tiny_synthetic, tmp_path / "ml")
     report = tmp_path / "report.json"
     rc = cli.main(["train", str(data), "--epochs", "1", "--protocol", "L", "--seed", "3",
-                   "--config-json", FAST, "--report", str(report)])
+                   "--precision", "float32", "--config-json", FAST, "--report", str(report)])
     out, err = capsys.readouterr()
     assert rc == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["run_id"] is None and summary["protocol"] == "L"
     assert summary["epochs_run"] == 1 and "i2u_recall@50" in summary
+    assert summary["precision"] == "float32"
     assert err.count("epoch 1/1") == 1                        # one progress line per epoch
     rep = json.loads(report.read_text())
     assert rep["test"]["auc"] == summary["test_auc"]
