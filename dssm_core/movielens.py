@@ -170,6 +170,15 @@ class ColumnMapping:
         # lists from a form or JSON arrive as lists; keep the dataclass hashable
         object.__setattr__(self, "user_attributes", tuple(self.user_attributes))
         object.__setattr__(self, "item_attributes", tuple(self.item_attributes))
+        roles = {c: role for c, role in ((self.timestamp, "timestamp"), (self.rating, "rating"),
+                                         (self.item, "item id"), (self.user, "user id"))
+                 if c}
+        for col, what in ((self.title, "the item title"), (self.genres, "the genres"),
+                          *((c, "a user attribute") for c in self.user_attributes),
+                          *((c, "an item attribute") for c in self.item_attributes)):
+            if col and col in roles:
+                raise ValueError(f"column {col!r} is already the {roles[col]} column; it cannot "
+                                 f"also be {what}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ColumnMapping":

@@ -80,10 +80,13 @@ def _mapping_form(source: Any, upload_key: str, files: list[str]) -> Any | None:
                         "users_file": None if users == NONE else users,
                         "items_file": None if items == NONE else items}
     columns = list(movielens.peek_columns(source, file=files_chosen["interactions_file"]))
-    low = [c.lower() for c in columns]
+    # titles and genres come from the items table when there is one
+    item_columns = (list(movielens.peek_columns(source, file=files_chosen["items_file"]))
+                    if files_chosen["items_file"] else columns)
 
-    def guess(*hints: str) -> int | None:
+    def guess(*hints: str, among: list[str] | None = None) -> int | None:
         """Index of the first column whose name contains one of the hints."""
+        low = [c.lower() for c in (columns if among is None else among)]
         for hint in hints:
             for i, name in enumerate(low):
                 if hint in name:
@@ -103,19 +106,42 @@ def _mapping_form(source: Any, upload_key: str, files: list[str]) -> Any | None:
         t = guess("timestamp", "time", "date", "when", "ts")
         ts = c[3].selectbox("Timestamp column", opt, index=0 if t is None else t + 1,
                             help="Unix seconds or date text. None: the row order is the time")
+        c = st.columns(4)
+        item_opt = [NONE] + item_columns
+        where = (f" (in {files_chosen['items_file']})" if files_chosen["items_file"] else "")
+        ti = guess("title", among=item_columns)
+        title = c[0].selectbox("Item title column" + where, item_opt,
+                               index=0 if ti is None else ti + 1,
+                               help="Shown in the audience search and the exported CSV")
+        g = guess("genre", among=item_columns)
+        genres = c[1].selectbox("Genres column" + where, item_opt,
+                                index=0 if g is None else g + 1,
+                                help="Several genres in one cell, split on the separator; "
+                                     "they feed the item tower and the audience insights")
+        genre_sep = c[2].text_input("Genre separator", "|", max_chars=3)
+        user_attrs: list[str] = []
+        item_attrs: list[str] = []
+        if not files_chosen["users_file"]:
+            user_attrs = st.multiselect(
+                "User attribute columns (optional)", columns,
+                help="Columns describing the user (age, gender, region...): features of the "
+                     "user tower, filters and insights for audiences")
+        if not files_chosen["items_file"]:
+            item_attrs = st.multiselect(
+                "Item attribute columns (optional)", columns,
+                help="Further columns describing the item (brand, category...)")
         submitted = st.form_submit_button("Preview with this mapping")
     if submitted:
-        st.session_state["_mapping"] = (upload_key, (user, item, rating, ts, files_chosen))
+        st.session_state["_mapping"] = (upload_key, dict(
+            user=user, item=item, rating=None if rating == NONE else rating,
+            timestamp=None if ts == NONE else ts, title=None if title == NONE else title,
+            genres=None if genres == NONE else genres, genre_sep=genre_sep or "|",
+            user_attributes=tuple(user_attrs), item_attributes=tuple(item_attrs),
+            **files_chosen))
     chosen = st.session_state.get("_mapping")
     if not chosen or chosen[0] != upload_key:
         return None
-    user, item, rating, ts, files_chosen = chosen[1]
-    return movielens.ColumnMapping(
-        user=user, item=item,
-        rating=None if rating == NONE else rating,
-        timestamp=None if ts == NONE else ts,
-        **files_chosen,
-    )
+    return movielens.ColumnMapping(**chosen[1])
 
 
 st.subheader("Upload")

@@ -344,6 +344,15 @@ def test_column_mapping_checks() -> None:
         ColumnMapping.from_dict({"user": "a", "itm": "b"})
     with pytest.raises(ValueError, match="needs 'item'"):
         ColumnMapping.from_dict({"user": "a"})
+    # a column has one role: an id, rating or time column is never also an attribute or title
+    with pytest.raises(ValueError, match="'a' is already the user id column; it cannot also "
+                                         "be a user attribute"):
+        ColumnMapping(user="a", item="b", user_attributes=("a",))
+    with pytest.raises(ValueError, match="'t' is already the timestamp column"):
+        ColumnMapping(user="a", item="b", timestamp="t", item_attributes=("t",))
+    with pytest.raises(ValueError, match="'b' is already the item id column; it cannot also "
+                                         "be the item title"):
+        ColumnMapping(user="a", item="b", title="b")
 
 
 def test_large_files_get_categorical_ids(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -332,6 +332,41 @@ def test_generic_csv_with_a_mapping_saves_implicit_data(app_store) -> None:
     assert (ds["name"], ds["n_interactions"], ds["rating_scale"]) == ("clicks", 24, None)
 
 
+def test_mapping_form_reads_titles_genres_and_attributes(app_store) -> None:
+    rows = "".join(f"c{u},p{(u * 3 + k) % 5},{1 + (u + k) % 5},{1_000 + 10 * u + k},"
+                   f"Film {(u * 3 + k) % 5},Drama|Comedy,{20 + u},B{(u * 3 + k) % 5}\n"
+                   for u in range(6) for k in range(3))
+    csv = ("customer,product,stars,when,title,genres,age,brand\n" + rows).encode()
+    at = new_app("pages/data.py")
+    at.file_uploader(key="upload").upload("shop.csv", csv, "text/csv").run()
+    assert not at.exception
+    picks = {s.label: s.value for s in at.selectbox}
+    # guessed from the header
+    assert picks["Item title column"] == "title" and picks["Genres column"] == "genres"
+    users_ms = next(m for m in at.multiselect if m.label.startswith("User attribute"))
+    items_ms = next(m for m in at.multiselect if m.label.startswith("Item attribute"))
+    users_ms.set_value(["age"])
+    items_ms.set_value(["brand"])
+    next(b for b in at.button if b.label == "Preview with this mapping").click().run()
+    assert not at.exception and not at.error
+    next(b for b in at.button if b.label == "Save dataset").click().run()
+    (meta,) = app_store.list_datasets()
+    ds = app_store.load_dataset(meta["id"])
+    assert list(ds.user_columns) == ["age"] and "brand" in ds.item_columns
+    items = ds.items.set_index(ds.items["item_id"].astype(str))
+    assert items.loc["p1", "title"] == "Film 1"
+    assert list(items.loc["p1", "genres"]) == ["Drama", "Comedy"]
+    # an id column offered as an attribute too: a clear message, nothing saved
+    at = new_app("pages/data.py")
+    at.file_uploader(key="upload").upload("shop.csv", csv, "text/csv").run()
+    next(m for m in at.multiselect if m.label.startswith("User attribute")).set_value(
+        ["customer"])
+    next(b for b in at.button if b.label == "Preview with this mapping").click().run()
+    assert not at.exception
+    assert any("already the user id column" in e.value for e in at.error)
+    assert len(app_store.list_datasets()) == 1
+
+
 def test_pages_never_import_torch_or_umap(tmp_path) -> None:
     """Home, Data, Train and Runs render without loading torch or umap (fast first paint)."""
     import subprocess
