@@ -52,6 +52,9 @@ MAX_NUMERIC_VALUES = 10
 #: A text attribute with more distinct values than this and than a fifth of the users is
 #: id-like (e.g. zip codes) and left out of insights.
 ID_LIKE_VALUES = 50
+#: A user column whose name holds one of these is a postal code: too many values to show, so
+#: it gets a companion column "<name> area", its first character (US zip: one of 10 areas).
+POSTAL_HINTS = ("zip", "postal", "postcode")
 FAVOURITE_GENRE = "favourite genre"
 NO_HISTORY = "(no history)"
 MISSING = "(missing)"
@@ -359,6 +362,29 @@ def favourite_genres(interactions: pd.DataFrame, items: pd.DataFrame,
     return out
 
 
+def with_postal_areas(users: pd.DataFrame) -> pd.DataFrame:
+    """``users`` plus "<col> area" (the code's first character, upper case) for each
+    postal-code-like text column with more than ``ID_LIKE_VALUES`` distinct values: codes that
+    insights, filters and map colours can show (they leave id-like columns out)."""
+    out = users
+    for col in list(users.columns):
+        s = users[col]
+        if (not any(h in str(col).lower() for h in POSTAL_HINTS)
+                or pd.api.types.is_numeric_dtype(s)
+                or s.nunique(dropna=True) <= ID_LIKE_VALUES):
+            continue
+        name = f"{col} area"
+        if name in users.columns:
+            continue
+        text = s.astype(object)
+        area = text.where(text.isna(), text.astype(str).str.strip().str.upper().str[:1])
+        area = area.where(area.astype(str).str.len() > 0, None)
+        if out is users:
+            out = users.copy()
+        out[name] = area
+    return out
+
+
 def load_run(store: "Store", run_id: int | None = None, *,
              block_rows: int = DEFAULT_BLOCK_ROWS) -> LoadedRun:
     """Load a succeeded run's vectors and its dataset's tables (newest succeeded if None)."""
@@ -376,6 +402,7 @@ def load_run(store: "Store", run_id: int | None = None, *,
     users = ds.users.copy()
     users["user_id"] = users["user_id"].astype(str)
     users = users.drop_duplicates("user_id").set_index("user_id").reindex(index.ids_)
+    users = with_postal_areas(users)
     items = ds.items.copy()
     items["item_id"] = items["item_id"].astype(str)
     items = items.drop_duplicates("item_id").set_index("item_id")

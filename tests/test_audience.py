@@ -373,3 +373,28 @@ def test_audience_on_a_really_trained_run(tmp_path: Path, tiny_synthetic) -> Non
     assert r.members["user_id"].tolist() == uids[order].tolist()
     np.testing.assert_allclose(r.members["score"], scores[order], atol=1e-5)
     store.dispose()
+
+
+def test_postal_codes_get_an_area_that_insights_can_show() -> None:
+    from dssm_core.audience import insights, with_postal_areas
+
+    rng = np.random.default_rng(0)
+    zips = np.array([f"{rng.integers(0, 10)}{rng.integers(0, 10_000):04d}" for _ in range(300)],
+                    dtype=object)
+    zips[:3] = ["t2n 1a4", None, ""]               # a Canadian code, missing, empty
+    users = pd.DataFrame({"zip": zips, "gender": rng.choice(["F", "M"], 300)},
+                         index=pd.Index([f"u{i}" for i in range(300)]))
+    out = with_postal_areas(users)
+    assert list(out.columns) == ["zip", "gender", "zip area"]
+    assert "zip area" not in users.columns                        # the input is not changed
+    assert out["zip area"].iloc[0] == "T"
+    assert pd.isna(out["zip area"].iloc[1]) and pd.isna(out["zip area"].iloc[2])
+    assert out["zip area"].iloc[3] == str(zips[3])[0]
+    ins = insights(np.arange(50), out)
+    # the raw zips are id-like and left out; their areas are shown, shares summing to 100 %
+    assert set(ins["attribute"]) == {"gender", "zip area"}
+    area = ins[ins["attribute"] == "zip area"]
+    assert area["audience_share"].sum() == pytest.approx(100.0)
+    # few distinct codes (or a column not named like a postal code): nothing added
+    few = pd.DataFrame({"zip": ["1", "2"] * 10, "code": [f"{i:05d}" for i in range(20)]})
+    assert list(with_postal_areas(few).columns) == ["zip", "code"]
