@@ -451,7 +451,7 @@ class FeatureEncoder:
         return out
 
     def _has_affinity(self) -> bool:
-        return bool(self.genre_vocab_) and getattr(self, "stats_version_", 1) >= 2
+        return bool(self.genre_vocab_) and self.stats_version_ >= 2
 
     def _stats(self, ctx: "_Context", kind: str, codes: np.ndarray,
                ranks: np.ndarray) -> np.ndarray:
@@ -473,7 +473,7 @@ class FeatureEncoder:
                                     + k * self.global_like_rate_) / denom,
                         self.global_like_rate_)
         cols = [mean, rate, np.log1p(n)]
-        if getattr(self, "stats_version_", 1) >= 2:
+        if self.stats_version_ >= 2:
             cols.append(index.sums("residual", start, end) / denom)       # bias, prior 0
             if kind == "user":
                 first = np.maximum(start, end - RECENT_WINDOW)
@@ -600,7 +600,7 @@ class FeatureEncoder:
         """Everything needed to transform data and rebuild the model's specs (JSON-able)."""
         self._check_fitted()
         return {
-            "version": int(getattr(self, "stats_version_", 1)),
+            "version": int(self.stats_version_),
             "params": {"history_len": int(self.history_len),
                        "label_threshold": float(self.label_threshold),
                        "embedding_dim": int(self.embedding_dim),
@@ -613,7 +613,7 @@ class FeatureEncoder:
             "item_counts": list(self.item_counts_),
             "global_mean_rating": self.global_mean_rating_,
             "global_like_rate": self.global_like_rate_,
-            "affinity": getattr(self, "affinity_", "residual"),
+            "affinity": self.affinity_,
             "user_attrs": self.user_attrs_,
             "item_attrs": self.item_attrs_,
             "genre_vocab": list(self.genre_vocab_),
@@ -694,8 +694,8 @@ class _Context:
         self.by_item = _EventIndex(icode, rank, stride, values)
         self._enc = enc
         self._n_genres = len(enc.genre_vocab_)
-        self._affinity = getattr(enc, "affinity_", "residual")
-        if not enc.implicit_ and getattr(enc, "stats_version_", 1) >= 2:
+        self._affinity = enc.affinity_
+        if not enc.implicit_ and enc.stats_version_ >= 2:
             # Residuals of each pool rating against what was known just before it: the item's
             # and the user's smoothed mean rating as of that rating's own time.
             k, g = float(enc.smoothing), enc.global_mean_rating_
@@ -707,7 +707,7 @@ class _Context:
             res_vs_item = rating - mean_before(self.by_item, icode)
             self.by_user.add("residual", res_vs_item)
             self.by_item.add("residual", rating - mean_before(self.by_user, ucode))
-        if self._n_genres and getattr(enc, "stats_version_", 1) >= 2:
+        if self._n_genres and enc.stats_version_ >= 2:
             # per event, what its genres' affinity sums: 1 (shares) or its residual
             per_event = (np.ones(len(rating)) if enc.implicit_ or self._affinity == "share"
                          else res_vs_item)

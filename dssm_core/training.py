@@ -344,12 +344,13 @@ def _rows(x: Mapping[str, Tensor]) -> int:
 
 def _eval_batches(model: DSSM, fn: Callable[[dict[str, Tensor]], Tensor],
                   x: Mapping[str, Tensor], batch_size: int, out: Tensor) -> Tensor:
-    """``out[rows] = fn(batch)`` over contiguous batches of ``x``, in eval mode, without
-    gradients; the model's mode is restored. Returns ``out``."""
+    """``out[rows] = fn(batch)`` over contiguous batches of ``x`` (tensors from ``_as_tensors``,
+    whose ids are range-checked), in eval mode, without gradients; the model's mode is
+    restored. Returns ``out``."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), model.ids_prechecked():
             for start in range(0, _rows(x), batch_size):
                 batch = {k: v[start:start + batch_size] for k, v in x.items()}
                 out[start:start + batch_size] = fn(batch)                      # (b, ...)
