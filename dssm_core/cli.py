@@ -109,9 +109,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             v = rec.get(key)
             return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
 
+        recall = (f" val_recall@50 {f('val_recall@50')}"
+                  if rec.get("val_recall@50") is not None else "")
         print(f"epoch {rec['epoch']}/{cfg.epochs} loss {f('train_loss')} "
               f"train_auc {f('train_auc')} val_auc {f('val_auc')} "
-              f"val_logloss {f('val_logloss')} {rec.get('seconds', 0.0):.2f}s",
+              f"val_logloss {f('val_logloss')}{recall} {rec.get('seconds', 0.0):.2f}s",
               file=sys.stderr, flush=True)
 
     try:
@@ -150,11 +152,15 @@ def _add_train_parser(sub) -> None:  # sub: argparse._SubParsersAction
                     help="store URL: store the run there (default: train in memory only)")
     sp.add_argument("--dataset-id", type=int, default=None, help="a stored dataset (with --db)")
     sp.add_argument("--run-id", type=int, default=None, help="a queued run to execute (with --db)")
-    sp.add_argument("--preset", default="default", help="default, audience or article")
+    sp.add_argument("--preset", default="audience",
+                    help="audience (default, as the app: who will interact, judged by recall "
+                         "under protocol A), default (who will like: AUC/logloss) or article")
     sp.add_argument("--objective", "--loss", dest="objective", default=None,
                     choices=("pointwise", "inbatch"))
-    sp.add_argument("--protocol", default=None, choices=("T", "L"),
-                    help="T: time split 80/20 (default); L: per user the last interaction")
+    sp.add_argument("--protocol", default=None, choices=("A", "L", "T"),
+                    help="A: the past 80%% of interactions vs the future, targetable users "
+                         "only (the audience preset's); L: per user the last interaction; "
+                         "T: time split 80/20 over everyone (the other presets')")
     sp.add_argument("--epochs", type=int, default=None)
     sp.add_argument("--seed", type=int, default=None)
     sp.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")

@@ -9,8 +9,11 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 OBJECTIVES = ("pointwise", "inbatch")
-PROTOCOLS = ("T", "L")
+PROTOCOLS = ("A", "L", "T")
 PRECISIONS = ("auto", "float32", "bfloat16")
+#: What early stopping may watch; "auto" = what the run is judged by: validation recall@50
+#: (mean of both directions) when the label is "interacted", validation AUC when "liked".
+MONITORS = ("auto", "val_recall@50", "val_auc", "val_logloss", "val_loss")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,13 @@ class TrainConfig:
         training rows) added per row with label 0, so the model also learns who interacts at
         all (what audience retrieval needs); the test rows get the same sampling, so test
         AUC/logloss then measure that mixture. 0 = rated pairs only, as the article.
+    negatives_by: how those negative items are drawn: "popularity" (count ** 0.75 + 1: the
+        model learns to prefer the long tail) or "uniform" (the model keeps the popularity
+        prior, which finds who interacts next).
+    user_negatives: per row, users drawn uniformly among the training users who never
+        interacted with its item, with label 0: the item->user side (which users for this
+        item; it teaches that active users interact more). Sampled the same way for
+        validation and test rows.
     id_dropout: in training, the probability of hiding a row's user_id/item_id (index 0), so
         the towers also learn from attributes and history alone (cold-start users and items).
     item_to_user_weight: "inbatch" only: weight w of the item->user softmax (each item picks its
@@ -40,6 +50,8 @@ class TrainConfig:
         = bfloat16 where the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), else
         float32. Evaluation and the stored embeddings are always float32. On ML-100K it made
         the article preset's steps 1.7x faster at the same test AUC (BENCHMARKS.md).
+    monitor: the validation figure early stopping watches and the kept epoch is best on
+        (``MONITORS``); "auto" = the one the run is judged by.
     """
 
     preset: str = "default"
@@ -60,12 +72,15 @@ class TrainConfig:
     history_len: int = 50
     negatives: int = 4
     explicit_negatives: int = 0
+    negatives_by: str = "popularity"
+    user_negatives: int = 0
     val_fraction: float = 0.125
     test_fraction: float = 0.2
     early_stopping_patience: int = 2
     id_dropout: float = 0.0
     item_to_user_weight: float = 0.0
     precision: str = "auto"
+    monitor: str = "auto"
     seed: int = 42
     num_threads: int = 1
 
@@ -88,12 +103,17 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.test_fraction < 1.0 or not 0.0 < self.val_fraction < 1.0:
             raise ValueError("test_fraction and val_fraction must be in (0, 1)")
-        if self.negatives < 0 or self.explicit_negatives < 0:
-            raise ValueError("negatives and explicit_negatives must be >= 0")
+        if self.negatives < 0 or self.explicit_negatives < 0 or self.user_negatives < 0:
+            raise ValueError("negatives, explicit_negatives and user_negatives must be >= 0")
+        if self.negatives_by not in ("popularity", "uniform"):
+            raise ValueError(
+                f"negatives_by must be 'popularity' or 'uniform', got {self.negatives_by!r}")
         if self.gamma <= 0:
             raise ValueError(f"gamma must be > 0, got {self.gamma}")
         if not 0.0 <= self.id_dropout < 1.0:
             raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 0.0 <= self.item_to_user_weight <= 1.0:
@@ -142,7 +162,7 @@ class TrainConfig:
 #: "default" (see BENCHMARKS.md).
 PRESETS: dict[str, TrainConfig] = {
     "default": TrainConfig(dropout=0.3, weight_decay=1e-5, history_len=10),
-    "audience": TrainConfig(preset="audience", embedding_dim=32, dropout=0.1,
+    "audience": TrainConfig(preset="audience", protocol="A", embedding_dim=32, dropout=0.1,
                             weight_decay=1e-5, label_threshold=0.0, explicit_negatives=4,
                             history_len=5),
     "article": TrainConfig(

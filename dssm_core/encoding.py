@@ -349,10 +349,13 @@ class FeatureEncoder:
         negatives: int = 0,
         seed: int = 0,
         known: np.ndarray | Sequence[int] | None = None,
+        negatives_by: str = "popularity",
+        user_negatives: int = 0,
     ) -> dict[str, np.ndarray]:
         """Both towers' features for the events at ``rows`` (positions into
         ``dataset.interactions``), each as of its own time, plus ``"label"`` (float32 0/1:
-        rating > label_threshold; 1 for implicit data).
+        rating > label_threshold; 1 for implicit data) and ``"item_ref"`` (int64: the row's
+        item as a position in ``dataset.items``; not a model input).
 
         pool: the interactions history and statistics may come from (default: all).
         negatives: per event, this many sampled items the user never interacted with (by
@@ -361,6 +364,11 @@ class FeatureEncoder:
         known: the rows that define "interacted with" for the negatives (default: all; pass
             the training rows when sampling training negatives, so that no held-out item is
             kept out of them).
+        negatives_by: how negative items are drawn: "popularity" or "uniform".
+        user_negatives: per event, this many users drawn uniformly from the training users
+            who never interacted with the event's item (in ``known``), appended with label 0
+            at the event's time: the item->user side of the question (which users, for this
+            item), which item negatives alone never ask.
         """
         self._check_fitted()
         rows = _check_rows(dataset, rows)
@@ -373,15 +381,23 @@ class FeatureEncoder:
         else:
             label = (inter["rating"].to_numpy(dtype=np.float64)[rows]
                      > self.label_threshold).astype(np.float32)
+        drawn = []
         if negatives > 0 and len(rows):
-            neg_items, neg_users, neg_ts = self.sample_negatives(dataset, rows, negatives,
-                                                                 seed=seed, known=known)
+            drawn.append(self.sample_negatives(dataset, rows, negatives, seed=seed,
+                                               known=known, by=negatives_by))
+        if user_negatives > 0 and len(rows):
+            drawn.append(self.sample_user_negatives(dataset, rows, user_negatives,
+                                                    seed=seed + 7919, known=known))
+        for neg_items, neg_users, neg_ts in drawn:
             users = np.concatenate([users, neg_users])
             items = np.concatenate([items, neg_items])
             ts = np.concatenate([ts, neg_ts])
             label = np.concatenate([label, np.zeros(len(neg_items), dtype=np.float32)])
         out = self.transform_pairs(dataset, users, items, ts, pool=pool)
         out["label"] = label
+        # each row's item as a position in dataset.items (-1: not listed): lets baselines key
+        # items the vocabulary maps to "unknown" (first seen after the training rows)
+        out["item_ref"] = pd.Index(as_str_array(dataset.items["item_id"])).get_indexer(items)
         return out
 
     def transform_pairs(
@@ -594,6 +610,51 @@ class FeatureEncoder:
                          int((~keep).sum()))
         draw, ucode, ts = draw[keep], ucode[keep], ts[keep]
         return all_items[draw], as_str_array(dataset.users["user_id"])[ucode], ts
+
+    def sample_user_negatives(
+        self,
+        dataset: Dataset,
+        rows: np.ndarray,
+        n: int,
+        *,
+        seed: int = 0,
+        known: np.ndarray | Sequence[int] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``n`` negative users per event at ``rows``: training users drawn uniformly who
+        never interacted with the event's item in the ``known`` rows (default: all), seeded;
+        a draw that still hits one after 10 redraws is dropped. Returns ``(item_ids,
+        user_ids, timestamps)`` (object, object, int64)."""
+        self._check_fitted()
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        rows = _check_rows(dataset, rows)
+        rng = np.random.default_rng(seed)
+        inter = dataset.interactions
+        all_users = as_str_array(dataset.users["user_id"])
+        user_index = pd.Index(all_users)
+        pool_users = user_index.get_indexer(np.asarray(self.user_vocab_, dtype=object))
+        pool_users = pool_users[pool_users >= 0]
+        if len(pool_users) == 0:
+            empty = np.zeros(0, dtype=object)
+            return empty, empty, np.zeros(0, dtype=np.int64)
+        n_users = len(all_users)
+        item_index = pd.Index(as_str_array(dataset.items["item_id"]))
+        ucode_all = user_index.get_indexer(as_str_array(inter["user_id"])).astype(np.int64)
+        icode_all = item_index.get_indexer(as_str_array(inter["item_id"])).astype(np.int64)
+        k_rows = np.arange(len(inter)) if known is None else _check_rows(dataset, known)
+        seen = np.unique(icode_all[k_rows] * n_users + ucode_all[k_rows])
+        icode = np.repeat(icode_all[rows], n)
+        ts = np.repeat(inter["timestamp"].to_numpy(dtype=np.int64)[rows], n)
+        draw = pool_users[rng.integers(0, len(pool_users), size=len(icode))]
+        hit = np.zeros(len(draw), dtype=bool)
+        for _ in range(10):
+            hit = np.isin(icode * n_users + draw, seen)
+            if not hit.any():
+                break
+            draw[hit] = pool_users[rng.integers(0, len(pool_users), size=int(hit.sum()))]
+        keep = ~hit
+        return (as_str_array(dataset.items["item_id"])[icode[keep]], all_users[draw[keep]],
+                ts[keep])
 
     # ---------------------------------------------------------------- JSON
     def to_json(self) -> dict[str, Any]:

@@ -37,7 +37,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -45,14 +45,14 @@ import pandas as pd
 from .config import TrainConfig
 from .dataset import Dataset
 from .encoding import FeatureEncoder, as_str_array
-from . import metrics
+from . import evaluation, metrics, peers
 
 log = logging.getLogger(__name__)
 
 #: Cut-offs of every retrieval metric in a summary.
-KS = (10, 50, 100)
-#: Score-matrix rows evaluated at once (bounds memory on large catalogues).
-EVAL_CHUNK = 512
+KS = evaluation.KS
+#: The validation figure retrieval runs stop on: mean of both directions' recall@50.
+VAL_RECALL = "val_recall@50"
 #: Pseudo-count of the item-mean baseline (pulls rarely seen items to the global like-rate).
 BASELINE_SMOOTHING = 5.0
 #: How often (seconds) ``run_training`` asks the store whether a cancel was requested.
@@ -66,6 +66,11 @@ PROTOCOL_DESCRIPTIONS = {
     "L": ("leave-last-out: per user with >= 2 interactions the last one is the test, the rest "
           "train (last eighth by time validation); features from training rows only; every "
           "held-out interaction is relevant; already-seen removed, exact search"),
+    "A": ("audience: interactions ordered by (time, row), the first 80% are the past (its last "
+          "eighth validation), the rest the future; any rating is an interaction; candidates "
+          "are users with a past row (targetable) and items with a past row (known); relevant "
+          "= future pairs not in the past; features and vectors from the past only; exact "
+          "search, already-seen removed, recall pooled over relevant pairs (micro)"),
 }
 
 
@@ -78,8 +83,10 @@ class Split:
     """Row positions (into ``dataset.interactions``) of one evaluation protocol.
 
     train: rows the model is fitted on (encoders too). val: rows for early stopping.
-    test: held-out rows. split_time: T: the first test timestamp; L: None.
-    pool: rows history and statistics may come from (None = every interaction).
+    test: held-out rows. split_time: T and A: the first test timestamp; L: None.
+    pool: rows history and statistics may come from (None = every interaction). Under A
+    the past (train + validation): the future's rows never feed a feature, even rows that
+    share the split's second.
     """
 
     protocol: str
@@ -98,10 +105,14 @@ class Split:
 
 @dataclass
 class TrainResult:
-    """Everything one in-memory training produced.
+    """Everything one in-memory training produced. Two sets of vectors, (N, D) float32 each,
+    aligned with ``user_ids`` / ``item_ids`` (every user/item of the dataset):
 
-    user_ids/user_vectors, item_ids/item_vectors: every user/item of the dataset embedded with
-    its features as of the end of the data (what the audience pages search), (N, D) float32.
+    - ``eval_user_vectors`` / ``eval_item_vectors``: as of the split (features from the
+      known rows only): what the test figures were computed with. Evaluate with these.
+    - ``audience_user_vectors`` / ``audience_item_vectors``: as of the end of the data
+      (held-out interactions included): what is stored and what audiences search. Never
+      evaluate with these: they have seen the test.
     """
 
     model: Any
@@ -112,9 +123,11 @@ class TrainResult:
     fit: Any
     summary: dict[str, Any]
     user_ids: np.ndarray
-    user_vectors: np.ndarray
     item_ids: np.ndarray
-    item_vectors: np.ndarray
+    eval_user_vectors: np.ndarray
+    eval_item_vectors: np.ndarray
+    audience_user_vectors: np.ndarray
+    audience_item_vectors: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -146,6 +159,15 @@ def split(dataset: Dataset, cfg: TrainConfig) -> Split:
         train, val, test = order[:n_known - n_val], order[n_known - n_val:n_known], order[n_known:]
         return Split("T", np.sort(train), np.sort(val), np.sort(test), int(ts[test].min()),
                      None, desc)
+    if cfg.protocol == "A":
+        n_past = int(math.floor(n * (1.0 - cfg.test_fraction) + 1e-9))
+        n_val = int(round(n_past * cfg.val_fraction))
+        if n_past - n_val < 1 or n_val < 1 or n - n_past < 1:
+            raise ValueError(f"split leaves an empty part (n={n}, past={n_past}, val={n_val})")
+        past, future = order[:n_past], order[n_past:]
+        train, val = past[:n_past - n_val], past[n_past - n_val:]
+        return Split("A", np.sort(train), np.sort(val), np.sort(future), int(ts[future[0]]),
+                     np.sort(past), desc)
     # L: the last interaction of every user with at least two
     users = as_str_array(inter["user_id"])
     codes = pd.factorize(users)[0]
@@ -210,24 +232,27 @@ def _train(
     # negatives. The test gets them exactly as training does (none by default: rated pairs).
     neg = int(cfg.negatives) if dataset.implicit else int(cfg.explicit_negatives)
     known = sp.known
-    x_train = enc.transform_events(dataset, sp.train, pool=sp.pool, negatives=neg,
-                                   seed=cfg.seed, known=known)
-    x_val = enc.transform_events(dataset, sp.val, pool=sp.pool, negatives=neg,
-                                 seed=cfg.seed + 1, known=known)
-    x_test = enc.transform_events(dataset, sp.test, pool=sp.pool, negatives=neg,
-                                  seed=cfg.seed + 2)
+    draw = {"negatives": neg, "negatives_by": cfg.negatives_by,
+            "user_negatives": int(cfg.user_negatives)}
+    x_train = enc.transform_events(dataset, sp.train, pool=sp.pool, seed=cfg.seed,
+                                   known=known, **draw)
+    x_val = enc.transform_events(dataset, sp.val, pool=sp.pool, seed=cfg.seed + 1,
+                                 known=known, **draw)
+    x_test = enc.transform_events(dataset, sp.test, pool=sp.pool, seed=cfg.seed + 2, **draw)
     t_features = time.perf_counter() - t0
     if x_train["label"].min() == x_train["label"].max():
         raise ValueError("the training rows hold a single class: change label_threshold")
 
     model = DSSM(enc.user_specs_, enc.item_specs_, cfg)
+    monitor, validator = _monitor(model, enc, dataset, sp, cfg)
     fr = training.fit(model, x_train, x_val, cfg, on_epoch_end=on_epoch_end,
-                      should_stop=should_stop)
+                      should_stop=should_stop, monitor=monitor, validator=validator)
     if fr.stopped == "cancelled":
         raise TrainingCancelled("training cancelled")
     t1 = time.perf_counter()
+    eval_u, eval_i = eval_vectors(model, enc, dataset, sp)
     summary = evaluate(model, enc, dataset, sp, cfg, x_train=x_train, x_val=x_val,
-                       x_test=x_test)
+                       x_test=x_test, vectors=(eval_u, eval_i))
     t_eval = time.perf_counter() - t1
 
     # what the audience pages search: everyone as of the end of the data
@@ -248,6 +273,7 @@ def _train(
         "n_test": int(len(sp.test)),
         "epochs_run": len(fr.history),
         "best_epoch": int(fr.best_epoch),
+        "monitor": fr.monitor,
         "stopped": fr.stopped,
         "seconds_per_epoch": float(np.mean(seconds)) if seconds else None,
         "train_samples_per_second": float(fr.samples_per_second),
@@ -256,13 +282,157 @@ def _train(
         "eval_seconds": round(t_eval, 3),
     })
     return TrainResult(model=model, encoder=enc, cfg=cfg, split=sp, history=list(fr.history),
-                       fit=fr, summary=summary, user_ids=user_ids, user_vectors=user_vectors,
-                       item_ids=item_ids, item_vectors=item_vectors,
+                       fit=fr, summary=summary, user_ids=user_ids, item_ids=item_ids,
+                       eval_user_vectors=eval_u, eval_item_vectors=eval_i,
+                       audience_user_vectors=user_vectors, audience_item_vectors=item_vectors,
                        timings={"features": t_features, "eval": t_eval,
                                 "total": time.perf_counter() - t0})
 
 
+def judged_by_retrieval(dataset: Dataset, cfg: TrainConfig) -> bool:
+    """True when the run's label is "interacted" (implicit data, or every rating counts),
+    so it is judged by retrieval recall; False for "liked" (judged by AUC)."""
+    if dataset.implicit:
+        return True
+    ratings = dataset.interactions["rating"].to_numpy(dtype=np.float64)
+    return bool(len(ratings)) and float(np.nanmin(ratings)) > cfg.label_threshold
+
+
+def _monitor(model: Any, enc: FeatureEncoder, dataset: Dataset, sp: Split, cfg: TrainConfig
+             ) -> tuple[str, Callable[[Any], dict[str, Any]] | None]:
+    """What early stopping watches (``cfg.monitor``; "auto" = what the task is judged by)
+    and, for retrieval, the per-epoch validator that measures it."""
+    monitor = cfg.monitor
+    if monitor == "auto":
+        monitor = VAL_RECALL if judged_by_retrieval(dataset, cfg) else "val_auc"
+    if monitor != VAL_RECALL:
+        return monitor, None
+    from . import training
+
+    val_q = validation_question(dataset, sp)
+    _, u_table = enc.user_table(dataset, None, pool=sp.train)
+    _, i_table = enc.item_table(dataset, None, pool=sp.train)
+
+    def validate(m: Any) -> dict[str, Any]:
+        scorer = evaluation.VectorScorer(training.embed(m, "user", u_table),
+                                         training.embed(m, "item", i_table))
+        fig = evaluation.ask(val_q, {"model": scorer}, ks=(50,), shares=())
+        return {"val_i2u_recall@50": fig["i2u_recall@50"],
+                "val_u2i_recall@50": fig["u2i_recall@50"],
+                VAL_RECALL: evaluation.recall_score(fig)}
+
+    return monitor, validate
+
+
 # ------------------------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class _Codes:
+    """Every interaction's user and item code (position in ``dataset.users`` / ``.items``)."""
+
+    user: np.ndarray
+    item: np.ndarray
+    n_users: int
+    n_items: int
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> "_Codes":
+        inter = dataset.interactions
+        user_index = pd.Index(as_str_array(dataset.users["user_id"]))
+        item_index = pd.Index(as_str_array(dataset.items["item_id"]))
+        u = user_index.get_indexer(as_str_array(inter["user_id"]))
+        i = item_index.get_indexer(as_str_array(inter["item_id"]))
+        if (u < 0).any() or (i < 0).any():       # the Dataset contract lists everyone
+            raise ValueError("an interaction names a user or item missing from the tables")
+        return cls(u.astype(np.int64), i.astype(np.int64), len(user_index), len(item_index))
+
+    def rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.user[rows], self.item[rows]
+
+
+def test_question(dataset: Dataset, sp: Split, cfg: TrainConfig,
+                  codes: "_Codes | None" = None) -> evaluation.Question:
+    """The audience question of ``sp``'s test (see ``evaluation``): A: future pairs among
+    targetable users and known items; L: every held-out pair; T: positive held-out pairs
+    whose item occurs in the known rows. Past = the known (train + validation) rows."""
+    c = codes or _Codes.of(dataset)
+    known = sp.known
+    if sp.protocol == "A":
+        return evaluation.future_question(c.user, c.item, known, sp.test, c.n_users,
+                                          c.n_items)
+    test = sp.test
+    if sp.protocol == "T":
+        if not dataset.implicit:
+            test = test[dataset.interactions["rating"].to_numpy()[test] > cfg.label_threshold]
+        seen_items = np.bincount(c.item[known], minlength=c.n_items) > 0
+        test = test[seen_items[c.item[test]]]
+    return evaluation.heldout_question(c.user, c.item, known, test, c.n_users, c.n_items)
+
+
+def validation_question(dataset: Dataset, sp: Split,
+                        codes: "_Codes | None" = None) -> evaluation.Question:
+    """Every protocol's validation question: protocol A's rule inside the known rows, with
+    the training rows as the past and the validation rows as the future."""
+    c = codes or _Codes.of(dataset)
+    return evaluation.future_question(c.user, c.item, sp.train, sp.val, c.n_users, c.n_items)
+
+
+def eval_vectors(model: Any, enc: FeatureEncoder, dataset: Dataset, sp: Split, *,
+                 validation: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Every user's and item's vector as the evaluation may know them: as of the split (the
+    test question) or as of the end of the training rows (``validation``). Never as of the
+    end of the data. -> (users (U, D), items (I, D)) float32."""
+    from . import training
+
+    if validation:
+        as_of, pool = None, sp.train
+    elif sp.protocol == "T":
+        as_of, pool = sp.split_time, None
+    else:
+        as_of, pool = None, sp.pool
+    _, u_table = enc.user_table(dataset, as_of, pool=pool)
+    _, i_table = enc.item_table(dataset, as_of, pool=pool)
+    return training.embed(model, "user", u_table), training.embed(model, "item", i_table)
+
+
+@dataclass
+class Peers:
+    """Popularity and EASE fitted on the past of one question, lambda chosen on validation."""
+
+    scorers: dict[str, Any]
+    ease_lambda: float | None
+    ease_note: str | None
+    validation: dict[str, Any]
+
+
+def fit_peers(val_q: evaluation.Question, test_q: evaluation.Question, *,
+              lambdas: tuple[float, ...] = peers.EASE_LAMBDAS) -> Peers:
+    """Popularity and EASE for ``test_q``. EASE's lambda is the one with the best mean
+    recall@50 on ``val_q`` (fitted on its past), refitted on ``test_q``'s past."""
+    scorers: dict[str, Any] = {"popularity": peers.Popularity(test_q.past)}
+    val_scorers: dict[str, Any] = {"popularity": peers.Popularity(val_q.past)}
+    note = peers.ease_skip_reason(test_q.n_items)
+    best: float | None = None
+    val_figures: dict[str, Any] = {}
+    if note is None:
+        gram = peers.gram_matrix(val_q.past)
+        best_score = -1.0
+        for lam in lambdas:
+            ease = peers.EASE(val_q.past, lam, gram=gram)
+            fig = evaluation.ask(val_q, {"ease": ease}, shares=())
+            score = evaluation.recall_score(fig, tag="baseline_ease_")
+            val_figures[f"ease_lambda_{lam:g}"] = score
+            if score is not None and score > best_score:
+                best, best_score = lam, score
+                val_scorers["ease"] = ease
+        del gram
+        if best is None:                  # no validation pair at all: the middle of the grid
+            best = lambdas[len(lambdas) // 2]
+            val_scorers["ease"] = peers.EASE(val_q.past, best)
+        scorers["ease"] = peers.EASE(test_q.past, best)
+    val_figures.update(evaluation.ask(val_q, val_scorers, prefix="val_"))
+    return Peers(scorers, best, note, val_figures)
+
+
 def evaluate(
     model: Any,
     enc: FeatureEncoder,
@@ -273,76 +443,47 @@ def evaluate(
     x_train: dict[str, np.ndarray],
     x_val: dict[str, np.ndarray],
     x_test: dict[str, np.ndarray],
+    with_peers: bool = True,
+    vectors: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Test AUC/logloss and both retrieval directions for the model and the baselines."""
-    from . import training
-
+    """Test AUC/logloss and the audience question (both directions) for the model and, on
+    the same split, the peers: item-mean (AUC/logloss), popularity and EASE (retrieval).
+    Also the validation figures (prefix ``val_``) every choice is made on. ``vectors``: the
+    model's ``eval_vectors`` when the caller has them already."""
     out: dict[str, Any] = {"protocol": sp.protocol, "protocol_description": sp.description}
     y = x_test["label"]
+    from . import training
+
     p = training.predict(model, x_test)
     out.update(_auc_logloss("test", y, p))
     out["test_positive_rate"] = float(y.mean()) if len(y) else None
     out["test_rows"] = int(len(y))                 # rated/observed test rows + sampled negatives
-    # item-mean like-rate baseline, fitted on train + validation labels
-    # (with sampled negatives where the run samples them: the same mixture as the test)
-    known_item = np.concatenate([x_train["item_id"], x_val["item_id"]])
+    # item-mean like-rate baseline, fitted on train + validation labels by item (items first
+    # seen in validation keep their own rate), with sampled negatives where the run samples
+    # them: the same mixture as the test
+    known_item = np.concatenate([x_train["item_ref"], x_val["item_ref"]])
     known_label = np.concatenate([x_train["label"], x_val["label"]]).astype(np.float64)
-    p_base = item_mean_baseline(known_item, known_label, x_test["item_id"])
+    p_base = item_mean_baseline(known_item + 1, known_label, x_test["item_ref"] + 1)
     out.update(_auc_logloss("baseline_item_mean_test", y, p_base))
 
-    # retrieval
-    inter = dataset.interactions
-    users = as_str_array(inter["user_id"])
-    items = as_str_array(inter["item_id"])
-    user_index = pd.Index(as_str_array(dataset.users["user_id"]))
-    item_index = pd.Index(as_str_array(dataset.items["item_id"]))
-    ucode = user_index.get_indexer(users)
-    icode = item_index.get_indexer(items)
-    listed = (ucode >= 0) & (icode >= 0)        # (the Dataset contract lists everyone)
-    known = sp.known[listed[sp.known]]
-    if sp.protocol == "T":
-        as_of: int | None = sp.split_time
-        if dataset.implicit:
-            test = sp.test
-        else:
-            test = sp.test[inter["rating"].to_numpy()[sp.test] > cfg.label_threshold]
-        pool = None
-    else:
-        as_of = None
-        test = sp.test
-        pool = sp.pool
-    _, u_table = enc.user_table(dataset, as_of, pool=pool)
-    _, i_table = enc.item_table(dataset, as_of, pool=pool)
-    U = training.embed(model, "user", u_table)                             # (n_users, D)
-    V = training.embed(model, "item", i_table)                             # (n_items, D)
-    n_users, n_items = len(user_index), len(item_index)
-    user_pop = np.bincount(ucode[known], minlength=n_users).astype(np.float64)
-    item_pop = np.bincount(icode[known], minlength=n_items).astype(np.float64)
-    seen = pd.DataFrame({"u": ucode[known], "i": icode[known]})
-    test = test[listed[test]]
-    tq = pd.DataFrame({"u": ucode[test], "i": icode[test]})
-    if sp.protocol == "T":      # the audience question: items seen in training only
-        tq = tq[item_pop[tq["i"].to_numpy()] > 0]
-    out["i2u_queries"] = int(len(tq))
-    out["u2i_queries"] = int(len(tq))
-    for direction, q_col, c_col, Q, C, pop in (
-        ("i2u", "i", "u", V, U, user_pop),
-        ("u2i", "u", "i", U, V, item_pop),
-    ):
-        model_counts, pop_counts = [], []
-        for qids, rel, exc in _grouped(tq, seen, q_col, c_col, C.shape[0]):
-            s = Q[qids] @ C.T                                              # (q, N)
-            model_counts.append(metrics.ranking_counts(s, rel, KS, exc))
-            s_pop = np.broadcast_to(pop, (len(qids), len(pop)))
-            pop_counts.append(metrics.ranking_counts(s_pop, rel, KS, exc))
-        for prefix, counts in ((direction, model_counts),
-                               (f"baseline_popularity_{direction}", pop_counts)):
-            res = metrics.summarize(_concat(counts), KS, average="relevant") if counts else {}
-            for k in KS:
-                for m in ("recall", "ndcg"):
-                    name = metrics.metric_name(m, k)
-                    out[f"{prefix}_{name}"] = _finite(res.get(name))
-    return out
+    codes = _Codes.of(dataset)
+    test_q = test_question(dataset, sp, cfg, codes)
+    val_q = validation_question(dataset, sp, codes)
+    U, V = vectors if vectors is not None else eval_vectors(model, enc, dataset, sp)
+    scorers: dict[str, Any] = {"model": evaluation.VectorScorer(U, V)}
+    if with_peers:
+        pe = fit_peers(val_q, test_q)
+        scorers.update(pe.scorers)
+        out.update(pe.validation)
+        out["ease_lambda"] = pe.ease_lambda
+        out["ease_note"] = pe.ease_note
+    Uv, Vv = eval_vectors(model, enc, dataset, sp, validation=True)
+    out.update(evaluation.ask(val_q, {"model": evaluation.VectorScorer(Uv, Vv)},
+                              prefix="val_"))
+    out.update(evaluation.ask(test_q, scorers))
+    out["test_targetable_users"] = test_q.candidates("i2u")
+    out["test_known_items"] = test_q.candidates("u2i")
+    return {k: (_finite(v) if isinstance(v, float) else v) for k, v in out.items()}
 
 
 def item_mean_baseline(train_items: np.ndarray, train_labels: np.ndarray,
@@ -374,35 +515,6 @@ def _finite(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _unique_per(df: pd.DataFrame, by: str, col: str) -> pd.Series:
-    """The sorted distinct ``col`` values of each ``by`` group, as one array per group.
-
-    (Not ``.agg(lambda s: np.unique(...))``: pandas 2.2 refuses an aggregate that is an array.)
-    """
-    g = df.groupby(by)[col].unique()
-    return pd.Series([np.unique(v) for v in g.to_numpy()], index=g.index, dtype=object)
-
-
-def _grouped(tq: pd.DataFrame, seen: pd.DataFrame, q_col: str, c_col: str, n_cand: int
-             ) -> Iterator[tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]]:
-    """Chunks of (query codes, relevant candidate codes, excluded candidate codes)."""
-    if len(tq) == 0:
-        return
-    rel = _unique_per(tq, q_col, c_col)
-    qids = rel.index.to_numpy()
-    seen_q = seen[seen[q_col].isin(qids)]
-    exc = _unique_per(seen_q, q_col, c_col)
-    empty = np.zeros(0, dtype=np.int64)
-    for start in range(0, len(qids), EVAL_CHUNK):
-        chunk = qids[start:start + EVAL_CHUNK]
-        yield (chunk, [rel.loc[q] for q in chunk],
-               [exc.loc[q] if q in exc.index else empty for q in chunk])
-
-
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
 # ------------------------------------------------------------------------------------ store
 def report(summary: dict[str, Any], run_id: int | None = None) -> dict[str, Any]:
     """The nested JSON report of one run (the CLI's ``--report``) from its flat summary."""
@@ -421,6 +533,14 @@ def report(summary: dict[str, Any], run_id: int | None = None) -> dict[str, Any]
         "baseline_popularity": {"retrieval": {
             "item_to_user": block("baseline_popularity_i2u"),
             "user_to_item": block("baseline_popularity_u2i")}},
+        "baseline_ease": {"lambda": summary.get("ease_lambda"),
+                          "note": summary.get("ease_note"),
+                          "retrieval": {
+                              "item_to_user": block("baseline_ease_i2u"),
+                              "user_to_item": block("baseline_ease_u2i")}},
+        "validation": {"retrieval": {
+            "item_to_user": block("val_i2u"), "user_to_item": block("val_u2i")}},
+        "verdict": peer_verdict(summary),
         "baseline_item_mean": {"test": {
             "auc": summary.get("baseline_item_mean_test_auc"),
             "logloss": summary.get("baseline_item_mean_test_logloss")}},
@@ -430,6 +550,28 @@ def report(summary: dict[str, Any], run_id: int | None = None) -> dict[str, Any]
         "epochs_run": summary.get("epochs_run"),
         "summary": summary,
     }
+
+
+#: What each peer is called in a verdict.
+PEER_NAMES = {"popularity": "popularity", "ease": "EASE"}
+DIRECTION_NAMES = {"i2u": "item→user (audiences)", "u2i": "user→item (recommendations)"}
+
+
+def peer_verdict(summary: dict[str, Any], k: int = 50) -> list[str]:
+    """Plain sentences, one per (direction, peer) where the run's model finds fewer of the
+    test's relevant pairs in its top ``k`` than a simple peer on the same split; empty when
+    it wins or ties everywhere (or nothing was measured)."""
+    out = []
+    for d, dname in DIRECTION_NAMES.items():
+        mine = summary.get(f"{d}_recall@{k}")
+        if mine is None:
+            continue
+        for peer, pname in PEER_NAMES.items():
+            theirs = summary.get(f"baseline_{peer}_{d}_recall@{k}")
+            if theirs is not None and float(theirs) > float(mine):
+                out.append(f"On its own test, {pname} beats this model {dname}: recall@{k} "
+                           f"{float(theirs):.3f} vs the model's {float(mine):.3f}.")
+    return out
 
 
 def _weights_bytes(model: Any) -> bytes:
@@ -488,8 +630,8 @@ def run_training(
         store.finish_run(
             run_id, summary=result.summary, weights=_weights_bytes(result.model),
             encoders=result.encoder.to_json(), user_ids=result.user_ids,
-            user_vectors=result.user_vectors, item_ids=result.item_ids,
-            item_vectors=result.item_vectors)
+            user_vectors=result.audience_user_vectors, item_ids=result.item_ids,
+            item_vectors=result.audience_item_vectors)
     except (TrainingCancelled, KeyboardInterrupt):
         log.info("run %d cancelled", run_id)
         _safe_fail(store, run_id, "cancelled by request", "cancelled")

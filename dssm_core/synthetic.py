@@ -73,11 +73,23 @@ def generate(
     days: int = 365,
     affinity: float = 8.0,
     seed: int = 7,
+    tail: float = 1.2,
+    activity_sigma: float = 0.8,
+    active_days: int | None = None,
+    half_stars: bool = False,
+    demographics: bool = True,
+    name: str = "Demo (synthetic)",
 ) -> Dataset:
     """Build the demo dataset; the same arguments always give the same frames.
 
     affinity: how many times likelier a user is to pick an item of their own taste group
         (1.0 = no planted structure).
+    tail: Pareto shape of item popularity (smaller = longer tail).
+    activity_sigma: spread (log-normal sigma) of how many interactions users have.
+    active_days: each user is active for at most this many days after joining (None: from
+        joining to the end of the period).
+    half_stars: ratings in steps of 0.5 from 0.5 to 5 (as MovieLens since 2003).
+    demographics: False = the users table holds ids only.
     """
     if n_users < 2 or n_items < 2:
         raise ValueError("need at least 2 users and 2 items")
@@ -107,7 +119,7 @@ def generate(
         genres.append(sorted(gs))
         years[i] = int(rng.integers(grp.years[0], grp.years[1] + 1))
         titles.append(f"{rng.choice(_ADJ)} {rng.choice(_NOUN)} ({years[i]})")
-    popularity = rng.pareto(1.2, n_items) + 1.0                      # long tail
+    popularity = rng.pareto(tail, n_items) + 1.0                     # long tail
     quality = rng.normal(0.0, 0.4, n_items)
 
     # Users: a group each; demographics lean towards the group's profile.
@@ -124,7 +136,7 @@ def generate(
         zips.append(region + f"{int(rng.integers(0, 10_000)):04d}")
 
     # How many interactions each user has: log-normal activity, at least 1, summing exactly.
-    activity = rng.lognormal(0.0, 0.8, n_users)
+    activity = rng.lognormal(0.0, activity_sigma, n_users)
     counts = np.maximum(1, np.floor(activity / activity.sum() * n_interactions)).astype(np.int64)
     counts = np.minimum(counts, n_items)
     deficit = n_interactions - int(counts.sum())
@@ -154,8 +166,14 @@ def generate(
         items_u = rng.choice(n_items, size=k, replace=False, p=pick_p[g])
         same = item_group[items_u] == g
         mean = 3.0 + np.where(same, 1.1, -0.5) + quality[items_u]
-        r = np.clip(np.rint(mean + rng.normal(0.0, 0.8, k)), 1, 5)
-        t = START_TS + join[u] + np.sort(rng.integers(0, period - join[u], k))
+        if half_stars:
+            r = np.clip(np.rint(2 * (mean + rng.normal(0.0, 0.8, k))) / 2, 0.5, 5)
+        else:
+            r = np.clip(np.rint(mean + rng.normal(0.0, 0.8, k)), 1, 5)
+        span = period - join[u]
+        if active_days is not None:
+            span = max(1, min(span, int(rng.integers(1, active_days + 1)) * 86_400))
+        t = START_TS + join[u] + np.sort(rng.integers(0, span, k))
         u_rows.append(np.full(k, u))
         i_rows.append(items_u)
         r_rows.append(r)
@@ -171,6 +189,8 @@ def generate(
 
     users = pd.DataFrame({"user_id": user_ids, "gender": gender, "age": age,
                           "occupation": occ, "zip": zips})
+    if not demographics:
+        users = users[["user_id"]]
     items = pd.DataFrame({"item_id": item_ids, "title": titles, "genres": genres,
                           "year": years})
     truth = {
@@ -180,5 +200,27 @@ def generate(
     }
     return Dataset(
         interactions=interactions, users=users, items=items, format="synthetic",
-        name="Demo (synthetic)", rating_scale=(1.0, 5.0), warnings=[], truth=truth,
+        name=name, rating_scale=(0.5 if half_stars else 1.0, 5.0), warnings=[], truth=truth,
     )
+
+
+#: Synthetic stand-ins for MovieLens releases of other shapes than ML-100K (the product is
+#: judged on data it has never seen; these are for benchmarks, never for choosing on test).
+#: "latest-small": few users over 20 years, a 9k-item long tail, half stars, ids only.
+#: "many-short": many users with short histories over 10 years, half stars, ids only.
+SHAPES: dict[str, dict] = {
+    "demo": {},
+    "latest-small": dict(n_users=700, n_items=9_000, n_interactions=100_000, days=20 * 365,
+                         tail=0.9, activity_sigma=1.2, active_days=400, half_stars=True,
+                         demographics=False, seed=11, name="Synthetic latest-small shape"),
+    "many-short": dict(n_users=8_000, n_items=3_000, n_interactions=100_000, days=10 * 365,
+                       tail=1.0, activity_sigma=0.9, active_days=60, half_stars=True,
+                       demographics=False, seed=13, name="Synthetic many-short shape"),
+}
+
+
+def shaped(shape: str) -> Dataset:
+    """The synthetic dataset of one of ``SHAPES``."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+    return generate(**SHAPES[shape])

@@ -52,7 +52,7 @@ TRAIN_METRIC_ROWS = 20_000
 EPOCH_KEYS = ("epoch", "train_loss", "train_auc", "train_logloss", "val_loss", "val_auc",
               "val_logloss", "seconds")
 #: Metrics early stopping can watch, and whether higher is better.
-MONITORS = {"val_loss": False, "val_logloss": False, "val_auc": True}
+MONITORS = {"val_loss": False, "val_logloss": False, "val_auc": True, "val_recall@50": True}
 STOP_REASONS = ("completed", "early", "cancelled")
 
 
@@ -129,6 +129,7 @@ def fit(
     temperature: float | None = None,
     logq: bool = True,
     positives_only: bool = True,
+    validator: Callable[[DSSM], dict[str, Any]] | None = None,
 ) -> FitResult:
     """Train ``model`` in place with Adam; restore the best epoch's weights; return the record.
 
@@ -142,6 +143,9 @@ def fit(
         rows: BCE, or the in-batch softmax over validation positives in fixed batches);
         default val_logloss for "pointwise", val_auc for "inbatch" (whose probabilities are
         not calibrated; on ML-100K its val_loss bottomed out epochs before recall did).
+    validator: called with the model (eval mode) after every epoch; the figures it returns
+        join the epoch's record (how the retrieval task measures validation recall, which
+        ``monitor="val_recall@50"`` then watches).
     item_to_user_weight / temperature / logq: "inbatch" options overriding the config (see
         ``losses.InBatchSoftmax``).
     positives_only: "inbatch" trains on ``label == 1`` rows (default); False trains on every
@@ -152,6 +156,8 @@ def fit(
         monitor = "val_auc" if cfg.objective == "inbatch" else "val_logloss"
     if monitor not in MONITORS:
         raise ValueError(f"monitor must be one of {sorted(MONITORS)}, got {monitor!r}")
+    if monitor == "val_recall@50" and validator is None:
+        raise ValueError("monitor 'val_recall@50' needs a validator that measures it")
     specs = model.feature_specs
     x_train, y_train = _as_tensors(train, specs, "train", need_label=True)
     if y_train is None:
@@ -282,12 +288,15 @@ def fit(
                 "val_logloss": val_logloss,
                 "seconds": time.perf_counter() - t0,
             }
+            if validator is not None and x_val is not None:
+                model.eval()
+                record.update(validator(model))
             result.history.append(record)
             log.info("epoch %d: %s", epoch, record)
             if on_epoch_end is not None:
                 on_epoch_end(dict(record))
 
-            value = record[monitor]
+            value = record.get(monitor)
             if x_val is None or value is None:
                 best_state, result.best_epoch = None, epoch     # no validation: keep the last
                 continue

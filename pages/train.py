@@ -14,6 +14,8 @@ OBJECTIVES = {
     "inbatch": "In-batch softmax — other items in the batch are negatives, popularity-corrected",
 }
 PROTOCOLS = {
+    "A": "Audience — learn from the past 80 % of events, find who interacts in the future "
+         "among users who already exist",
     "T": "Time split — train on the first 80 % of events, test on the last 20 %",
     "L": "Leave last out — each user's last event is the test",
 }

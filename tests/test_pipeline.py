@@ -122,9 +122,9 @@ def test_embeddings_cover_every_user_and_item(trained_t, tiny_synthetic) -> None
     r = trained_t
     assert r.user_ids.tolist() == tiny_synthetic.users["user_id"].tolist()
     assert r.item_ids.tolist() == tiny_synthetic.items["item_id"].tolist()
-    assert r.user_vectors.shape == (300, 16) and r.item_vectors.shape == (120, 16)
-    assert r.user_vectors.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(r.user_vectors, axis=1), 1.0, atol=1e-5)
+    assert r.audience_user_vectors.shape == (300, 16) and r.audience_item_vectors.shape == (120, 16)
+    assert r.audience_user_vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(r.audience_user_vectors, axis=1), 1.0, atol=1e-5)
 
 
 def test_cold_start_users_get_finite_distinct_embeddings(trained_t, cold_ds) -> None:
@@ -136,7 +136,7 @@ def test_cold_start_users_get_finite_distinct_embeddings(trained_t, cold_ds) -> 
     known = set(r.encoder.user_vocab_)
     assert not (set(cold) & known)                             # really unseen in training
     pos = pd.Index(r.user_ids).get_indexer(cold)
-    vec = r.user_vectors[pos]
+    vec = r.audience_user_vectors[pos]
     assert np.isfinite(vec).all()
     assert len(np.unique(vec.round(5), axis=0)) == len(cold)    # no two cold users collapse
     # as of the split time they have only attributes; those with different attributes differ
@@ -164,7 +164,8 @@ def test_same_seed_same_metrics(tiny_synthetic) -> None:
 def test_protocol_l_end_to_end_pointwise(tiny_synthetic) -> None:
     r = pipeline.train(tiny_synthetic, _cfg(protocol="L"))
     s = r.summary
-    assert s["protocol"] == "L" and s["i2u_queries"] == s["n_test"]
+    # one held-out interaction per tested user: each is one relevant pair, one u2i query
+    assert s["protocol"] == "L" and s["i2u_relevant"] == s["n_test"] == s["u2i_queries"]
     assert s["i2u_recall@100"] >= s["i2u_recall@50"] >= s["i2u_recall@10"]
     assert s["test_auc"] > s["baseline_item_mean_test_auc"]
 

@@ -1,0 +1,208 @@
+"""Protocol A (the audience question), the peers (popularity, EASE) and the honest API.
+
+Hand-worked on a 5-user, 6-item log of 16 interactions (timestamp = row number):
+
+    row  1 u1 i1 | 2 u1 i2 | 3 u2 i1 | 4 u2 i3 | 5 u3 i2 | 6 u3 i4 | 7 u4 i5 | 8 u1 i3
+    row  9 u2 i2 | 10 u3 i1                                              (train: rows 1-10)
+    row 11 u4 i1 | 12 u1 i4                                   (validation: the past's last 2)
+    row 13 u5 i1 | 14 u2 i4 | 15 u1 i6 | 16 u3 i2                          (future: 13-16)
+
+floor(0.8 * 16) = 12 rows are the past, round(12 / 8) = 2 of them validation. Targetable
+users: u1-u4 (u5 has no past row); known items: i1-i5 (i6 has none). Row 13 (u5) and row 15
+(i6) drop out; row 16 repeats a past pair. The one relevant pair is (u2, i4): item->user for
+i4, candidates = targetable users without a past i4 = {u2, u4} (u1 has it from validation,
+u3 from training); user->item for u2, candidates = known items not in u2's past = {i4, i5}.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dssm_core import evaluation, peers, pipeline
+from dssm_core.config import preset
+from dssm_core.dataset import Dataset
+
+torch.set_num_threads(1)
+
+ROWS = [("u1", "i1"), ("u1", "i2"), ("u2", "i1"), ("u2", "i3"), ("u3", "i2"), ("u3", "i4"),
+        ("u4", "i5"), ("u1", "i3"), ("u2", "i2"), ("u3", "i1"), ("u4", "i1"), ("u1", "i4"),
+        ("u5", "i1"), ("u2", "i4"), ("u1", "i6"), ("u3", "i2")]
+
+
+def _log() -> Dataset:
+    inter = pd.DataFrame({"user_id": [u for u, _ in ROWS], "item_id": [i for _, i in ROWS],
+                          "rating": np.float32(4.0),
+                          "timestamp": np.arange(1, len(ROWS) + 1, dtype=np.int64)})
+    users = pd.DataFrame({"user_id": [f"u{k}" for k in range(1, 6)]})
+    items = pd.DataFrame({"item_id": [f"i{k}" for k in range(1, 7)],
+                          "title": [f"T{k}" for k in range(1, 7)],
+                          "genres": [["Drama"]] * 6})
+    return Dataset(inter, users, items, format="generic", name="hand-worked")
+
+
+class Fixed:
+    """A scorer with given score rows per direction (all queries get the same row)."""
+
+    def __init__(self, i2u, u2i) -> None:
+        self.rows = {"i2u": np.asarray(i2u, np.float32), "u2i": np.asarray(u2i, np.float32)}
+
+    def scores(self, direction, queries):
+        return np.broadcast_to(self.rows[direction], (len(queries), len(self.rows[direction])))
+
+
+def test_protocol_a_split_is_the_first_80_percent_by_time_then_row() -> None:
+    sp = pipeline.split(_log(), preset("audience", protocol="A"))
+    assert sp.protocol == "A"
+    assert sp.train.tolist() == list(range(10))
+    assert sp.val.tolist() == [10, 11]
+    assert sp.test.tolist() == [12, 13, 14, 15]
+    assert sp.pool.tolist() == list(range(12))          # features from the past only
+    assert sp.split_time == 13
+
+
+def test_protocol_a_ties_in_time_order_by_file_row() -> None:
+    ds = _log()
+    ds.interactions["timestamp"] = np.int64(5)           # every event in the same second
+    sp = pipeline.split(ds, preset("audience", protocol="A"))
+    assert sp.test.tolist() == [12, 13, 14, 15]
+
+
+def test_protocol_a_question_hand_worked() -> None:
+    ds = _log()
+    sp = pipeline.split(ds, preset("audience", protocol="A"))
+    q = pipeline.test_question(ds, sp, preset("audience", protocol="A"))
+    assert q.user_ok.tolist() == [True, True, True, True, False]
+    assert q.item_ok.tolist() == [True, True, True, True, True, False]
+    assert q.n_relevant == 1 and q.relevant[1, 3] == 1           # (u2, i4) only
+    # item->user for i4 over users u1..u5: u1 and u3 already have i4, u5 is not targetable,
+    # so u4 (0.5) ranks above u2 (0.1). user->item for u2 over i1..i6: i1-i3 seen, i6
+    # unknown, so i5 (0.3) ranks above i4 (0.2).
+    s = Fixed(i2u=[0.9, 0.1, 0.8, 0.5, 1.0], u2i=[1, 1, 1, 0.2, 0.3, 0.9])
+    fig = evaluation.ask(q, {"model": s}, ks=(1, 2))
+    assert fig["i2u_queries"] == 1 and fig["u2i_queries"] == 1
+    assert fig["i2u_recall@1"] == 0.0 and fig["i2u_recall@2"] == 1.0
+    assert fig["u2i_recall@1"] == 0.0 and fig["u2i_recall@2"] == 1.0
+    assert fig["i2u_macro_recall@1"] == 0.0
+    assert fig["i2u_recall@1%"] == 0.0 and fig["i2u_recall@5%"] == 0.0   # ceil: top 1 of 4
+    # ties rank to the lower index: u2 (index 1) before u4 (index 3)
+    tie = Fixed(i2u=[0.9, 0.5, 0.8, 0.5, 1.0], u2i=[1, 1, 1, 0.3, 0.3, 0.9])
+    fig = evaluation.ask(q, {"model": tie}, ks=(1,))
+    assert fig["i2u_recall@1"] == 1.0 and fig["u2i_recall@1"] == 1.0
+
+
+def test_micro_recall_pools_relevant_pairs_macro_averages_queries() -> None:
+    # 2 users x 3 items, nothing in the past; user 0 wants items 0 and 1, user 1 item 2.
+    past = peers.interaction_matrix([], [], 2, 3)
+    rel = peers.interaction_matrix([0, 0, 1], [0, 1, 2], 2, 3)
+    q = evaluation.Question(past, rel)
+    s = Fixed(i2u=[1.0, 0.0], u2i=[3.0, 2.0, 1.0])          # items ranked 0, 1, 2
+    fig = evaluation.ask(q, {"model": s}, ks=(1,), shares=())
+    # user->item top 1: user 0 finds item 0 (1 of 2), user 1 misses item 2 (0 of 1)
+    assert fig["u2i_recall@1"] == pytest.approx(1 / 3)       # micro: 1 hit / 3 pairs
+    assert fig["u2i_macro_recall@1"] == pytest.approx(0.25)  # macro: (1/2 + 0) / 2
+
+
+def test_validation_question_applies_the_rule_inside_the_past() -> None:
+    ds = _log()
+    sp = pipeline.split(ds, preset("audience", protocol="A"))
+    q = pipeline.validation_question(ds, sp)
+    # train rows 1-10 are its past; validation rows 11 (u4, i1) and 12 (u1, i4) are new pairs
+    assert q.n_relevant == 2 and q.relevant[3, 0] == 1 and q.relevant[0, 3] == 1
+
+
+def test_ease_hand_worked_on_a_tiny_matrix() -> None:
+    # X = [[1,1,0],[0,1,1]], lambda 1: P = inv(X'X + I) = [[5,-2,1],[-2,4,-2],[1,-2,5]] / 8,
+    # B_ij = -P_ij / P_jj off the diagonal, 0 on it.
+    x = peers.interaction_matrix([0, 0, 1, 1], [0, 1, 1, 2], 2, 3)
+    e = peers.EASE(x, 1.0)
+    np.testing.assert_allclose(e.b, [[0, 0.5, -0.2], [0.4, 0, 0.4], [-0.2, 0.5, 0]],
+                               atol=1e-6)
+    np.testing.assert_allclose(e.scores("u2i", np.array([0, 1])),
+                               [[0.4, 0.5, 0.2], [0.2, 0.5, 0.4]], atol=1e-6)
+    np.testing.assert_allclose(e.scores("i2u", np.array([2])), [[0.2, 0.4]], atol=1e-6)
+
+
+def test_ease_is_skipped_with_a_reason_above_its_item_limit() -> None:
+    assert peers.ease_skip_reason(peers.EASE_MAX_ITEMS) is None
+    reason = peers.ease_skip_reason(peers.EASE_MAX_ITEMS + 1)
+    assert reason.startswith("EASE skipped") and "GB" in reason
+
+
+def test_popularity_ranks_by_past_activity() -> None:
+    x = peers.interaction_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 0, 1, 2], 3, 3)
+    p = peers.Popularity(x)
+    assert p.scores("i2u", np.array([0]))[0].tolist() == [2, 1, 3]
+    assert p.scores("u2i", np.array([0]))[0].tolist() == [2, 3, 1]
+
+
+def test_peer_verdict_says_plainly_where_the_model_loses() -> None:
+    s = {"i2u_recall@50": 0.30, "baseline_ease_i2u_recall@50": 0.41,
+         "baseline_popularity_i2u_recall@50": 0.10,
+         "u2i_recall@50": 0.20, "baseline_ease_u2i_recall@50": 0.20,
+         "baseline_popularity_u2i_recall@50": 0.12}
+    v = pipeline.peer_verdict(s)
+    assert len(v) == 1 and "EASE beats this model" in v[0] and "0.410" in v[0]
+    assert pipeline.peer_verdict({}) == []
+
+
+@pytest.fixture(scope="module")
+def trained_a(tiny_synthetic):
+    cfg = preset("audience", epochs=2, batch_size=256, embedding_dim=8,
+                 user_hidden=(32, 16), item_hidden=(32, 16))
+    return pipeline.train(tiny_synthetic, cfg)
+
+
+def test_the_cli_default_is_the_audience_preset_under_protocol_a(trained_a) -> None:
+    s = trained_a.summary
+    assert s["protocol"] == "A" and s["preset"] == "audience"
+    assert s["monitor"] == "val_recall@50"                   # judged by what it is for
+    for key in ("i2u_recall@50", "u2i_recall@50", "baseline_ease_i2u_recall@50",
+                "baseline_ease_u2i_recall@50", "baseline_popularity_i2u_recall@50",
+                "val_i2u_recall@50", "val_baseline_ease_u2i_recall@50", "i2u_recall@1%",
+                "i2u_recall@5%", "i2u_macro_recall@50", "ease_lambda"):
+        assert s[key] is not None, key
+    assert s["ease_lambda"] in peers.EASE_LAMBDAS
+    assert all(h.get("val_recall@50") is not None for h in trained_a.history)
+    best = max(trained_a.history, key=lambda h: h["val_recall@50"])
+    assert s["best_epoch"] == best["epoch"]
+    rep = pipeline.report(s)
+    assert set(rep["retrieval"]["item_to_user"]) == {"recall@10", "recall@50", "recall@100"}
+    assert rep["baseline_ease"]["retrieval"]["user_to_item"]["recall@50"] == \
+        s["baseline_ease_u2i_recall@50"]
+    assert rep["verdict"] == pipeline.peer_verdict(s)
+
+
+def test_no_evaluation_path_uses_end_of_data_vectors(trained_a, tiny_synthetic) -> None:
+    r, ds = trained_a, tiny_synthetic
+    sp = r.split
+    # the evaluation vectors come from the past only: rewriting the future moves none
+    inter = ds.interactions.copy()
+    rng = np.random.default_rng(0)
+    inter.loc[sp.test, "item_id"] = rng.choice(ds.items["item_id"].to_numpy(), len(sp.test))
+    changed = Dataset(inter, ds.users, ds.items, format=ds.format)
+    u, i = pipeline.eval_vectors(r.model, r.encoder, changed, sp)
+    np.testing.assert_array_equal(u, r.eval_user_vectors)
+    np.testing.assert_array_equal(i, r.eval_item_vectors)
+    # the audience vectors did see the future: they differ for users active in it
+    moved = np.abs(r.audience_user_vectors - r.eval_user_vectors).max(axis=1) > 1e-6
+    assert moved.any()
+    # and the summary's figures are the evaluation vectors' figures
+    q = pipeline.test_question(ds, sp, r.cfg)
+    fig = evaluation.ask(q, {"model": evaluation.VectorScorer(r.eval_user_vectors,
+                                                              r.eval_item_vectors)})
+    assert fig["i2u_recall@50"] == r.summary["i2u_recall@50"]
+    assert fig["u2i_recall@50"] == r.summary["u2i_recall@50"]
+    leaky = evaluation.ask(q, {"model": evaluation.VectorScorer(r.audience_user_vectors,
+                                                                r.audience_item_vectors)})
+    assert leaky["i2u_recall@50"] != r.summary["i2u_recall@50"]
+    assert not hasattr(r, "user_vectors")          # no ambiguous name left to misuse
+
+
+def test_item_mean_baseline_keeps_items_first_seen_in_validation() -> None:
+    # items are keyed by dataset position + 1 (0 = unknown); an item only in validation rows
+    # keeps its own rate rather than the global one
+    p = pipeline.item_mean_baseline(np.array([1, 1, 2, 2]), np.array([1., 1., 0., 0.]),
+                                    np.array([1, 2]), smoothing=0.0)
+    assert p.tolist() == [1.0, 0.0]
