@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,49 @@ def _exact_duplicates(inter: pd.DataFrame) -> np.ndarray:
     return mask
 
 
+#: Unix time in seconds stays below 1e11 until the year 5138: numbers from this size up are
+#: in a finer unit, (lower bound, divisor, unit).
+_TIME_UNITS = ((1e17, 1_000_000_000, "nanoseconds"), (1e14, 1_000_000, "microseconds"),
+               (1e11, 1_000, "milliseconds"))
+#: Times later than this after loading are "in the future" (a warning, not an error).
+FUTURE_MARGIN_S = 366 * 86_400
+
+
+def _date(seconds: int) -> str:
+    return str(np.datetime64(int(seconds), "s"))[:10]
+
+
+def _in_seconds(times: np.ndarray, file: str, warnings: list[str]) -> np.ndarray:
+    """Numeric times in milli-, micro- or nanoseconds (as many exports write them) divided
+    down to seconds, with a warning; seconds as they are."""
+    if not len(times):
+        return times
+    top = float(np.abs(times.astype(np.float64)).max())
+    for bound, divisor, unit in _TIME_UNITS:
+        if top >= bound:
+            warnings.append(f"{file}: the times look like {unit} since 1970 (up to {top:.4g}); "
+                            f"divided by {divisor:,} to unix seconds")
+            return times // divisor
+    return times
+
+
+def _check_times(times: np.ndarray, file: str, warnings: list[str],
+                 now: float | None = None) -> None:
+    """Warnings for times before 1970 and for times more than a year after ``now``."""
+    if not len(times):
+        return
+    lo, hi = int(times.min()), int(times.max())
+    if lo < 0:
+        n = int((times < 0).sum())
+        warnings.append(f"{file}: {n:,} time(s) before 1970 (negative unix time, the earliest "
+                        f"{_date(lo)}); kept as they are")
+    limit = (time.time() if now is None else now) + FUTURE_MARGIN_S
+    if hi > limit:
+        n = int((times > limit).sum())
+        warnings.append(f"{file}: {n:,} time(s) more than a year in the future (the latest "
+                        f"{_date(hi)}); kept as they are: is the time column right?")
+
+
 def _assemble(parts: dict[str, Any], fmt: str, name: str, warnings: list[str],
               file: str) -> Dataset:
     """The canonical ``Dataset``: typed columns, duplicates dropped, every id in its table."""
@@ -91,6 +135,11 @@ def _assemble(parts: dict[str, Any], fmt: str, name: str, warnings: list[str],
     if len(inter) == 0:
         raise DataValidationError("no interactions: the file has a header but no data rows",
                                   file=file)
+    times = inter["timestamp"].to_numpy()
+    if not parts.get("seconds"):
+        times = _in_seconds(times, file, warnings)
+    _check_times(times, file, warnings)
+    inter["timestamp"] = times
     dup = _exact_duplicates(inter)
     n_dup = int(dup.sum())
     if n_dup:

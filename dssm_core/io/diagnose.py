@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 import pandas as pd
 
-from ..dataset import DataValidationError
+from ..dataset import DataValidationError, shorten
 
 if TYPE_CHECKING:  # pragma: no cover
     from .tables import _Table
@@ -66,15 +66,29 @@ def _iter_rows(t: _Table) -> Iterator[tuple[int, list[str]]]:
     if len(t.sep) == 1:
         reader = csv.reader(stream, delimiter=t.sep,
                             quoting=csv.QUOTE_MINIMAL if t.quoting else csv.QUOTE_NONE)
-        for row in reader:
-            yield reader.line_num, row
+        try:
+            for row in reader:
+                yield reader.line_num, row
+        except csv.Error as exc:  # a field over csv's limit (an unclosed quote), a lone CR
+            hint = ("; a quote (\") opened and never closed?" if "field limit" in str(exc)
+                    else "")
+            raise DataValidationError(f"cannot split the line into fields ({exc}){hint}",
+                                      file=t.display, line=reader.line_num + 1) from None
     else:
         for i, line in enumerate(stream, start=1):
             yield i, line.rstrip("\r\n").split(t.sep)
 
 
 _WHAT = {"id": "an id", "intid": "an id", "rating": "a number", "int": "an integer",
-         "float": "a number"}
+         "float": "a number", "seconds": "a number"}
+#: Timestamps are int64 seconds (after a unit is recognised, see ``assemble``): a number read
+#: as text must be below this in absolute value (2^63 is the int64 limit; a float64 that close
+#: to it rounds past it).
+MAX_ABS_TIME = 9e18
+#: A rating is stored as float32: beyond this it would become infinite.
+MAX_ABS_RATING = float(np.finfo(np.float32).max)
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+_LIMIT = {"seconds": MAX_ABS_TIME, "rating": MAX_ABS_RATING}  # suspects at or above
 
 
 # A line of a batch (values joined by "\n") that is blank / not an integer: found by one C-speed
@@ -82,7 +96,8 @@ _WHAT = {"id": "an id", "intid": "an id", "rating": "a number", "int": "an integ
 _BLANK_LINE = re.compile(r"^[ \t\r\f\v]*$", re.MULTILINE)
 
 
-_NOT_INT_LINE = re.compile(r"^(?![ \t\r\f\v]*[+-]?\d+[ \t\r\f\v]*$)", re.MULTILINE)
+# (19 digits or more may not fit int64: suspects too, ``_row_error`` decides)
+_NOT_INT_LINE = re.compile(r"^(?![ \t\r\f\v]*[+-]?\d{1,18}[ \t\r\f\v]*$)", re.MULTILINE)
 
 
 _DIAGNOSE_BATCH = 1 << 16
@@ -100,14 +115,23 @@ def _row_error(t: _Table, line: int, row: list[str], index: dict[str, int]
         if not v:
             return DataValidationError(f"missing value: expected {what}, found an empty field",
                                        file=t.display, line=line, column=col)
-        if kind in ("rating", "float"):
+        if kind in ("rating", "float", "seconds"):
             try:
                 x = float(v)
             except ValueError:
                 x = math.nan
             if not math.isfinite(x):
-                return DataValidationError(f"not a number: expected {what}, found '{value[:40]}'",
+                return DataValidationError(f"not a number: expected {what}, found "
+                                           f"'{shorten(value, 40)}'",
                                            file=t.display, line=line, column=col)
+            if kind == "seconds" and abs(x) >= MAX_ABS_TIME:
+                return DataValidationError(
+                    f"time out of range: expected unix time (seconds, or milli-, micro- or "
+                    f"nanoseconds) below 9e18, found {v}", file=t.display, line=line, column=col)
+            if kind == "rating" and abs(x) > MAX_ABS_RATING:
+                return DataValidationError(
+                    f"rating out of range: expected a rating that fits 32 bits (below 3.4e38), "
+                    f"found {v}", file=t.display, line=line, column=col)
             if kind == "rating" and t.scale and not t.scale.ok(np.array([x]))[0]:
                 return DataValidationError(
                     f"rating outside the declared scale: expected {t.scale.describe()}, "
@@ -116,12 +140,16 @@ def _row_error(t: _Table, line: int, row: list[str], index: dict[str, int]
                 )
         elif kind == "int":
             try:
-                int(v)
+                n = int(v)
             except ValueError:
                 return DataValidationError(
-                    f"not an integer: expected {what} (unix seconds), found '{value[:40]}'",
+                    f"not an integer: expected {what} (unix seconds), found '{shorten(value, 40)}'",
                     file=t.display, line=line, column=col,
                 )
+            if not _INT64[0] <= n <= _INT64[1]:
+                return DataValidationError(
+                    f"integer out of range: expected {what} that fits 64 bits (unix time), "
+                    f"found {shorten(v, 40)}", file=t.display, line=line, column=col)
     return None
 
 
@@ -129,6 +157,8 @@ def _suspects(t: _Table, rows: list[list[str]], index: dict[str, int]) -> np.nda
     """Positions in ``rows`` that may be bad: a superset of the bad ones, found vectorised
     (``_row_error`` has the last word on each)."""
     bad = np.zeros(len(rows), dtype=bool)
+    if not rows:
+        return np.flatnonzero(bad)
     columns = list(zip(*rows))
     for col, kind in t.kinds.items():
         if kind not in _WHAT:
@@ -146,7 +176,7 @@ def _suspects(t: _Table, rows: list[list[str]], index: dict[str, int]) -> np.nda
         else:
             x = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
             x = x.to_numpy(dtype=np.float64, na_value=np.nan)
-            bad |= ~np.isfinite(x)
+            bad |= ~np.isfinite(x) | (np.abs(np.nan_to_num(x)) >= _LIMIT.get(kind, np.inf))
             if kind == "rating" and t.scale is not None:
                 bad |= ~t.scale.ok(np.nan_to_num(x, nan=t.scale.lo))
     return np.flatnonzero(bad)
@@ -221,14 +251,17 @@ def _diagnose_unquoted(t: _Table) -> DataValidationError | None:
         if kind in ("id", "intid"):
             flag = pc.match_substring_regex(col, r"^\s*$")
         elif kind == "int":
-            flag = pc.invert(pc.match_substring_regex(col, r"^\s*[+-]?\d+\s*$"))
+            flag = pc.invert(pc.match_substring_regex(col, r"^\s*[+-]?\d{1,18}\s*$"))
         else:
             ok = pc.match_substring_regex(col, _FLOAT_TEXT)
             flag = pc.invert(ok)
-            if kind == "rating" and t.scale is not None:
+            if kind in _LIMIT or (kind == "rating" and t.scale is not None):
                 x = pc.cast(pc.utf8_trim_whitespace(pc.if_else(ok, col, "0")), pa.float64())
                 x = x.to_numpy(zero_copy_only=False)
-                flag = pc.or_(flag, pa.array(~t.scale.ok(x) & ok.to_numpy(zero_copy_only=False)))
+                out = np.abs(x) >= _LIMIT.get(kind, np.inf)
+                if kind == "rating" and t.scale is not None:
+                    out |= ~t.scale.ok(x)
+                flag = pc.or_(flag, pa.array(out & ok.to_numpy(zero_copy_only=False)))
         bad |= flag.to_numpy(zero_copy_only=False)
     index = {c: t.names.index(c) for c in t.kinds}
     for k in np.flatnonzero(bad):

@@ -55,7 +55,8 @@ class FormatInfo:
 
 FORMATS: tuple[FormatInfo, ...] = (
     FormatInfo("ml-100k", "MovieLens 100K", "u.data, u.user, u.item (u.genre)",
-               "tab-separated ratings; pipe-separated users and items, latin-1; 19 genre flags"),
+               "tab-separated ratings; pipe-separated users and items, latin-1 or UTF-8; "
+               "19 genre flags"),
     FormatInfo("ml-1m", "MovieLens 1M", "ratings.dat, users.dat, movies.dat",
                "'::'-separated; age and occupation codes kept, readable labels added"),
     FormatInfo("ml-10m", "MovieLens 10M", "ratings.dat, movies.dat",
@@ -136,6 +137,10 @@ def _split_rows(entry: _Entry, warnings: list[str], sep: str, n_fields: int | No
     return rows
 
 
+#: GroupLens' files are latin-1 (ML-100K) or mostly so; a file re-saved as UTF-8 is read as
+#: UTF-8 (tried first: latin-1 text with accents is almost never valid UTF-8), so titles keep
+#: their accents instead of turning into mojibake.
+_TEXT_ENCODINGS = ("utf-8", "latin-1")
 _RATING_KINDS = {"user_id": "intid", "item_id": "intid", "rating": "rating", "timestamp": "int"}
 
 
@@ -155,7 +160,7 @@ def _load_ml100k(src: _Source, warnings: list[str], engine: str) -> dict[str, An
     uuser = src.find("u.user")
     if uuser is not None:
         names = ("user_id", "age", "gender", "occupation", "zip")
-        numbered = _split_rows(uuser, warnings, "|", 5, names, ("latin-1",))
+        numbered = _split_rows(uuser, warnings, "|", 5, names, _TEXT_ENCODINGS)
         rows = [r for _, r in numbered]
         ages = []
         for line, r in numbered:
@@ -178,7 +183,7 @@ def _load_ml100k(src: _Source, warnings: list[str], engine: str) -> dict[str, An
     genre_names: list[str] = list(ML100K_GENRES)
     ugenre = src.find("u.genre")
     if ugenre is not None:
-        pairs = _split_rows(ugenre, warnings, "|", 2, ("genre", "index"), ("latin-1",))
+        pairs = _split_rows(ugenre, warnings, "|", 2, ("genre", "index"), _TEXT_ENCODINGS)
         by_index: dict[int, str] = {}
         for line, (g, idx) in pairs:
             try:
@@ -199,7 +204,7 @@ def _load_ml100k(src: _Source, warnings: list[str], engine: str) -> dict[str, An
         n = 5 + len(genre_names)
         names = ("item_id", "title", "release_date", "video_release_date", "imdb_url",
                  *genre_names)
-        numbered = _split_rows(uitem, warnings, "|", n, names, ("latin-1",))
+        numbered = _split_rows(uitem, warnings, "|", n, names, _TEXT_ENCODINGS)
         rows = [r for _, r in numbered]
         genres = []
         for line, r in numbered:
@@ -254,12 +259,12 @@ def _load_dat(src: _Source, warnings: list[str], engine: str) -> dict[str, Any]:
     if users_e is not None:
         numbered = _split_rows(users_e, warnings, "::", 5,
                                ("UserID", "Gender", "Age", "Occupation", "Zip-code"),
-                               ("utf-8", "latin-1"))
+                               _TEXT_ENCODINGS)
         users = _ml1m_user_frame(numbered, users_e.display)
     movies = src.find("movies.dat")
     if movies is not None:
         rows = [r for _, r in _split_rows(movies, warnings, "::", 3,
-                                          ("MovieID", "Title", "Genres"), ("utf-8", "latin-1"))]
+                                          ("MovieID", "Title", "Genres"), _TEXT_ENCODINGS)]
         items = _items_frame([r[0] for r in rows], [r[1] for r in rows],
                              [_genre_list(r[2]) for r in rows])
     else:
@@ -337,19 +342,23 @@ def _load_article(entry: _Entry, warnings: list[str], engine: str) -> dict[str, 
 
 
 def _numeric_where_possible(df: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
-    """Attribute columns whose every non-empty value is a number become numeric.
+    """Attribute columns whose every non-empty value is a finite number become numeric.
 
-    Codes with leading zeros (zip "02134", "007") stay text.
+    Codes with leading zeros (zip "02134", "007") stay text, and so does a column holding an
+    infinite number (a numeric one becomes text): a model feature has to be finite.
     """
     for c in cols:
         s = df[c]
         if pd.api.types.is_numeric_dtype(s):
-            continue
+            if not np.isinf(s.to_numpy(dtype=np.float64, na_value=np.nan)).any():
+                continue
+            s = df[c] = s.astype(object).where(s.notna(), "").astype(str)
         text = s.astype(str).str.strip()
         if text.str.match(r"[+-]?0\d").any():
             continue
         num = pd.to_numeric(text.where(text != "", None), errors="coerce")
-        if num.notna().sum() == (text != "").sum() and num.notna().any():
+        finite = bool(np.isfinite(num.dropna().to_numpy(dtype=np.float64)).all())
+        if finite and num.notna().sum() == (text != "").sum() and num.notna().any():
             whole = num.dropna()
             df[c] = num.astype("Int64") if (whole == np.floor(whole)).all() else num
     return df

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import codecs
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..dataset import DataValidationError
+from ..dataset import DataValidationError, shorten
+from ..jsonfields import checked_kwargs
+from .diagnose import MAX_ABS_TIME
 from .formats import _genre_list, _items_frame, _numeric_where_possible
 from .sources import _DATA_SUFFIXES, _Entry, _Source
 from .tables import (_Scale, _delimited, _entry_columns, _first_line, _prepare, _read_parquet,
@@ -62,6 +64,9 @@ class ColumnMapping:
             lo, hi = self.rating_scale
             if not lo < hi:
                 raise ValueError(f"rating_scale must be (min, max) with min < max, got {lo, hi}")
+        if not self.genre_sep:
+            raise ValueError("column mapping key 'genre_sep': expected at least one character, "
+                             "e.g. '|' (the default), found ''")
         if self.sep is not None and len(self.sep) != 1:
             raise ValueError(f"sep must be one character, got {self.sep!r}")
         try:
@@ -84,16 +89,12 @@ class ColumnMapping:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ColumnMapping":
         """Build from a JSON-able dict (as the app's mapping form or a CLI option gives it)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown column mapping keys: {', '.join(unknown)}")
-        d = {k: v for k, v in d.items() if v is not None}
+        if isinstance(d, dict):  # null means "the default", as the form sends it
+            d = {k: v for k, v in d.items() if v is not None}
+        d = checked_kwargs(cls, d, "column mapping")
         absent = [k for k in ("user", "item") if not d.get(k)]
         if absent:
             raise ValueError(f"a column mapping needs '{absent[0]}' (the {absent[0]} id column)")
-        if "rating_scale" in d:
-            d["rating_scale"] = tuple(float(x) for x in d["rating_scale"])
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,28 +133,41 @@ def _looks_numeric(data: bytes, sep: str, column: str, encoding: str) -> bool:
 
 
 def _timestamps(values: pd.Series, display: str, column: str, header_lines: int
-                ) -> np.ndarray:
-    """Unix seconds from numbers (seconds) or date/time text.
+                ) -> tuple[np.ndarray, bool]:
+    """Unix time (int64) from numbers or date/time text, and whether it was text (then it is
+    in seconds; for numbers ``assemble`` works out the unit).
 
     A bad value's line is its row number plus ``header_lines`` (blank lines above it are not
-    counted here: only date/time text takes this path).
+    counted here: only date/time text and Parquet take this path; numbers in a CSV were
+    checked line by line as they were read).
     """
+    def refuse(row: int, what: str) -> DataValidationError:
+        return DataValidationError(
+            f"{what}, found '{shorten(str(values.iloc[row]).strip(), 40)}'",
+            file=display, line=row + 1 + header_lines, column=column)
+
     if pd.api.types.is_numeric_dtype(values):
-        return np.rint(values.to_numpy(dtype=np.float64)).astype(np.int64)
-    text = values.astype(str).str.strip()
-    num = pd.to_numeric(text, errors="coerce")
-    if num.notna().all():
-        return np.rint(num.to_numpy(dtype=np.float64)).astype(np.int64)
+        num = values.to_numpy(dtype=np.float64)
+    else:
+        text = values.astype(str).str.strip()
+        as_num = pd.to_numeric(text, errors="coerce")
+        num = as_num.to_numpy(dtype=np.float64, na_value=np.nan) if as_num.notna().all() else None
+    if num is not None:
+        with np.errstate(invalid="ignore"):
+            bad = ~(np.abs(num) < MAX_ABS_TIME)  # NaN and inf too
+        if bad.any():
+            raise refuse(int(np.flatnonzero(bad)[0]), "time out of range: expected unix time "
+                         "(seconds, or milli-, micro- or nanoseconds) below 9e18")
+        return np.rint(num).astype(np.int64), False
     parsed = pd.to_datetime(text, errors="coerce", utc=True, format="mixed")
     bad = parsed.isna().to_numpy()
     if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise DataValidationError(
-            f"not a time: expected unix seconds or a date/time, found '{text.iloc[row][:40]}'",
-            file=display, line=row + 1 + header_lines, column=column,
-        )
-    ns = parsed.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]")
-    return (ns.to_numpy().astype("int64") // 1_000_000_000).astype(np.int64)
+        raise refuse(int(np.flatnonzero(bad)[0]), "not a time: expected unix seconds or a "
+                     "date/time (years 1-9999)")
+    # whole seconds straight from the parsed resolution (a cast to nanoseconds would overflow
+    # past the year 2262)
+    naive = parsed.dt.tz_localize(None).to_numpy()
+    return naive.astype("datetime64[s]").astype(np.int64), True
 
 
 def _side_table(src: _Source, file: str, key: str, warnings: list[str],
@@ -212,7 +226,7 @@ def _load_generic(src: _Source, mapping: ColumnMapping, warnings: list[str],
         first = _first_line(data, mapping.encoding, entry.display)
         sep = mapping.sep or _sniff_sep(first, entry.display)
         if mapping.timestamp and _looks_numeric(data, sep, mapping.timestamp, mapping.encoding):
-            kinds[mapping.timestamp] = "float"  # unix seconds: the fast typed read
+            kinds[mapping.timestamp] = "seconds"  # unix time: the fast typed read
         df = _delimited(entry, warnings, sep=sep, header=True, names=None, kinds=kinds,
                         required=required, encoding=mapping.encoding, scale=scale,
                         engine=engine)
@@ -222,9 +236,10 @@ def _load_generic(src: _Source, mapping: ColumnMapping, warnings: list[str],
         inter["rating"] = df[mapping.rating].to_numpy(dtype=np.float64)
     else:
         inter["rating"] = np.ones(n)
+    seconds = True  # the unit is known: dates, or row numbers
     if mapping.timestamp:
-        inter["timestamp"] = _timestamps(df[mapping.timestamp], entry.display, mapping.timestamp,
-                                         0 if is_parquet else 1)
+        inter["timestamp"], seconds = _timestamps(df[mapping.timestamp], entry.display,
+                                                  mapping.timestamp, 0 if is_parquet else 1)
     else:
         inter["timestamp"] = np.arange(n, dtype=np.int64)
         warnings.append("no timestamp column: the row order is used as the time order")
@@ -268,4 +283,5 @@ def _load_generic(src: _Source, mapping: ColumnMapping, warnings: list[str],
     else:
         scale_t = None
     return {"interactions": inter, "users": users, "items": items, "scale": scale_t,
-            "implicit": mapping.rating is None, "file": entry.display}
+            "implicit": mapping.rating is None, "file": entry.display,
+            "seconds": seconds}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import lzma
-import os
 import re
 import stat
 import zipfile
@@ -133,13 +132,39 @@ def _check_size(display: str, size: int, max_bytes: int) -> None:
         )
 
 
-def _read_path(path: Path, display: str, max_bytes: int) -> bytes:
+_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
+
+
+def _regular_size(path: Path, display: str) -> int:
+    """The size of ``path`` after checking it is a regular file (without opening it).
+
+    A character device (``/dev/zero``) would be read until memory runs out and a FIFO would
+    block on open, so anything but a regular file (or, elsewhere, a folder) is refused.
+    """
     try:
-        size = path.stat().st_size
-        _check_size(display, size, max_bytes)
-        return path.read_bytes()
+        st = path.stat()
     except OSError as exc:
         raise DataValidationError(f"cannot read: {exc.strerror or exc}", file=display) from exc
+    if not stat.S_ISREG(st.st_mode):
+        what = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        raise DataValidationError(
+            f"{what}, not a regular file: expected a data file, a folder or a .zip",
+            file=display,
+        )
+    return int(st.st_size)
+
+
+def _read_path(path: Path, display: str, max_bytes: int) -> bytes:
+    """The bytes of a regular file, refusing more than ``max_bytes`` even if it grows."""
+    _check_size(display, _regular_size(path, display), max_bytes)
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise DataValidationError(f"cannot read: {exc.strerror or exc}", file=display) from exc
+    _check_size(display, len(data), max_bytes)
+    return data
 
 
 def _zip_source(
@@ -210,7 +235,8 @@ def _zip_source(
                             raise DataValidationError(
                                 "archive entry is larger than its declared size", file=shown
                             )
-            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
+            except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, EOFError,
+                    NotImplementedError, ValueError) as exc:  # bz2 says OSError
                 raise DataValidationError(f"corrupt archive entry ({exc})", file=shown) from exc
             return buf.getvalue()
 
@@ -278,9 +304,14 @@ def _resolve(source: Any, max_bytes: int, max_unzipped_bytes: int) -> _Source:
             "or an uploaded file"
         )
     path = Path(source)
-    if not path.exists():
+    try:
+        is_dir = path.is_dir()
+        exists = is_dir or path.exists()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte in it
+        raise DataValidationError(f"cannot read: {exc}", file=str(path)) from exc
+    if not exists:
         raise DataValidationError("no such file or folder", file=str(path))
-    if path.is_dir():
+    if is_dir:
         root = path
         while True:
             files = [p for p in sorted(root.iterdir()) if p.is_file() and not _is_ignored(p.name)]
@@ -296,8 +327,8 @@ def _resolve(source: Any, max_bytes: int, max_unzipped_bytes: int) -> _Source:
             ))
         return _Source(root.name, entries, str(root))
     display = str(path)
+    size = _regular_size(path, display)
     try:
-        size = path.stat().st_size
         with path.open("rb") as fh:
             magic = fh.read(4)
     except OSError as exc:

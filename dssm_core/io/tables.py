@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..dataset import DataValidationError
-from .diagnose import _decode, _diagnose, _line_col
+from ..dataset import DataValidationError, shorten
+from .diagnose import _LIMIT, _decode, _diagnose, _line_col
 from .sources import _Entry
 
 
@@ -50,7 +50,12 @@ def _prepare(data: bytes, display: str, warnings: list[str]) -> bytes:
     if data.startswith(codecs.BOM_UTF8):
         warnings.append(f"{display}: UTF-8 byte order mark (BOM) ignored")
         data = data[len(codecs.BOM_UTF8):]
-    if b"\r\n" in data[: 1 << 16]:
+    head = data[: 1 << 16]
+    if b"\r" in head and b"\n" not in head:  # classic Mac OS / some exports: CR only
+        warnings.append(f"{display}: line endings are CR only (old Mac style); read as "
+                        "ordinary line ends")
+        data = data.replace(b"\r", b"\n")
+    elif b"\r\n" in head:
         warnings.append(f"{display}: Windows line endings (CRLF) read as ordinary line ends")
     return data
 
@@ -127,7 +132,7 @@ class _Table:
     scale: _Scale | None = None
 
 
-_REQUIRED_KINDS = {"id", "intid", "rating", "int", "float"}
+_REQUIRED_KINDS = {"id", "intid", "rating", "int", "float", "seconds"}
 
 
 def _read_table(t: _Table, engine: str = "auto") -> pd.DataFrame:
@@ -153,19 +158,25 @@ def _read_table(t: _Table, engine: str = "auto") -> pd.DataFrame:
             return _read_table(_Table(t.data, t.display, t.sep, t.names, t.skip, kinds,
                                       t.encoding, t.quoting, t.scale), engine)
         raise DataValidationError(f"cannot parse: {exc}".splitlines()[0], file=t.display) from exc
-    problem = False
+    # A short row's missing fields read as NaN, which in a text column looks like an empty
+    # field: a NaN in the last field (``short_rows``) sends the table to the diagnosis, which
+    # counts the fields of every line.
+    short = bool(df.attrs.pop("short_rows", False))
+    invalid = False
     for col, kind in t.kinds.items():
-        if kind in _REQUIRED_KINDS and df[col].isna().any():
-            problem = True
-    if t.scale is not None:
-        for col, kind in t.kinds.items():
-            if kind == "rating" and not t.scale.ok(df[col].to_numpy()).all():
-                problem = True
-    if problem:
+        x = df[col]
+        if kind in _REQUIRED_KINDS and x.isna().any():
+            invalid = True
+        elif kind in _LIMIT and not _finite_below(x.to_numpy(), _LIMIT[kind]):
+            invalid = True  # inf, or a time or rating beyond what int64 / float32 hold
+        elif kind == "rating" and t.scale is not None and not t.scale.ok(x.to_numpy()).all():
+            invalid = True
+    if short or invalid:
         err = _diagnose(t)
-        if err is None:  # pragma: no cover - the two readers disagree
+        if err is not None:
+            raise err
+        if invalid:  # pragma: no cover - the two readers disagree
             raise DataValidationError("missing or invalid values", file=t.display)
-        raise err
     for col, kind in t.kinds.items():
         if kind == "intid" and not isinstance(df[col].dtype, pd.CategoricalDtype):
             # integer ids (pandas engine) -> categorical of their decimal strings
@@ -203,6 +214,7 @@ def _read_arrow(t: _Table) -> pd.DataFrame:
         "rating": pa.float64(),
         "int": pa.int64(),
         "float": pa.float64(),
+        "seconds": pa.float64(),
         "str": pa.string(),
         "optstr": pa.string(),
     }
@@ -254,7 +266,7 @@ def _read_arrow(t: _Table) -> pd.DataFrame:
 def _read_pandas(t: _Table) -> pd.DataFrame:
     # plain int64 (not the masked Int64): an empty field is then a parser error -> diagnosis
     dtypes = {"id": "category", "intid": "int64", "rating": "float64", "int": "int64",
-              "float": "float64", "str": object, "optstr": object}
+              "float": "float64", "seconds": "float64", "str": object, "optstr": object}
     # No ``usecols``: with it pandas silently accepts lines with too many or too few fields;
     # without it a wrong field count is a parser error (then diagnosed to its line).
     df = pd.read_csv(
@@ -263,7 +275,17 @@ def _read_pandas(t: _Table) -> pd.DataFrame:
         quoting=csv.QUOTE_MINIMAL if t.quoting else csv.QUOTE_NONE, keep_default_na=False,
         na_values=[""], engine="c", skip_blank_lines=True, index_col=False,
     )
-    return df[list(t.kinds)]
+    last = t.names[-1]
+    short = t.kinds.get(last) not in _REQUIRED_KINDS and bool(df[last].isna().any())
+    df = df[list(t.kinds)]
+    df.attrs["short_rows"] = short  # maybe: a row with fewer fields (or an empty last one)
+    return df
+
+
+def _finite_below(x: np.ndarray, limit: float) -> bool:
+    """Whether every value of ``x`` is finite and below ``limit`` in absolute value."""
+    with np.errstate(invalid="ignore"):
+        return bool(np.all(np.abs(x) < limit)) if len(x) else True
 
 
 def _delimited(
@@ -353,14 +375,18 @@ def _read_parquet(raw: bytes, display: str, kinds: dict[str, str], required: Seq
                 raise DataValidationError("missing value: expected an id, found an empty field",
                                           file=display, line=row, column=col)
             df[col] = s.astype(str).astype("category")
-        elif kind in ("rating", "float", "int"):
+        elif kind in ("rating", "float", "int", "seconds"):
             num = pd.to_numeric(s, errors="coerce")
-            bad = num.isna()
+            x = num.to_numpy(dtype=np.float64, na_value=np.nan)
+            with np.errstate(invalid="ignore"):
+                bad = ~(np.abs(x) < _LIMIT.get(kind, np.inf))  # NaN, inf and beyond the limit
             if bad.any():
-                row = int(np.flatnonzero(bad.to_numpy())[0])
-                found = s.iloc[row]
+                row = int(np.flatnonzero(bad)[0])
+                found = shorten(s.iloc[row], 40)
+                what = ("not a number" if not np.isfinite(x[row])
+                        else f"{kind} out of range (at most {_LIMIT[kind]:.3g})")
                 raise DataValidationError(
-                    f"not a number: expected a number, found '{found}'",
+                    f"{what}: expected a number, found '{found}'",
                     file=display, line=row + 1, column=col,
                 )
             df[col] = num.astype("float64")
