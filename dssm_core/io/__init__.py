@@ -25,7 +25,7 @@ from .formats import FORMATS, FormatInfo
 from .generic import ColumnMapping
 from .load import load, peek_columns, sniff
 from .sources import (DEFAULT_MAX_BYTES, DEFAULT_MAX_UNZIPPED_BYTES, MAX_COMPRESSION_RATIO,
-                      Source, open_source)
+                      Source, open_source, read_regular_file)
 from .tables import ENGINES
 
 __all__ = [
@@ -43,5 +43,6 @@ __all__ = [
     "load",
     "open_source",
     "peek_columns",
+    "read_regular_file",
     "sniff",
 ]

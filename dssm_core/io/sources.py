@@ -133,10 +133,12 @@ def _check_size(display: str, size: int, max_bytes: int) -> None:
 
 
 _KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-          (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
+          (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISDIR, "a folder"))
 
 
-def _regular_size(path: Path, display: str) -> int:
+def _regular_size(path: Path, display: str,
+                  expected: str = "a data file, a folder or a .zip") -> int:
     """The size of ``path`` after checking it is a regular file (without opening it).
 
     A character device (``/dev/zero``) would be read until memory runs out and a FIFO would
@@ -147,17 +149,16 @@ def _regular_size(path: Path, display: str) -> int:
     except OSError as exc:
         raise DataValidationError(f"cannot read: {exc.strerror or exc}", file=display) from exc
     if not stat.S_ISREG(st.st_mode):
-        what = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
-        raise DataValidationError(
-            f"{what}, not a regular file: expected a data file, a folder or a .zip",
-            file=display,
-        )
+        what = next((name for test, name in _KINDS if test(st.st_mode)), "a special file")
+        raise DataValidationError(f"{what}, not a regular file: expected {expected}",
+                                  file=display)
     return int(st.st_size)
 
 
-def _read_path(path: Path, display: str, max_bytes: int) -> bytes:
+def _read_path(path: Path, display: str, max_bytes: int,
+               expected: str = "a data file, a folder or a .zip") -> bytes:
     """The bytes of a regular file, refusing more than ``max_bytes`` even if it grows."""
-    _check_size(display, _regular_size(path, display), max_bytes)
+    _check_size(display, _regular_size(path, display, expected), max_bytes)
     try:
         with path.open("rb") as fh:
             data = fh.read(max_bytes + 1)
@@ -359,3 +360,16 @@ def open_source(source: Any, *, max_bytes: int = DEFAULT_MAX_BYTES,
     at most once (files up to 64 MiB are kept after their first read).
     """
     return _resolve(source, max_bytes, max_unzipped_bytes)
+
+
+def read_regular_file(path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of one file a person named (e.g. a seed list): a regular file of at most
+    ``max_bytes``, else ``DataValidationError`` (a device or FIFO is never opened)."""
+    p = Path(path)
+    try:
+        exists = p.exists()
+    except (OSError, ValueError) as exc:
+        raise DataValidationError(f"cannot read: {exc}", file=str(p)) from exc
+    if not exists:
+        raise DataValidationError("no such file", file=str(p))
+    return _read_path(p, str(p), max_bytes, expected="a file")
