@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .dataset import DataValidationError, shorten
+
 if TYPE_CHECKING:  # the store is only needed by the functions that read from it
     from .store import Store
 
@@ -62,7 +64,7 @@ OTHER = "(other)"
 
 
 def _name_unknown(kind: str, missing: Sequence[str], where: str = "") -> str:
-    shown = ", ".join(repr(str(m)) for m in missing[:10])
+    shown = ", ".join(repr(shorten(m)) for m in missing[:10])
     more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
     return f"unknown {kind} ids{where}: {shown}{more}"
 
@@ -472,7 +474,7 @@ class AudienceRequest:
             object.__setattr__(self, "percent", p)
         for attr, allowed in self.where.items():
             if not allowed:
-                raise ValueError(f"filter on {attr!r} has no allowed values")
+                raise ValueError(f"filter on {shorten(attr)!r} has no allowed values")
 
     @property
     def kind(self) -> str:
@@ -659,7 +661,7 @@ def _filter_mask(run: LoadedRun, where: Mapping[str, tuple[str, ...]]) -> np.nda
         elif attr in run.users.columns:
             col = run.users[attr].reset_index(drop=True)
         else:
-            raise ValueError(f"unknown user attribute {attr!r}; known: "
+            raise ValueError(f"unknown user attribute {shorten(attr)!r}; known: "
                              f"{', '.join(known + [FAVOURITE_GENRE])}")
         # compare as text, converting each distinct value once (fast at a million users)
         codes, uniques = pd.factorize(col, use_na_sentinel=True)
@@ -837,10 +839,11 @@ def unescape_cell(value: str) -> str:
     return value
 
 
-def read_user_ids(data: bytes | str) -> list[str]:
+def read_user_ids(data: bytes | str, *, file: str | None = None) -> list[str]:
     """User ids from an uploaded file: a CSV with a ``user_id`` column (e.g. an export of
     this app, escaping undone), else one id per line (blank lines and ``#`` comments skipped).
-    Duplicates are dropped, order kept."""
+    Duplicates are dropped, order kept. ``file`` names the file in errors
+    (``DataValidationError`` with the line, e.g. for a quote that is never closed)."""
     text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
     text = text.removeprefix("\ufeff")
     lines = text.splitlines()
@@ -848,10 +851,15 @@ def read_user_ids(data: bytes | str) -> list[str]:
     ids: list[str] = []
     if "user_id" in [c.strip().strip('"') for c in first.split(",")]:
         reader = csv.DictReader(io.StringIO(text))
-        for row in reader:
-            v = (row.get("user_id") or "").strip()
-            if v:
-                ids.append(unescape_cell(v))
+        try:
+            for row in reader:
+                v = (row.get("user_id") or "").strip()
+                if v:
+                    ids.append(unescape_cell(v))
+        except csv.Error as exc:
+            raise DataValidationError(f"cannot split the line into fields ({exc}); a quote "
+                                      "(\") opened and never closed?",
+                                      file=file, line=reader.line_num + 1) from None
     else:
         for ln in lines:
             v = ln.strip()

@@ -8,16 +8,35 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Callable, NoReturn, Sequence
 
-from .dataset import DataValidationError
+from .dataset import DataValidationError, shorten
 
 log = logging.getLogger(__name__)
 
 
 class CliError(Exception):
     """A usage problem the person can fix; printed as one line, exit code 2."""
+
+
+#: The longest error line printed (the messages shorten what they repeat; this is the net).
+MAX_ERROR_CHARS = 2000
+
+
+def _one_line(message: object) -> str:
+    """``message`` as one line of at most ``MAX_ERROR_CHARS`` characters."""
+    text = " ".join(str(message).splitlines()).strip()
+    return shorten(text, MAX_ERROR_CHARS) if len(text) > MAX_ERROR_CHARS else text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one ``error:`` line (exit code 2) like every other."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {_one_line(message)} (see {self.prog} --help)\n")
 
 
 def _json_object(text: str, flag: str, example: str) -> dict:
@@ -33,13 +52,16 @@ def _json_object(text: str, flag: str, example: str) -> dict:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     """Load DATA (any supported layout) and print ``Dataset.summary()`` as one JSON line."""
-    from . import movielens
+    from . import io
 
     mapping = None
     if args.mapping:
         spec = _json_object(args.mapping, "--mapping", '{"user": "u", "item": "i"}')
-        mapping = movielens.ColumnMapping.from_dict(spec)
-    ds = movielens.load(args.data, mapping=mapping)
+        try:
+            mapping = io.ColumnMapping.from_dict(spec)
+        except ValueError as exc:
+            raise CliError(f"--mapping: {exc}") from None
+    ds = io.load(args.data, mapping=mapping)
     print(json.dumps(ds.summary()))
     for w in ds.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -50,7 +72,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
     """UMAP maps of a stored run's embeddings, saved in the store (one JSON line per map)."""
     from . import projection
 
-    store = _open_store(args.db)
+    store = _open_store(args.db, must_exist=True)
     run_id = args.run
     if run_id is None:
         run_id = store.newest_succeeded_run()
@@ -85,17 +107,65 @@ def _train_config(args: argparse.Namespace):  # -> TrainConfig
         value = getattr(args, flag)
         if value is not None:
             cfg[key] = value
-    return TrainConfig.from_dict(cfg)
+    try:
+        return TrainConfig.from_dict(cfg)
+    except ValueError as exc:
+        where = "--config-json" if args.config_json else "the training options"
+        raise CliError(f"{where}: {exc}") from None
 
 
 def _train_dataset(args: argparse.Namespace):  # -> Dataset
     if args.data:
-        from . import movielens
+        from . import io
 
-        return movielens.load(args.data)
+        return io.load(args.data)
     from . import synthetic
 
     return synthetic.generate()
+
+
+def _check_writable(path: str, flag: str) -> None:
+    """Refuse an output path whose folder is missing before any work is done."""
+    folder = Path(path).expanduser().parent
+    if not folder.is_dir():
+        raise CliError(f"{flag}: the folder {shorten(folder, 160)} does not exist")
+
+
+def _train_target(args: argparse.Namespace, cfg):  # -> (Store, dataset id)
+    """The store and the dataset a ``train --db`` trains, with everything checked first.
+
+    DATA is read and validated, and the config tried on it (``pipeline.split``), before the
+    store is even opened; a ``--run-id`` must name a queued run and a ``--dataset-id`` a
+    stored dataset. Only then is the dataset added, so bad input leaves the store as it was.
+    """
+    from . import pipeline
+    from .store import ACTIVE_STATUSES
+
+    if args.data and args.dataset_id is not None:
+        raise CliError("give DATA or --dataset-id, not both")
+    if args.data and args.run_id is not None:
+        raise CliError("--run-id trains a queued run of a stored dataset: give --dataset-id, "
+                       "not DATA")
+    dataset = None
+    if args.dataset_id is None:
+        dataset = _train_dataset(args)
+        pipeline.split(dataset, cfg)  # data the config cannot split: refused, nothing stored
+    store = _open_store(args.db, must_exist=args.dataset_id is not None or
+                        args.run_id is not None)
+    if args.run_id is not None:
+        run = store.get_run(int(args.run_id))  # StoreError: no run with that id
+        if run["status"] not in ACTIVE_STATUSES:
+            raise CliError(f"run {args.run_id} is {run['status']}; only a queued run can be "
+                           "trained (start a new run without --run-id)")
+        if args.dataset_id is not None and int(run["dataset_id"]) != int(args.dataset_id):
+            raise CliError(f"run {args.run_id} belongs to dataset {run['dataset_id']}, "
+                           f"not {args.dataset_id}")
+    if dataset is None:
+        store.get_dataset(int(args.dataset_id))  # StoreError: no dataset with that id
+        if args.run_id is None:
+            pipeline.split(store.load_dataset(int(args.dataset_id)), cfg)
+        return store, int(args.dataset_id)
+    return store, store.add_dataset(dataset)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -117,13 +187,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
 
     try:
+        if args.report:
+            _check_writable(args.report, "--report")
         if args.db:
-            if args.data and args.dataset_id is not None:
-                raise CliError("give DATA or --dataset-id, not both")
-            store = _open_store(args.db)
-            dataset_id = args.dataset_id
-            if dataset_id is None:
-                dataset_id = store.add_dataset(_train_dataset(args))
+            store, dataset_id = _train_target(args, cfg)
             run_id = pipeline.run_training(store, int(dataset_id), cfg, run_id=args.run_id,
                                            on_epoch_end=on_epoch, project=not args.no_project)
             summary = store.get_run(run_id)["summary"]
@@ -177,18 +244,72 @@ def _add_train_parser(sub) -> None:  # sub: argparse._SubParsersAction
 
 
 # --- runs / audience / lookalike (stored runs and audiences) ---------------------------------
-def _open_store(url: str | None):  # -> Store
-    """The store at ``url`` (default ``Store.default_url()``); a bad URL is a usage error."""
+def _masked(url: str) -> str:
+    """``url`` with any password hidden (also when SQLAlchemy cannot parse it)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy knows: hide what looks like user:password@
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _scrubbed(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` (if any) replaced by ***."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(url).password
+    except Exception:
+        password = None
+    return text.replace(str(password), "***") if password else text
+
+
+def _require_store(url: str) -> None:
+    """Refuse a store that does not exist yet, without creating it (for commands that only
+    read, or that name a stored run or dataset): a mistyped ``--db`` is an error, not an
+    empty store that answers "no runs"."""
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    shown = _masked(url)
+    if u.get_backend_name() == "sqlite":
+        if u.database in (None, "", ":memory:"):
+            raise CliError(f"{shown} is an in-memory database: it holds no store")
+        path = Path(u.database).expanduser()
+        if not path.is_file():
+            raise CliError(f"no store at {shorten(path, 160)}: the file does not exist (check "
+                           "--db or $DSSM_DB_URL; `train DATA --db URL` creates a store)")
+    engine = create_engine(url)
+    try:
+        has_runs = inspect(engine).has_table("runs")
+    finally:
+        engine.dispose()
+    if not has_runs:
+        raise CliError(f"{shown} holds no store (no 'runs' table); check --db or $DSSM_DB_URL")
+
+
+def _open_store(url: str | None, *, must_exist: bool = False):  # -> Store
+    """The store at ``url`` (default ``Store.default_url()``); a bad URL is a usage error.
+
+    ``must_exist``: refuse (``CliError``) a store that is not there instead of creating it.
+    Messages never show the database password.
+    """
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
     from .store import Store
 
     target = url or Store.default_url()
     try:
+        if must_exist:
+            _require_store(target)
         return Store(target)
     except (ArgumentError, SQLAlchemyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CliError(f"cannot open the store at {target}: {first}") from exc
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise CliError(_scrubbed(f"cannot open the store at {_masked(target)}: {first}",
+                                 target)) from None
 
 
 def _fmt_duration(seconds: float | None) -> str:
@@ -201,7 +322,7 @@ def _fmt_duration(seconds: float | None) -> str:
 
 def _cmd_runs(args: argparse.Namespace) -> int:
     """A table of the stored runs, newest first (``--json``: one JSON object per line)."""
-    store = _open_store(args.db)
+    store = _open_store(args.db, must_exist=True)
     runs = store.list_runs(dataset_id=args.dataset)
     if args.json:
         for r in runs:
@@ -241,7 +362,8 @@ def _parse_where(items: Sequence[str] | None) -> dict[str, list[str]]:
 def _write_audience(args: argparse.Namespace, request) -> int:  # request: AudienceRequest
     from . import audience
 
-    store = _open_store(args.db)
+    _check_writable(args.out, "--out")
+    store = _open_store(args.db, must_exist=True)
     result = audience.audience_for(store, args.run, request)
     data = result.to_csv_bytes()
     with open(args.out, "wb") as fh:
@@ -269,8 +391,9 @@ def _cmd_lookalike(args: argparse.Namespace) -> int:
     """Users most like a seed list (seeds excluded), written as CSV."""
     from . import audience
 
-    with open(args.users, "rb") as fh:
-        seeds = audience.read_user_ids(fh.read())
+    from .io import read_regular_file
+
+    seeds = audience.read_user_ids(read_regular_file(args.users), file=args.users)
     if not seeds:
         raise CliError(f"{args.users}: the seed list is empty")
     request = audience.AudienceRequest(
@@ -291,7 +414,7 @@ def _add_audience_args(sp: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dssm_core", description=__doc__.splitlines()[0])
+    p = _Parser(prog="python -m dssm_core", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -348,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataValidationError, CliError, ValueError, OSError, KeyError) as exc:
         # OSError: a missing, unreadable or unwritable file (--users, --out, --report)
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {_one_line(msg)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -5,8 +5,10 @@ encoders (which carry the data-sized feature specs) and weights.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+from .jsonfields import checked_kwargs
 
 OBJECTIVES = ("pointwise", "inbatch")
 PROTOCOLS = ("A", "L", "T")
@@ -133,15 +135,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
-        d = dict(d)
-        for k in ("user_hidden", "item_hidden"):
-            if k in d:
-                d[k] = tuple(int(x) for x in d[k])
-        return cls(**d)
+        """A config from a JSON object (``--config-json``, a stored run), every value
+        type-checked (``ValueError`` naming the key) before the values are."""
+        return cls(**checked_kwargs(cls, d, "config"))
 
     def with_(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed (validated again)."""

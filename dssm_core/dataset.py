@@ -13,6 +13,30 @@ import pandas as pd
 INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 
 
+#: How many characters of a user's value (an id, a column or file name) a message repeats.
+SHOWN_CHARS = 80
+
+
+def shorten(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``value`` as text for a message: at most ``limit`` characters, then "…" and the length.
+
+    Messages repeat what the person gave (an unknown id, a column name); a 20 MB id must not
+    become a 20 MB error line. Line breaks are shown as ``\\n`` so a message stays one line.
+    """
+    text = str(value)
+    if len(text) > limit:
+        text = f"{text[:limit]}… ({len(text):,} characters)"
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _shorten_path(path: str, limit: int = 2 * SHOWN_CHARS) -> str:
+    """A long path keeps its start and its end (the file's own name)."""
+    if len(path) <= limit:
+        return path
+    half = limit // 2
+    return f"{path[:half]}…{path[-half:]}"
+
+
 class DataValidationError(ValueError):
     """Bad input. The message names the file, the line and the column, and what was expected.
 
@@ -33,11 +57,11 @@ class DataValidationError(ValueError):
         self.column = column
         where = []
         if file:
-            where.append(str(file))
+            where.append(_shorten_path(str(file)))
         if line is not None:
             where.append(f"line {line}")
         if column:
-            where.append(f"column '{column}'")
+            where.append(f"column '{shorten(column)}'")
         prefix = ", ".join(where)
         super().__init__(f"{prefix}: {message}" if prefix else message)
 

@@ -10,7 +10,7 @@ PRINT_ALLOWED = {"cli.py"}
 
 
 def _modules() -> list[Path]:
-    mods = sorted(CORE.glob("*.py"))
+    mods = sorted(CORE.rglob("*.py"))  # the io/ package too
     assert len(mods) >= 5, "dssm_core modules not found"
     return mods
 

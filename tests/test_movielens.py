@@ -356,7 +356,9 @@ def test_column_mapping_checks() -> None:
 
 
 def test_large_files_get_categorical_ids(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(movielens, "CATEGORY_MIN_ROWS", 5)
+    from dssm_core.io import assemble
+
+    monkeypatch.setattr(assemble, "CATEGORY_MIN_ROWS", 5)
     ds = load(FIX / "ml-100k")
     inter = ds.interactions
     assert isinstance(inter["user_id"].dtype, pd.CategoricalDtype)
@@ -701,7 +703,9 @@ def test_generic_side_tables_with_their_own_key_names() -> None:
 @pytest.mark.parametrize("engine", ["auto", "pyarrow"])
 def test_diagnosis_across_batches(engine: str, tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(movielens, "_DIAGNOSE_BATCH", 4)
+    from dssm_core.io import diagnose
+
+    monkeypatch.setattr(diagnose, "_DIAGNOSE_BATCH", 4)
     good = [f"{u},{i},3.5,{100 + u}" for u in range(1, 6) for i in (1, 2)]  # lines 2-11
     lines = ["userId,movieId,rating,timestamp", *good[:5], "", *good[5:],
              "7,1,4.0,1_000x", "8,1,9.5,5"]
@@ -754,7 +758,9 @@ _BAD_TABLES = {
 @pytest.mark.parametrize("case", sorted(_BAD_TABLES))
 def test_fast_and_streaming_diagnosis_agree(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     source = _BAD_TABLES[case]
-    real = movielens._diagnose_unquoted
+    from dssm_core.io import diagnose
+
+    real = diagnose._diagnose_unquoted
     calls = []
 
     def spy(t):
@@ -762,16 +768,16 @@ def test_fast_and_streaming_diagnosis_agree(case: str, monkeypatch: pytest.Monke
         return real(t)
 
     # a 1-row look-ahead, so the whole-file vectorised path has to find the problem
-    monkeypatch.setattr(movielens, "_DIAGNOSE_BATCH", 1)
-    monkeypatch.setattr(movielens, "_diagnose_unquoted", spy)
+    monkeypatch.setattr(diagnose, "_DIAGNOSE_BATCH", 1)
+    monkeypatch.setattr(diagnose, "_diagnose_unquoted", spy)
     fast = _error(source)
     assert calls, "the vectorised diagnosis did not run"
 
     def unavailable(t):
         raise ImportError("forced: take the streaming path")
 
-    monkeypatch.setattr(movielens, "_diagnose_unquoted", unavailable)
-    monkeypatch.setattr(movielens, "_DIAGNOSE_BATCH", 1 << 16)
+    monkeypatch.setattr(diagnose, "_diagnose_unquoted", unavailable)
+    monkeypatch.setattr(diagnose, "_DIAGNOSE_BATCH", 1 << 16)
     slow = _error(source)
     assert str(fast) == str(slow)
     assert (fast.line, fast.column) == _BAD_WHERE[case]
