@@ -620,10 +620,13 @@ class FeatureEncoder:
         seed: int = 0,
         known: np.ndarray | Sequence[int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``n`` negative users per event at ``rows``: training users drawn uniformly who
-        never interacted with the event's item in the ``known`` rows (default: all), seeded;
-        a draw that still hits one after 10 redraws is dropped. Returns ``(item_ids,
-        user_ids, timestamps)`` (object, object, int64)."""
+        """``n`` negative users per event at ``rows``: drawn uniformly among the training
+        users who already existed at the event's time (their first ``known`` event is
+        earlier) and never interacted with the event's item in the ``known`` rows (default:
+        all), seeded; a draw that still hits one after 10 redraws is dropped, as is an event
+        before which no other user existed. Users who did not exist yet would be negatives
+        the model tells apart by time alone. Returns ``(item_ids, user_ids, timestamps)``
+        (object, object, int64)."""
         self._check_fitted()
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -643,16 +646,28 @@ class FeatureEncoder:
         icode_all = item_index.get_indexer(as_str_array(inter["item_id"])).astype(np.int64)
         k_rows = np.arange(len(inter)) if known is None else _check_rows(dataset, known)
         seen = np.unique(icode_all[k_rows] * n_users + ucode_all[k_rows])
+        times = inter["timestamp"].to_numpy(dtype=np.int64)
+        first = np.full(n_users, np.iinfo(np.int64).max)
+        np.minimum.at(first, ucode_all[k_rows], times[k_rows])
+        by_first = pool_users[np.argsort(first[pool_users], kind="stable")]
+        first_sorted = first[by_first]
         icode = np.repeat(icode_all[rows], n)
-        ts = np.repeat(inter["timestamp"].to_numpy(dtype=np.int64)[rows], n)
-        draw = pool_users[rng.integers(0, len(pool_users), size=len(icode))]
-        hit = np.zeros(len(draw), dtype=bool)
+        ts = np.repeat(times[rows], n)
+        existing = np.searchsorted(first_sorted, ts, side="left")     # users before ts
+        hit = existing == 0
+
+        def draw_for(mask: np.ndarray) -> np.ndarray:
+            return by_first[(rng.random(int(mask.sum())) * existing[mask]).astype(np.int64)]
+
+        draw = np.zeros(len(icode), dtype=np.int64)
+        live = ~hit
+        draw[live] = draw_for(live)
         for _ in range(10):
-            hit = np.isin(icode * n_users + draw, seen)
+            hit = live & np.isin(icode * n_users + draw, seen)
             if not hit.any():
                 break
-            draw[hit] = pool_users[rng.integers(0, len(pool_users), size=int(hit.sum()))]
-        keep = ~hit
+            draw[hit] = draw_for(hit)
+        keep = live & ~hit
         return (as_str_array(dataset.items["item_id"])[icode[keep]], all_users[draw[keep]],
                 ts[keep])
 

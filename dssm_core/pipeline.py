@@ -15,7 +15,7 @@ Protocols (every summary carries its name and description):
   user->item direction is measured the same way (items the user had in training removed).
 - **L** (leave-last-out, as torch-rechub and retrieval libraries report): for every user with
   at least two interactions, the last one (by time) is the test; the rest are training rows
-  (the last eighth of them by time is validation). History and statistics come from the
+  (each user's last remaining one, for users with two or more left, is validation). History and statistics come from the
   training rows only. Every held-out interaction is relevant whatever its rating; user->item and
   item->user recall@K with already-seen candidates removed, exact search over all items/users.
 
@@ -64,7 +64,7 @@ PROTOCOL_DESCRIPTIONS = {
           "interactions whose item occurs in training, vectors as of the split time, "
           "candidates already seen in training removed, exact search, micro-averaged"),
     "L": ("leave-last-out: per user with >= 2 interactions the last one is the test, the rest "
-          "train (last eighth by time validation); features from training rows only; every "
+          "train (each user's last remaining one validation); features from training rows only; every "
           "held-out interaction is relevant; already-seen removed, exact search"),
     "A": ("audience: interactions ordered by (time, row), the first 80% are the past (its last "
           "eighth validation), the rest the future; any rating is an interaction; candidates "
@@ -177,12 +177,17 @@ def split(dataset: Dataset, cfg: TrainConfig) -> Split:
     count = np.bincount(codes)
     is_test = last & (count[cu] >= 2)
     test = by_user[is_test]
+    # validation: the same rule inside the rest (each user's last remaining interaction,
+    # for users with at least two left), so choices are made on the question the test asks
+    rest_by_user = by_user[~is_test]
+    cr = codes[rest_by_user]
+    last_r = np.r_[cr[1:] != cr[:-1], True] if len(cr) else np.zeros(0, dtype=bool)
+    count_r = np.bincount(cr, minlength=len(count))
+    val = rest_by_user[last_r & (count_r[cr] >= 2)]
     rest = np.setdiff1d(order, test)
-    rest = rest[np.lexsort((rest, ts[rest]))]
-    n_val = int(round(len(rest) * cfg.val_fraction))
-    if len(test) < 1 or n_val < 1 or len(rest) - n_val < 1:
+    train = np.setdiff1d(rest, val)
+    if len(test) < 1 or len(val) < 1 or len(train) < 1:
         raise ValueError("leave-last-out needs users with at least two interactions")
-    train, val = rest[:len(rest) - n_val], rest[len(rest) - n_val:]
     pool = np.sort(rest)
     return Split("L", np.sort(train), np.sort(val), np.sort(test), None, pool, desc)
 
@@ -370,9 +375,14 @@ def test_question(dataset: Dataset, sp: Split, cfg: TrainConfig,
 
 def validation_question(dataset: Dataset, sp: Split,
                         codes: "_Codes | None" = None) -> evaluation.Question:
-    """Every protocol's validation question: protocol A's rule inside the known rows, with
-    the training rows as the past and the validation rows as the future."""
+    """The validation question: the test's rule inside the known rows, the training rows as
+    the past. A and T: protocol A's rule with the validation rows as the future (T's test
+    ranks everyone, but a choice made for users who do not exist yet would be a choice for
+    nobody); L: every validation pair (each user's last known interaction), all candidates."""
     c = codes or _Codes.of(dataset)
+    if sp.protocol == "L":
+        return evaluation.heldout_question(c.user, c.item, sp.train, sp.val, c.n_users,
+                                           c.n_items)
     return evaluation.future_question(c.user, c.item, sp.train, sp.val, c.n_users, c.n_items)
 
 

@@ -206,3 +206,13 @@ def test_item_mean_baseline_keeps_items_first_seen_in_validation() -> None:
     p = pipeline.item_mean_baseline(np.array([1, 1, 2, 2]), np.array([1., 1., 0., 0.]),
                                     np.array([1, 2]), smoothing=0.0)
     assert p.tolist() == [1.0, 0.0]
+
+
+def test_protocol_l_validates_on_each_users_last_remaining_interaction() -> None:
+    # per user, rows in time order: u1 1,2,8,12,15 | u2 3,4,9,14 | u3 5,6,10,16 | u4 7,11 |
+    # u5 13. Test = each last (u5 has one row: none); validation = each user's last remaining
+    # row where two or more remain (u4 keeps only row 7: none).
+    sp = pipeline.split(_log(), preset("audience", protocol="L"))
+    assert sorted(sp.test.tolist()) == [10, 13, 14, 15]          # rows 11, 14, 15, 16
+    assert sorted(sp.val.tolist()) == [8, 9, 11]                # rows 9, 10, 12
+    assert sorted(np.concatenate([sp.train, sp.val, sp.test]).tolist()) == list(range(16))
