@@ -43,6 +43,9 @@ class TrainConfig:
         interacted with its item, with label 0: the item->user side (which users for this
         item; it teaches that active users interact more). Sampled the same way for
         validation and test rows.
+    pair_negatives: per row, random pairs of an existing user and a training item (neither
+        drawn by popularity), label 0: the model keeps both the items' popularity and the
+        users' activity, what "who interacts next" mostly is.
     id_dropout: in training, the probability of hiding a row's user_id/item_id (index 0), so
         the towers also learn from attributes and history alone (cold-start users and items).
     item_to_user_weight: "inbatch" only: weight w of the item->user softmax (each item picks its
@@ -54,6 +57,9 @@ class TrainConfig:
         the article preset's steps 1.7x faster at the same test AUC (BENCHMARKS.md).
     monitor: the validation figure early stopping watches and the kept epoch is best on
         (``MONITORS``); "auto" = the one the run is judged by.
+    refit: after early stopping chose the epoch count on validation, train a fresh model
+        (same seed) on training + validation rows for that many epochs; it is the one
+        tested, stored and searched (validation figures stay those of the first fit).
     """
 
     preset: str = "default"
@@ -76,6 +82,7 @@ class TrainConfig:
     explicit_negatives: int = 0
     negatives_by: str = "popularity"
     user_negatives: int = 0
+    pair_negatives: int = 0
     val_fraction: float = 0.125
     test_fraction: float = 0.2
     early_stopping_patience: int = 2
@@ -83,6 +90,7 @@ class TrainConfig:
     item_to_user_weight: float = 0.0
     precision: str = "auto"
     monitor: str = "auto"
+    refit: bool = False
     seed: int = 42
     num_threads: int = 1
 
@@ -105,8 +113,10 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.test_fraction < 1.0 or not 0.0 < self.val_fraction < 1.0:
             raise ValueError("test_fraction and val_fraction must be in (0, 1)")
-        if self.negatives < 0 or self.explicit_negatives < 0 or self.user_negatives < 0:
-            raise ValueError("negatives, explicit_negatives and user_negatives must be >= 0")
+        if min(self.negatives, self.explicit_negatives, self.user_negatives,
+               self.pair_negatives) < 0:
+            raise ValueError("negatives, explicit_negatives, user_negatives and "
+                             "pair_negatives must be >= 0")
         if self.negatives_by not in ("popularity", "uniform"):
             raise ValueError(
                 f"negatives_by must be 'popularity' or 'uniform', got {self.negatives_by!r}")

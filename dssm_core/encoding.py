@@ -351,6 +351,7 @@ class FeatureEncoder:
         known: np.ndarray | Sequence[int] | None = None,
         negatives_by: str = "popularity",
         user_negatives: int = 0,
+        pair_negatives: int = 0,
     ) -> dict[str, np.ndarray]:
         """Both towers' features for the events at ``rows`` (positions into
         ``dataset.interactions``), each as of its own time, plus ``"label"`` (float32 0/1:
@@ -369,6 +370,8 @@ class FeatureEncoder:
             who never interacted with the event's item (in ``known``), appended with label 0
             at the event's time: the item->user side of the question (which users, for this
             item), which item negatives alone never ask.
+        pair_negatives: per event, this many random (existing user, training item) pairs
+            never interacted with, label 0, at the event's time.
         """
         self._check_fitted()
         rows = _check_rows(dataset, rows)
@@ -388,6 +391,10 @@ class FeatureEncoder:
         if user_negatives > 0 and len(rows):
             drawn.append(self.sample_user_negatives(dataset, rows, user_negatives,
                                                     seed=seed + 7919, known=known))
+        if pair_negatives > 0 and len(rows):
+            drawn.append(self.sample_user_negatives(dataset, rows, pair_negatives,
+                                                    seed=seed + 104729, known=known,
+                                                    random_items=True))
         for neg_items, neg_users, neg_ts in drawn:
             users = np.concatenate([users, neg_users])
             items = np.concatenate([items, neg_items])
@@ -619,14 +626,17 @@ class FeatureEncoder:
         *,
         seed: int = 0,
         known: np.ndarray | Sequence[int] | None = None,
+        random_items: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``n`` negative users per event at ``rows``: drawn uniformly among the training
         users who already existed at the event's time (their first ``known`` event is
         earlier) and never interacted with the event's item in the ``known`` rows (default:
         all), seeded; a draw that still hits one after 10 redraws is dropped, as is an event
         before which no other user existed. Users who did not exist yet would be negatives
-        the model tells apart by time alone. Returns ``(item_ids, user_ids, timestamps)``
-        (object, object, int64)."""
+        the model tells apart by time alone. ``random_items``: pair each drawn user with a
+        training item drawn uniformly instead of the event's item (random pairs: both sides'
+        priors stay in the model, since neither side of the negatives follows popularity).
+        Returns ``(item_ids, user_ids, timestamps)`` (object, object, int64)."""
         self._check_fitted()
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -652,6 +662,10 @@ class FeatureEncoder:
         by_first = pool_users[np.argsort(first[pool_users], kind="stable")]
         first_sorted = first[by_first]
         icode = np.repeat(icode_all[rows], n)
+        if random_items:
+            vocab_items = item_index.get_indexer(np.asarray(self.item_vocab_, dtype=object))
+            vocab_items = vocab_items[vocab_items >= 0]
+            icode = vocab_items[rng.integers(0, len(vocab_items), size=len(icode))]
         ts = np.repeat(times[rows], n)
         existing = np.searchsorted(first_sorted, ts, side="left")     # users before ts
         hit = existing == 0

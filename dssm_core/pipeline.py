@@ -238,7 +238,8 @@ def _train(
     neg = int(cfg.negatives) if dataset.implicit else int(cfg.explicit_negatives)
     known = sp.known
     draw = {"negatives": neg, "negatives_by": cfg.negatives_by,
-            "user_negatives": int(cfg.user_negatives)}
+            "user_negatives": int(cfg.user_negatives),
+            "pair_negatives": int(cfg.pair_negatives)}
     x_train = enc.transform_events(dataset, sp.train, pool=sp.pool, seed=cfg.seed,
                                    known=known, **draw)
     x_val = enc.transform_events(dataset, sp.val, pool=sp.pool, seed=cfg.seed + 1,
@@ -254,10 +255,21 @@ def _train(
                       should_stop=should_stop, monitor=monitor, validator=validator)
     if fr.stopped == "cancelled":
         raise TrainingCancelled("training cancelled")
+    fitted = model                          # validation figures are this model's
+    if cfg.refit and fr.best_epoch >= 1 and len(x_val["label"]):
+        # the epoch count was chosen on validation; now learn from the whole past (the
+        # validation rows are its most recent part) for that many epochs
+        model = DSSM(enc.user_specs_, enc.item_specs_, cfg)
+        both = {k: np.concatenate([x_train[k], x_val[k]]) for k in x_train}
+        refit = training.fit(model, both, None,
+                             cfg.with_(epochs=int(fr.best_epoch), early_stopping_patience=0),
+                             should_stop=should_stop)
+        if refit.stopped == "cancelled":
+            raise TrainingCancelled("training cancelled")
     t1 = time.perf_counter()
     eval_u, eval_i = eval_vectors(model, enc, dataset, sp)
     summary = evaluate(model, enc, dataset, sp, cfg, x_train=x_train, x_val=x_val,
-                       x_test=x_test, vectors=(eval_u, eval_i))
+                       x_test=x_test, vectors=(eval_u, eval_i), val_model=fitted)
     t_eval = time.perf_counter() - t1
 
     # what the audience pages search: everyone as of the end of the data
@@ -279,6 +291,7 @@ def _train(
         "epochs_run": len(fr.history),
         "best_epoch": int(fr.best_epoch),
         "monitor": fr.monitor,
+        "refit": bool(cfg.refit),
         "stopped": fr.stopped,
         "seconds_per_epoch": float(np.mean(seconds)) if seconds else None,
         "train_samples_per_second": float(fr.samples_per_second),
@@ -455,11 +468,14 @@ def evaluate(
     x_test: dict[str, np.ndarray],
     with_peers: bool = True,
     vectors: tuple[np.ndarray, np.ndarray] | None = None,
+    val_model: Any = None,
 ) -> dict[str, Any]:
     """Test AUC/logloss and the audience question (both directions) for the model and, on
     the same split, the peers: item-mean (AUC/logloss), popularity and EASE (retrieval).
     Also the validation figures (prefix ``val_``) every choice is made on. ``vectors``: the
-    model's ``eval_vectors`` when the caller has them already."""
+    model's ``eval_vectors`` when the caller has them already. ``val_model``: the model
+    whose validation figures are reported (the one fitted without the validation rows, when
+    ``model`` was refitted on them; default ``model``)."""
     out: dict[str, Any] = {"protocol": sp.protocol, "protocol_description": sp.description}
     y = x_test["label"]
     from . import training
@@ -487,7 +503,8 @@ def evaluate(
         out.update(pe.validation)
         out["ease_lambda"] = pe.ease_lambda
         out["ease_note"] = pe.ease_note
-    Uv, Vv = eval_vectors(model, enc, dataset, sp, validation=True)
+    Uv, Vv = eval_vectors(val_model if val_model is not None else model, enc, dataset, sp,
+                          validation=True)
     out.update(evaluation.ask(val_q, {"model": evaluation.VectorScorer(Uv, Vv)},
                               prefix="val_"))
     out.update(evaluation.ask(test_q, scorers))

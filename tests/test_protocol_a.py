@@ -216,3 +216,37 @@ def test_protocol_l_validates_on_each_users_last_remaining_interaction() -> None
     assert sorted(sp.test.tolist()) == [10, 13, 14, 15]          # rows 11, 14, 15, 16
     assert sorted(sp.val.tolist()) == [8, 9, 11]                # rows 9, 10, 12
     assert sorted(np.concatenate([sp.train, sp.val, sp.test]).tolist()) == list(range(16))
+
+
+def test_user_negatives_are_users_who_existed_and_never_had_the_item() -> None:
+    from dssm_core.encoding import FeatureEncoder
+
+    ds = _log()
+    known = np.arange(5)          # rows 1-5: u1 {i1, i2}, u2 {i1, i3}, u3 {i2}
+    enc = FeatureEncoder(history_len=2).fit(ds, known)
+    # row 4 (u2, i3, t=4): before t=4 only u1 (t=1) and u2 (t=3) existed; u2 had i3
+    items, users, ts = enc.sample_user_negatives(ds, np.array([3]), 6, seed=1, known=known)
+    assert users.tolist() == ["u1"] * 6 and items.tolist() == ["i3"] * 6
+    assert ts.tolist() == [4] * 6
+    # row 3 (u2, i1, t=3): only u1 existed before, and u1 had i1: nothing to draw
+    items, users, ts = enc.sample_user_negatives(ds, np.array([2]), 4, seed=1, known=known)
+    assert len(users) == 0
+    # random pairs: an existing user with a training item they never had
+    items, users, ts = enc.sample_user_negatives(ds, np.array([4]), 50, seed=2, known=known,
+                                                 random_items=True)
+    had = {("u1", "i1"), ("u1", "i2"), ("u2", "i1"), ("u2", "i3"), ("u3", "i2")}
+    assert len(users) > 0 and set(users) <= {"u1", "u2"}      # u3 first appears at t=5
+    assert set(items) <= {"i1", "i2", "i3"} and not (set(zip(users, items)) & had)
+
+
+def test_refit_keeps_validation_figures_and_changes_the_tested_model(tiny_synthetic) -> None:
+    base = preset("audience", epochs=2, batch_size=256, embedding_dim=8,
+                  user_hidden=(32, 16), item_hidden=(32, 16))
+    a = pipeline.train(tiny_synthetic, base)
+    b = pipeline.train(tiny_synthetic, base.with_(refit=True))
+    assert b.summary["refit"] and not a.summary["refit"]
+    # validation figures are the first fit's, the same with or without the refit
+    assert b.summary["val_i2u_recall@50"] == a.summary["val_i2u_recall@50"]
+    assert b.summary["best_epoch"] == a.summary["best_epoch"]
+    # the tested and stored model learned from the validation rows too
+    assert not np.allclose(b.eval_user_vectors, a.eval_user_vectors)
