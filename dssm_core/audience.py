@@ -851,15 +851,17 @@ def read_user_ids(data: bytes | str, *, file: str | None = None) -> list[str]:
     ids: list[str] = []
     if "user_id" in [c.strip().strip('"') for c in first.split(",")]:
         reader = csv.DictReader(io.StringIO(text))
+        start = 2  # the line the next row starts on (after the header)
         try:
             for row in reader:
                 v = (row.get("user_id") or "").strip()
                 if v:
                     ids.append(unescape_cell(v))
+                start = reader.line_num + 1
         except csv.Error as exc:
             raise DataValidationError(f"cannot split the line into fields ({exc}); a quote "
                                       "(\") opened and never closed?",
-                                      file=file, line=reader.line_num + 1) from None
+                                      file=file, line=start) from None
     else:
         for ln in lines:
             v = ln.strip()

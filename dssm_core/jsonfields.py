@@ -26,6 +26,8 @@ _EXPECTED = {
 
 
 def _found(value: Any) -> str:
+    if value is None:
+        return "null"
     kind = {bool: "true/false", int: "the number", float: "the number", str: "the text",
             list: "the list", dict: "the object"}.get(type(value), type(value).__name__)
     try:

@@ -94,7 +94,7 @@ def _in_seconds(times: np.ndarray, file: str, warnings: list[str]) -> np.ndarray
     down to seconds, with a warning; seconds as they are."""
     if not len(times):
         return times
-    top = float(np.abs(times.astype(np.float64)).max())
+    top = max(int(times.max()), -int(times.min()))  # Python ints: no copy, no overflow
     for bound, divisor, unit in _TIME_UNITS:
         if top >= bound:
             warnings.append(f"{file}: the times look like {unit} since 1970 (up to {top:.4g}); "

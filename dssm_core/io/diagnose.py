@@ -66,14 +66,16 @@ def _iter_rows(t: _Table) -> Iterator[tuple[int, list[str]]]:
     if len(t.sep) == 1:
         reader = csv.reader(stream, delimiter=t.sep,
                             quoting=csv.QUOTE_MINIMAL if t.quoting else csv.QUOTE_NONE)
+        start = 1  # the line the next row starts on
         try:
             for row in reader:
                 yield reader.line_num, row
+                start = reader.line_num + 1
         except csv.Error as exc:  # a field over csv's limit (an unclosed quote), a lone CR
             hint = ("; a quote (\") opened and never closed?" if "field limit" in str(exc)
                     else "")
             raise DataValidationError(f"cannot split the line into fields ({exc}){hint}",
-                                      file=t.display, line=reader.line_num + 1) from None
+                                      file=t.display, line=start) from None
     else:
         for i, line in enumerate(stream, start=1):
             yield i, line.rstrip("\r\n").split(t.sep)
