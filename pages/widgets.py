@@ -258,10 +258,12 @@ def show_datasets(datasets: Sequence[dict[str, Any]]) -> None:
 
 
 def show_runs(runs: Sequence[dict[str, Any]], dataset_names: dict[int, str] | None = None,
-              ) -> None:
-    """The runs table with metric help texts; missing metrics show as a dash."""
+              *, columns: Sequence[str] | None = None) -> None:
+    """The runs table with metric help texts; missing metrics show as a dash.
+    ``columns``: the ``runs_frame`` columns to show, in order (default all)."""
     st.dataframe(
         runs_frame(runs, dataset_names), hide_index=True, placeholder="—",
+        column_order=list(columns) if columns is not None else None,
         column_config={
             "Test AUC": st.column_config.NumberColumn(
                 format="%.3f", help="Ranking quality on the held-out test period; 0.5 = guessing"),
