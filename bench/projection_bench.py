@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "app"))
 
+from machine import cpu_model  # noqa: E402  (bench/machine.py)
+
 
 def _clustered_vectors(groups: np.ndarray, dim: int, seed: int) -> np.ndarray:
     """Unit vectors around one random centre per group (what a trained tower looks like)."""
@@ -58,16 +60,6 @@ def _add_run(store, ds, dim: int, seed: int) -> int:
                      item_ids=ds.items["item_id"].to_numpy(),
                      item_vectors=_clustered_vectors(ig, dim, seed + 2))
     return run_id
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 class _Clock:
@@ -121,7 +113,7 @@ def main() -> None:
     from dssm_core import audience, projection, synthetic
     from dssm_core.store import Store
 
-    out: dict[str, Any] = {"users": args.users, "dim": args.dim, "cpu": _cpu_model(),
+    out: dict[str, Any] = {"users": args.users, "dim": args.dim, "cpu": cpu_model(),
                            "load_avg_1min_at_start": round(os.getloadavg()[0], 1)}
     tmp = Path(tempfile.mkdtemp(prefix="projbench-"))
     url = f"sqlite:///{tmp / 'store.db'}"
@@ -167,6 +159,11 @@ def main() -> None:
     assert {p["by"] for p in res.values()} == {"worker"}, res
     out["maps_after_training_warm_worker_wall_s"] = round(c.wall, 1)
     out["worker_map_seconds"] = {k: p["seconds"] for k, p in res.items()}
+    stored = [json.loads(x) for x in log_file.read_text().splitlines()
+              if x.startswith("{") and '"stored"' in x]
+    out["maps_after_training_warm_worker_cpu_s"] = stored[-1]["cpu_s"]
+    out["worker_warm_up_s"] = [json.loads(x) for x in log_file.read_text().splitlines()
+                               if x.startswith("{") and '"warm"' in x][0]["seconds"]
     out["worker_maps_identical_to_plain_umap"] = all(
         np.array_equal(plain[k], store.load_projection(big_run, k)[1]) for k in plain)
     out["maps_after_training_fresh_process_wall_s"] = round(

@@ -230,6 +230,7 @@ def _serve_one(store: Any, spool: Path, request: Path, say: Callable[[dict], Non
         request.unlink(missing_ok=True)
         return
     waited = round(time.time() - float(spec.get("requested_at", time.time())), 2)
+    cpu0 = time.process_time()
     try:
         params = projection.project_run(
             store, run_id, kinds=tuple(spec.get("kinds") or projection.KINDS),
@@ -242,6 +243,7 @@ def _serve_one(store: Any, spool: Path, request: Path, say: Callable[[dict], Non
     else:
         answer = {"ok": True, "params": params}
         say({"stage": "stored", "run_id": run_id, "waited_s": waited,
-             "seconds": {k: p["seconds"] for k, p in params.items()}})
+             "seconds": {k: p["seconds"] for k, p in params.items()},
+             "cpu_s": round(time.process_time() - cpu0, 2)})
     _write_atomic(_result_path(spool, run_id), answer)
     request.unlink(missing_ok=True)
