@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages import app_navigation
+from pages import app_navigation, login_gate
 
 st.set_page_config(page_title="Audience explorer", page_icon=":material/target:", layout="wide")
 nav = app_navigation()
+login_gate()  # only where [auth] is configured in .streamlit/secrets.toml
 
 # The spinner shows only if this takes over half a second (a fresh clone compiling its bytecode):
 # the main area is never blank without a word.

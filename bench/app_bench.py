@@ -37,7 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "app")]
 
 from machine import cpu_model  # noqa: E402  (bench/machine.py)
 from apphelpers import (  # noqa: E402
-    CHROMIUM, CHROMIUM_ARGS, add_finished_run, new_app, start_server, stop_server)
+    APP, CHROMIUM, CHROMIUM_ARGS, add_finished_run, new_app, start_server, stop_server)
 
 PAGES = [("Data", "pages/data.py", "Data"), ("Train", "pages/train.py", "Train a model"),
          ("Runs", "pages/runs.py", "Runs"), ("Home", "pages/home.py", "Audience explorer")]

@@ -106,6 +106,8 @@ def main() -> None:
     p.add_argument("--users", type=int, default=50_000)
     p.add_argument("--items", type=int, default=2_000)
     p.add_argument("--dim", type=int, default=32)
+    p.add_argument("--only-maps", action="store_true",
+                   help="only 1 and 1b (the maps of the large run), not the pages")
     args = p.parse_args()
     import torch
 
@@ -170,6 +172,12 @@ def main() -> None:
         out["first_projection_wall_s"] + out["project_items_wall_s"], 1)
     worker.kill()
     worker.wait()
+
+    if args.only_maps:
+        out["load_avg_1min_at_end"] = round(os.getloadavg()[0], 1)
+        store.dispose()
+        print(json.dumps(out, indent=1))
+        return
 
     # ---- 2. opening the stored map (the Embedding maps page)
     def pick_big(at):

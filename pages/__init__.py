@@ -45,3 +45,22 @@ def app_navigation() -> Any:
         st.Page(PAGES[key], title=title, icon=icon, default=(key == "home"))
         for key, title, icon in MENU
     ])
+
+
+def login_gate() -> None:
+    """With an ``[auth]`` section in ``.streamlit/secrets.toml`` (OpenID Connect, see the
+    README's "Exposing the app"), only signed-in users get past this; without one the app is
+    open, and listens on localhost only. Signed in, the sidebar names the user and offers
+    *Log out*. Logging in needs ``pip install Authlib``, as ``st.login`` does."""
+    user = st.user
+    if "is_logged_in" not in user:  # no [auth] configured
+        return
+    if user.is_logged_in:
+        with st.sidebar:
+            st.caption(f"Signed in as {user.get('name') or user.get('email') or 'you'}")
+            st.button("Log out", on_click=st.logout, key="_dssm_logout")
+        return
+    st.title("Audience explorer")
+    st.markdown("Sign in to see the datasets, models and audiences.")
+    st.button("Log in", on_click=st.login, type="primary", key="_dssm_login")
+    st.stop()
