@@ -7,8 +7,11 @@ depend on the model), in one run, threads pinned:
 0. first start: empty store, demo on: launch to heading, to the demo's live progress, and to
    "finished" (the demo trained in the background: 2,000 users, 100,000 interactions).
 A. start to first paint: launch ``streamlit run app.py`` (fresh server each time) and time
-   until headless Chromium shows the home page's heading and its "Where to go next" section;
-   also the time until the server answers its health check.
+   until headless Chromium shows the app's menu, then the home page's heading and its "Where
+   to go next" section; also the time until the server answers its health check. Beside it,
+   alternating in the same run, a one-line Streamlit app (``st.title("Hello")``): the floor
+   that Streamlit itself sets. Then both once more with no compiled bytecode
+   (``PYTHONPYCACHEPREFIX`` pointing at an empty folder), as on a fresh clone.
 B. clicks in the browser: from a rendered page, click a sidebar link and time until the new
    page's heading is visible and Streamlit reports the script finished.
 C. server-side script time per page (AppTest, no browser): the Python part of B.
@@ -32,8 +35,9 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "app")]
 
+from machine import cpu_model  # noqa: E402  (bench/machine.py)
 from apphelpers import (  # noqa: E402
-    CHROMIUM, CHROMIUM_ARGS, add_finished_run, new_app, start_server, stop_server)
+    APP, CHROMIUM, CHROMIUM_ARGS, add_finished_run, new_app, start_server, stop_server)
 
 PAGES = [("Data", "pages/data.py", "Data"), ("Train", "pages/train.py", "Train a model"),
          ("Runs", "pages/runs.py", "Runs"), ("Home", "pages/home.py", "Audience explorer")]
@@ -60,28 +64,88 @@ def wait_idle(page, timeout_ms: int = 30_000) -> None:
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
 
 
-def bench_first_paint(url: str, repeat: int) -> dict[str, list[float]]:
+ONE_LINER = 'import streamlit as st\nst.title("Hello")\n'
+
+
+def _launch(script: Path, db_url: str, *, pycache: str | None = None):
+    """``streamlit run script`` from its own folder (so with that folder's config), as the
+    README says; ``pycache``: a fresh PYTHONPYCACHEPREFIX, i.e. no compiled bytecode yet (a
+    fresh clone and venv). Returns (process, base url) once the health check answers."""
+    import subprocess
+    import urllib.request
+
+    from apphelpers import free_port
+
+    port = free_port()
+    env = dict(os.environ, DSSM_DB_URL=db_url, DSSM_DEMO="off", PYTHONPATH=str(ROOT))
+    if pycache:
+        env["PYTHONPYCACHEPREFIX"] = pycache
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", script.name, "--server.port", str(port),
+         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=str(script.parent), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    base = f"http://localhost:{port}"
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(base + "/_stcore/health", timeout=2):
+                return proc, base
+        except OSError:
+            time.sleep(0.05)
+
+
+def bench_first_paint(url: str, repeat: int, tmp: str) -> dict[str, list[float]]:
+    """Launch to rendered page, fresh server each time: the app (menu visible; home heading and
+    "Where to go next") beside a one-line Streamlit app (its heading), alternating, in the same
+    run; then once each with no compiled bytecode (fresh-clone start)."""
     from playwright.sync_api import sync_playwright
 
-    ready, paint = [], []
+    hello = Path(tmp) / "oneliner" / "hello.py"
+    hello.parent.mkdir(parents=True, exist_ok=True)
+    hello.write_text(ONE_LINER)
+    out: dict[str, list[float]] = {k: [] for k in (
+        "server_ready_s", "menu_s", "first_paint_s", "oneliner_ready_s", "oneliner_paint_s",
+        "cold_menu_s", "cold_first_paint_s", "cold_oneliner_paint_s")}
+
+    def one(page, script: Path, cold: bool, app: bool) -> tuple[float, float | None, float]:
+        pycache = tempfile.mkdtemp(prefix="pyc-", dir=tmp) if cold else None
+        t0 = time.perf_counter()
+        proc, base = _launch(script, url, pycache=pycache)
+        ready = time.perf_counter() - t0
+        try:
+            page.goto(base + "/")
+            menu = None
+            if app:
+                page.get_by_test_id("stSidebarNav").get_by_text("Embedding maps").wait_for(
+                    timeout=120_000)
+                menu = time.perf_counter() - t0
+                page.get_by_role("heading", name="Audience explorer").wait_for(timeout=120_000)
+                page.get_by_role("heading", name="Where to go next").wait_for(timeout=120_000)
+            else:
+                page.get_by_role("heading", name="Hello").wait_for(timeout=120_000)
+            return ready, menu, time.perf_counter() - t0
+        finally:
+            stop_server(proc)
+
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
         for _ in range(repeat):
-            t0 = time.perf_counter()
-            proc, base = start_server(url)
-            t_ready = time.perf_counter() - t0
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.goto(base + "/")
-                page.get_by_role("heading", name="Audience explorer").wait_for()
-                page.get_by_role("heading", name="Where to go next").wait_for()
-                paint.append(time.perf_counter() - t0)
-                ready.append(t_ready)
-                page.close()
-            finally:
-                stop_server(proc)
+            ready, menu, paint = one(page, Path(APP), False, True)
+            out["server_ready_s"].append(ready)
+            out["menu_s"].append(menu)
+            out["first_paint_s"].append(paint)
+            ready, _, paint = one(page, hello, False, False)
+            out["oneliner_ready_s"].append(ready)
+            out["oneliner_paint_s"].append(paint)
+        _, menu, paint = one(page, Path(APP), True, True)
+        out["cold_menu_s"].append(menu)
+        out["cold_first_paint_s"].append(paint)
+        out["cold_oneliner_paint_s"].append(one(page, hello, True, False)[2])
         browser.close()
-    return {"server_ready_s": ready, "first_paint_s": paint}
+    return out
 
 
 def bench_first_start(tmp: str) -> dict[str, float]:
@@ -160,28 +224,49 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3, help="server starts to time")
     ap.add_argument("--clicks", type=int, default=5, help="rounds of page clicks")
+    ap.add_argument("--only-start", action="store_true",
+                    help="only A (start to first paint), not the demo, clicks or script runs")
     ap.add_argument("--json", type=Path, help="write the raw timings here")
     args = ap.parse_args()
     if not Path(CHROMIUM).exists():
         print(f"{CHROMIUM} is missing: source .ci/browser.sh first", file=sys.stderr)
         return 2
+    load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/store.db"
         prepare_store(url)
-        results = {"first_start": bench_first_start(tmp),
-                   "first_paint": bench_first_paint(url, args.repeat),
-                   "browser_click_s": bench_clicks(url, args.clicks),
-                   "script_run_s": bench_script(url, args.clicks)}
+        results: dict = {"first_paint": bench_first_paint(url, args.repeat, tmp)}
+        if not args.only_start:
+            results.update(first_start=bench_first_start(tmp),
+                           browser_click_s=bench_clicks(url, args.clicks),
+                           script_run_s=bench_script(url, args.clicks))
     med = statistics.median
-    fs = results["first_start"]
-    print(f"first start (empty store, demo on): heading {fs['heading_s']:.2f} s, demo progress "
-          f"shown {fs['demo_progress_s']:.2f} s, demo trained {fs['demo_trained_s']:.1f} s "
-          f"({fs['demo_epochs']} epochs, test AUC {fs['demo_test_auc']:.3f})")
+    if not args.only_start:
+        fs = results["first_start"]
+        print(f"first start (empty store, demo on): heading {fs['heading_s']:.2f} s, demo "
+              f"progress shown {fs['demo_progress_s']:.2f} s, demo trained "
+              f"{fs['demo_trained_s']:.1f} s ({fs['demo_epochs']} epochs, test AUC "
+              f"{fs['demo_test_auc']:.3f})")
     fp = results["first_paint"]
-    print(f"streamlit run -> server ready: median {med(fp['server_ready_s']):.2f} s "
-          f"({', '.join(f'{x:.2f}' for x in fp['server_ready_s'])})")
-    print(f"streamlit run -> home page rendered: median {med(fp['first_paint_s']):.2f} s "
-          f"({', '.join(f'{x:.2f}' for x in fp['first_paint_s'])})  goal <= 5 s")
+
+    def line(what: str, key: str, goal: str = "") -> None:
+        xs = fp[key]
+        print(f"{what}: median {med(xs):.2f} s ({', '.join(f'{x:.2f}' for x in xs)}) {goal}")
+
+    line("streamlit run app.py -> server ready", "server_ready_s")
+    line("streamlit run app.py -> the app's menu visible", "menu_s")
+    line("streamlit run app.py -> home page rendered", "first_paint_s", "goal <= 3 s")
+    line("streamlit run hello.py (one line) -> server ready", "oneliner_ready_s")
+    line("streamlit run hello.py (one line) -> heading rendered", "oneliner_paint_s")
+    line("no bytecode yet: app.py -> menu visible", "cold_menu_s")
+    line("no bytecode yet: app.py -> home page rendered", "cold_first_paint_s")
+    line("no bytecode yet: hello.py -> heading rendered", "cold_oneliner_paint_s")
+    print(f"CPU: {cpu_model()}; 1-min load average at start {load0:.2f}, at end "
+          f"{os.getloadavg()[0]:.2f}")
+    if args.only_start:
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+        return 0
     print(f"{'page':<6} {'browser click median (max)':>28} {'script run median (max)':>26}")
     for label, _, _ in PAGES:
         b, s = results["browser_click_s"][label], results["script_run_s"][label]

@@ -41,12 +41,17 @@ from dssm_core.config import preset  # noqa: E402
 torch.set_num_threads(1)
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
 
-#: Settings the audience preset was chosen from (label: overrides of the "audience" preset
-#: as it stood before this benchmark: popularity-drawn negatives, no user negatives).
+#: Settings the audience preset was chosen from (overrides of the "audience" preset).
 CANDIDATES = {
-    "popularity negatives": {"negatives_by": "popularity", "user_negatives": 0},
-    "uniform negatives": {"negatives_by": "uniform", "user_negatives": 0},
-    "uniform + 4 user negatives": {"negatives_by": "uniform", "user_negatives": 4},
+    "before: 4 popularity-drawn item negatives": {
+        "negatives_by": "popularity", "explicit_negatives": 4, "pair_negatives": 0,
+        "refit": False},
+    "2 uniform item + 4 random-pair negatives, refit": {
+        "negatives_by": "uniform", "explicit_negatives": 2, "pair_negatives": 4,
+        "refit": True},
+    "4 uniform item + 4 random-pair negatives, refit": {
+        "negatives_by": "uniform", "explicit_negatives": 4, "pair_negatives": 4,
+        "refit": True},
 }
 FIGS = ("i2u_recall@50", "u2i_recall@50")
 

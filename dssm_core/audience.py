@@ -724,7 +724,8 @@ def build_audience(run: LoadedRun, request: AudienceRequest) -> AudienceResult:
         m[idx.positions(seen_users, missing="ignore")] = True
         drop("already interacted", m)
     elif request.exclude_seen:
-        warnings.append("exclude_seen applies to item audiences only; ignored for a lookalike")
+        warnings.append("Excluding users who already interacted applies to item audiences only; "
+                        "ignored for a lookalike")
     if request.exclude_users:
         rows = idx.positions(request.exclude_users, missing="ignore")
         unknown = len(request.exclude_users) - len(rows)     # ids are deduplicated above
@@ -742,7 +743,7 @@ def build_audience(run: LoadedRun, request: AudienceRequest) -> AudienceResult:
     requested = audience_size(request, n_pop)
     n = min(requested, n_elig)
     if requested > n:
-        warnings.append(f"asked for {requested} users but only {n_elig} are eligible "
+        warnings.append(f"Asked for {requested} users but only {n_elig} are eligible "
                         f"(of {n_pop}); the audience has {n}")
     elig_rows = np.flatnonzero(eligible)
     top_s, top_r = _top_k_desc(scores[elig_rows], elig_rows, n)

@@ -70,7 +70,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_project(args: argparse.Namespace) -> int:
     """UMAP maps of a stored run's embeddings, saved in the store (one JSON line per map)."""
-    from . import projection
+    from . import projector
 
     store = _open_store(args.db, must_exist=True)
     run_id = args.run
@@ -85,9 +85,22 @@ def _cmd_project(args: argparse.Namespace) -> int:
         print(json.dumps({"run_id": int(run_id), "stage": "stored", "kind": kind, **params}),
               flush=True)
 
-    projection.project_run(store, int(run_id), kinds=tuple(args.kinds),
-                           max_points=args.max_points, seed=args.seed, on_progress=report)
+    # by the store's warm projection worker when one is up (no compilation), else here
+    projector.project(store, int(run_id), kinds=tuple(args.kinds), max_points=args.max_points,
+                      seed=args.seed, on_progress=report)
     print(json.dumps({"run_id": int(run_id), "stage": "done"}), flush=True)
+    return 0
+
+
+def _cmd_projector(args: argparse.Namespace) -> int:
+    """The store's long-lived projection worker (started by the app's training jobs)."""
+    from . import projector
+
+    def emit(event: dict) -> None:
+        print(json.dumps(event), flush=True)
+
+    projector.serve(args.db, warm=not args.no_warm_up,
+                    idle_s=args.idle_s, emit=emit)
     return 0
 
 
@@ -434,6 +447,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="above this many vectors a seeded random sample is projected")
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=_cmd_project)
+
+    sp = sub.add_parser("projector", help="keep umap compiled and compute maps as runs ask "
+                                          "(the app starts it with each training)")
+    sp.add_argument("--db", required=True, help="store URL, e.g. sqlite:///data/dssm.db")
+    sp.add_argument("--idle-s", type=float, default=1800.0,
+                    help="exit after this many seconds with no request and no training")
+    sp.add_argument("--no-warm-up", action="store_true",
+                    help="do not compile umap before the first request")
+    sp.set_defaults(func=_cmd_projector)
 
     _add_train_parser(sub)
 

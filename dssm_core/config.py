@@ -154,6 +154,41 @@ class TrainConfig:
         return replace(self, **changes)
 
 
+def describe_objective(cfg: TrainConfig, rating_scale: tuple[float, float] | None) -> str:
+    """What this config trains the towers to tell apart, in an analyst's words.
+
+    ``rating_scale``: the dataset's (min, max), or None for implicit feedback. The words follow
+    the labels the encoder really makes: a rating strictly above ``label_threshold`` is a
+    positive, so a threshold below the scale makes every rating a positive, and then only the
+    sampled unseen items (``explicit_negatives``) are negatives - "who interacts", not
+    "who likes" (the audience preset). E.g. ``"Like / dislike: a rating above 3 is a like"``.
+    """
+    t = float(cfg.label_threshold)
+    if rating_scale is None:
+        positive, per = "every interaction is a positive", "interaction"
+        negatives = cfg.negatives
+    elif t < float(rating_scale[0]):
+        positive, per = "every rating is a positive", "rating"
+        negatives = cfg.explicit_negatives
+    else:
+        positive, per = None, "rating"
+        negatives = cfg.explicit_negatives
+    if cfg.objective == "inbatch":
+        what = positive or f"a rating above {t:g} is a positive"
+        return (f"In-batch softmax: {what}, scored against the other items of its batch "
+                "(popularity-corrected)")
+    if positive is None:
+        text = f"Like / dislike: a rating above {t:g} is a like, the others are dislikes"
+        if negatives:
+            text += f", plus {negatives} sampled unseen items per rating as dislikes"
+        return text
+    if not negatives:
+        return (f"Interacted or not: {positive}, and nothing is a negative "
+                "(raise the like threshold or sample unseen items)")
+    return (f"Interacted or not: {positive}; {negatives} items the user never interacted "
+            f"with, sampled per {per}, are the negatives")
+
+
 #: Named starting points. "article" is the article's model as written (towers 300-300-128,
 #: embedding dim 4, gamma 1, batch 256, batch norm); "default" is ours, chosen by measurement
 #: on ML-100K protocol T (bench/train_bench.py, BENCHMARKS.md): towers 128-64, embedding dim

@@ -185,6 +185,40 @@ def start_projection(db_url: str, run_id: int) -> tuple[subprocess.Popen, Path]:
     return _spawn(cmd, logfile, threads=1, append=False, extra_env=secret_env), logfile
 
 
+#: Env switch: ``DSSM_PROJECTOR=off`` keeps maps in each training process (no warm worker).
+PROJECTOR_ENV = "DSSM_PROJECTOR"
+
+
+def projector_enabled() -> bool:
+    """False when ``$DSSM_PROJECTOR`` is off/0/false/no (the test suite sets it off)."""
+    return os.environ.get(PROJECTOR_ENV, "on").strip().lower() not in ("off", "0", "false", "no")
+
+
+def ensure_projector(db_url: str, *, idle_s: float | None = None,
+                     warm: bool = True) -> subprocess.Popen | None:
+    """Start the store's long-lived projection worker unless one is up (or it is switched
+    off); returns the new process, or None. The worker compiles umap at once, so by the end
+    of the training that called this, maps take only their own seconds (see ``projector``).
+    ``idle_s``: it exits after that long with nothing to do (default ``IDLE_EXIT_S``)."""
+    from . import projector
+
+    if not projector_enabled():
+        return None
+    db_url = absolute_db_url(db_url)
+    if projector.worker_running(db_url):
+        return None
+    argv_url, secret_env = _secret_free(db_url)
+    cmd = [sys.executable, "-m", "dssm_core", "projector", "--db", argv_url]
+    if idle_s is not None:
+        cmd += ["--idle-s", str(float(idle_s))]
+    if not warm:
+        cmd.append("--no-warm-up")
+    logfile = projector.worker_log_path(db_url)
+    proc = _spawn(cmd, logfile, threads=1, extra_env=secret_env)
+    log.info("projection worker %d started for %s (log %s)", proc.pid, db_url, logfile)
+    return proc
+
+
 def build_command(db_url: str, dataset_id: int, run_id: int, cfg: TrainConfig) -> list[str]:
     """The argv of the training process for one run (no shell is involved)."""
     return [
@@ -215,6 +249,10 @@ def start_training(db_url: str, dataset_id: int, cfg: TrainConfig) -> int:
         logfile = log_path(db_url, run_id)
         argv_url, secret_env = _secret_free(db_url)
         cmd = build_command(argv_url, dataset_id, run_id, cfg)
+        try:  # warms up while this run trains; maps come right after it
+            ensure_projector(db_url)
+        except OSError as exc:  # the run projects in its own process instead
+            log.warning("could not start the projection worker: %s", exc)
         try:
             proc = _spawn(cmd, logfile, threads=int(cfg.num_threads), extra_env=secret_env)
         except OSError as exc:

@@ -626,7 +626,8 @@ def run_training(
     summary, weights, encoders and embeddings with ``store.finish_run`` (one transaction).
     A failure calls ``store.fail_run(run_id, text)`` and re-raises; a cancel marks the run
     "cancelled" and raises ``TrainingCancelled``. Then, if ``project``, the UMAP maps are
-    computed (a failure there is logged and never fails the run).
+    computed, by the store's warm projection worker when one is up (``projector.project``),
+    else in this process (a failure there is logged and never fails the run).
     """
     if run_id is None:
         run_id = int(store.create_run(int(dataset_id), cfg.to_dict(), preset=cfg.preset,
@@ -668,9 +669,10 @@ def run_training(
         raise
     if project:
         try:
-            from . import projection
+            from . import projector
 
-            projection.project_run(store, run_id)
+            # by the store's warm worker when one is up, else in this process
+            projector.project(store, run_id)
         except Exception:  # noqa: BLE001 - maps are optional, the run stands
             log.exception("run %d: computing the embedding maps failed", run_id)
     return run_id

@@ -72,10 +72,22 @@ else:
                         page="data", link_label="Upload data")
 
 st.subheader("Newest runs")
+HOME_RUN_COLUMNS = ("Run", "Status", "Dataset", "Preset", "Test AUC", "Item→user recall@50",
+                    "Duration", "Started (UTC)")
+
+
+def _newest_runs() -> None:
+    """The five newest runs; redrawn every few seconds while one trains, so its Duration is
+    the time it has trained so far and its status changes when it ends."""
+    names = {int(d["id"]): str(d.get("name")) for d in store.list_datasets()}
+    newest = sorted(store.list_runs(), key=lambda r: -int(r["id"]))[:5]
+    # the settings (objective, protocol) and log loss are on the Runs page; here every
+    # column, Started included, fits the page's width
+    widgets.show_runs(newest, names, columns=HOME_RUN_COLUMNS)
+
+
 if runs:
-    names = {int(d["id"]): str(d.get("name")) for d in datasets}
-    newest = sorted(runs, key=lambda r: -int(r["id"]))[:5]
-    widgets.show_runs(newest, names)
+    st.fragment(_newest_runs, run_every=widgets.POLL_SECONDS if active else None)()
 elif datasets:
     widgets.empty_state("No model trained yet. Pick a dataset and train one.",
                         page="train", link_label="Train a model")

@@ -4,15 +4,11 @@ from __future__ import annotations
 import streamlit as st
 
 from dssm_core import jobs
-from dssm_core.config import PRESETS, TrainConfig
+from dssm_core.config import OBJECTIVES, PRESETS, TrainConfig, describe_objective
 from pages import widgets
 
 widgets.route_through_app()
 
-OBJECTIVES = {
-    "pointwise": "Like / dislike — rating above the threshold is a like (as in the article)",
-    "inbatch": "In-batch softmax — other items in the batch are negatives, popularity-corrected",
-}
 PROTOCOLS = {
     "A": "Audience — learn from the past 80 % of events, find who interacts in the future "
          "among users who already exist",
@@ -63,8 +59,14 @@ base: TrainConfig = PRESETS[preset_name]
 
 with st.form(f"train_form_{preset_name}"):
     c1, c2 = st.columns(2)
-    objective = c1.radio("Objective", list(OBJECTIVES), format_func=OBJECTIVES.get,
-                         index=list(OBJECTIVES).index(base.objective))
+    # each option says what its labels really are with this preset and data (the audience
+    # preset's threshold 0 makes every rating a positive: "interacted or not", not "like")
+    scale = dataset.get("rating_scale")
+    objective = c1.radio("Objective", list(OBJECTIVES),
+                         format_func=lambda o: describe_objective(base.with_(objective=o), scale),
+                         index=list(OBJECTIVES).index(base.objective),
+                         help="Worded for this preset's like threshold; the message after "
+                              "*Start training* words it for the threshold you set.")
     protocol = c2.radio("Evaluation protocol", list(PROTOCOLS), format_func=PROTOCOLS.get,
                         index=list(PROTOCOLS).index(base.protocol))
     c = st.columns(4)
@@ -79,7 +81,9 @@ with st.form(f"train_form_{preset_name}"):
     threshold = c[3].number_input(
         "Like threshold (rating >)", value=float(base.label_threshold), step=0.5,
         disabled=implicit,
-        help="A rating strictly above this counts as a like. Not used for implicit data.")
+        help="A rating strictly above this counts as a like (a positive). Below the lowest "
+             "rating (the audience preset's 0) every rating is a positive, and sampled unseen "
+             "items are the negatives. Not used for implicit data.")
     c = st.columns(2)
     user_hidden = c[0].text_input("User tower layers", ", ".join(map(str, base.user_hidden)),
                                   help="Sizes of the user tower's layers, e.g. 128, 64")
@@ -120,7 +124,8 @@ if launch:
         watch = st.session_state.setdefault("train_watch", [])
         watch.append(run_id)
         st.success(f"Run {run_id} started in the background. You can leave this page; it keeps "
-                   "training.", icon=":material/rocket_launch:")
+                   f"training.\n\n{describe_objective(cfg, scale)}.",
+                   icon=":material/rocket_launch:")
 
 st.subheader("Training jobs")
 st.caption("Updates every few seconds. Jobs run in their own processes: reloading the page or "

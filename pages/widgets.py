@@ -37,39 +37,11 @@ KEY_METRICS = {
     "i2u_recall@50": "Item→user recall@50",
 }
 
-PAGES = {
-    "home": "pages/home.py",
-    "data": "pages/data.py",
-    "train": "pages/train.py",
-    "runs": "pages/runs.py",
-    "embeddings": "pages/embeddings.py",
-    "audience": "pages/audience.py",
-}
-
-
 # --------------------------------------------------------------------------- router
-#: (page key, title, icon) in menu order; the file is ``PAGES[key]``.
-MENU = (
-    ("home", "Home", ":material/home:"),
-    ("data", "Data", ":material/upload_file:"),
-    ("train", "Train", ":material/model_training:"),
-    ("runs", "Runs", ":material/monitoring:"),
-    ("embeddings", "Embedding maps", ":material/scatter_plot:"),
-    ("audience", "Audience", ":material/groups:"),
-)
-
-
-#: Session flag: this session has declared the app's navigation (see route_through_app).
-_ROUTED_KEY = "_dssm_routed"
-
-
-def app_navigation() -> Any:
-    """The app's ``st.navigation`` over every page (``app.py`` runs what it returns)."""
-    st.session_state[_ROUTED_KEY] = True
-    return st.navigation([
-        st.Page(PAGES[key], title=title, icon=icon, default=(key == "home"))
-        for key, title, icon in MENU
-    ])
+# The menu (PAGES, MENU, app_navigation) is defined in pages/__init__.py, which imports nothing
+# heavy, so that app.py can draw it before this module's imports (pandas, the store) run.
+from pages import MENU, PAGES, app_navigation  # noqa: E402,F401  (re-exported for the pages)
+from pages import ROUTED_KEY as _ROUTED_KEY  # noqa: E402
 
 
 def route_through_app() -> None:
@@ -286,10 +258,12 @@ def show_datasets(datasets: Sequence[dict[str, Any]]) -> None:
 
 
 def show_runs(runs: Sequence[dict[str, Any]], dataset_names: dict[int, str] | None = None,
-              ) -> None:
-    """The runs table with metric help texts; missing metrics show as a dash."""
+              *, columns: Sequence[str] | None = None) -> None:
+    """The runs table with metric help texts; missing metrics show as a dash.
+    ``columns``: the ``runs_frame`` columns to show, in order (default all)."""
     st.dataframe(
         runs_frame(runs, dataset_names), hide_index=True, placeholder="—",
+        column_order=list(columns) if columns is not None else None,
         column_config={
             "Test AUC": st.column_config.NumberColumn(
                 format="%.3f", help="Ranking quality on the held-out test period; 0.5 = guessing"),

@@ -6,6 +6,9 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# No long-lived projection worker (it compiles umap, ~40 s of CPU) behind every background
+# training of the suite; tests/test_projector.py switches it on where it is the subject.
+os.environ.setdefault("DSSM_PROJECTOR", "off")
 
 import pytest
 

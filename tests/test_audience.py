@@ -176,7 +176,7 @@ def test_exclusions_and_filters(run: aud.LoadedRun) -> None:
     r = build(run, items=["A"], top_n=5, where={"gender": "M", "age": ["25-34"]})
     assert r.members["user_id"].tolist() == ["u2", "u6"]               # clamped, warned
     assert r.excluded == {"attribute filters": 4}
-    assert r.warnings == ["asked for 5 users but only 2 are eligible (of 6); the audience has 2"]
+    assert r.warnings == ["Asked for 5 users but only 2 are eligible (of 6); the audience has 2"]
     r = build(run, items=["B"], top_n=6, where={"favourite genre": ["Drama"]})
     assert r.members["user_id"].tolist() == ["u1", "u5", "u6"]          # B: 0, 0, -.6
     with pytest.raises(ValueError, match="unknown user attribute 'income'; known: gender, age"):
@@ -191,7 +191,7 @@ def test_sizes_by_n_or_percent_and_clamping(run: aud.LoadedRun) -> None:
     r = build(run, items=["A"], top_n=10)                               # more than everyone
     assert r.size == 6 and r.requested == 10
     assert r.members["user_id"].tolist() == ["u1", "u2", "u6", "u3", "u4", "u5"]
-    assert r.warnings == ["asked for 10 users but only 6 are eligible (of 6); the audience has 6"]
+    assert r.warnings == ["Asked for 10 users but only 6 are eligible (of 6); the audience has 6"]
     assert aud.audience_size(AudienceRequest(items=["A"], percent=12.5), 1000) == 125
 
 

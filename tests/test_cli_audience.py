@@ -78,7 +78,7 @@ def test_audience_exclusions_filters_and_percent(db: str, tmp_path: Path, capsys
                  "--out", str(out)]) == 0
     assert [r[1] for r in read_csv(out)[1:]] == ["u1", "u4"]  # tie at .7071; u3 is "=cmd"
     captured = capsys.readouterr()
-    assert "warning: asked for 9 users but only 2 are eligible" in captured.err
+    assert "warning: Asked for 9 users but only 2 are eligible" in captured.err
 
 
 def test_lookalike_from_a_file(db: str, tmp_path: Path, capsys) -> None:

@@ -54,7 +54,7 @@ def test_subprocess_generic_mapping_and_warnings() -> None:
     s = json.loads(out.stdout)
     assert (s["format"], s["n_users"], s["n_items"], s["n_interactions"]) == ("generic", 3, 3, 5)
     assert s["time_span"] == [0, 4]
-    assert out.stderr == ("warning: no timestamp column: the row order is used as the time "
+    assert out.stderr == ("warning: No timestamp column: the row order is used as the time "
                           "order\n")
 
 

@@ -645,7 +645,7 @@ def test_spreadsheet_export_bom_crlf_trailing_columns(tmp_path: Path) -> None:
     w = " | ".join(ds.warnings)
     assert "byte order mark" in w and "CRLF" in w and "3 trailing empty column(s)" in w
     # each said once, though sniffing also read the file; the 4th: no movies.csv
-    assert len(ds.warnings) == 4 and ds.warnings[3].startswith("movies.csv not found")
+    assert len(ds.warnings) == 4 and ds.warnings[3].startswith("File movies.csv not found")
 
 
 def test_headerless_trailing_tabs_and_blank_lines(tmp_path: Path) -> None:

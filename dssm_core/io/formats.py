@@ -179,7 +179,7 @@ def _load_ml100k(src: _Source, warnings: list[str], engine: str) -> dict[str, An
             "zip": [r[4] for r in rows],
         })
     else:
-        warnings.append("u.user not found: users have no attributes")
+        warnings.append("File u.user not found: users have no attributes")
     genre_names: list[str] = list(ML100K_GENRES)
     ugenre = src.find("u.genre")
     if ugenre is not None:
@@ -217,7 +217,7 @@ def _load_ml100k(src: _Source, warnings: list[str], engine: str) -> dict[str, An
             genres.append([g for g, f in zip(genre_names, flags) if f.strip() == "1"])
         items = _items_frame([r[0] for r in rows], [r[1] for r in rows], genres)
     else:
-        warnings.append("u.item not found: items have no titles or genres")
+        warnings.append("File u.item not found: items have no titles or genres")
     return {"interactions": inter, "users": users, "items": items, "scale": (1.0, 5.0)}
 
 
@@ -268,7 +268,7 @@ def _load_dat(src: _Source, warnings: list[str], engine: str) -> dict[str, Any]:
         items = _items_frame([r[0] for r in rows], [r[1] for r in rows],
                              [_genre_list(r[2]) for r in rows])
     else:
-        warnings.append("movies.dat not found: items have no titles or genres")
+        warnings.append("File movies.dat not found: items have no titles or genres")
     return {"interactions": inter, "users": users, "items": items,
             "scale": (1.0, 5.0) if is_1m else (0.5, 5.0),
             "format": "ml-1m" if is_1m else "ml-10m"}
@@ -294,7 +294,7 @@ def _load_latest(src: _Source, warnings: list[str], engine: str) -> dict[str, An
         items = _items_frame(m["movieId"].astype(str).tolist(), m["title"].tolist(),
                              [_genre_list(g) for g in m["genres"]])
     else:
-        warnings.append("movies.csv not found: items have no titles or genres")
+        warnings.append("File movies.csv not found: items have no titles or genres")
     return {"interactions": inter, "users": None, "items": items, "scale": (0.5, 5.0)}
 
 

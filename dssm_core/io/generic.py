@@ -242,7 +242,7 @@ def _load_generic(src: _Source, mapping: ColumnMapping, warnings: list[str],
                                                   mapping.timestamp, 0 if is_parquet else 1)
     else:
         inter["timestamp"] = np.arange(n, dtype=np.int64)
-        warnings.append("no timestamp column: the row order is used as the time order")
+        warnings.append("No timestamp column: the row order is used as the time order")
     users = items = None
     if mapping.users_file:
         key = mapping.users_key or mapping.user
