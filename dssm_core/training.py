@@ -11,14 +11,9 @@ into tensors once; each epoch permutes them once and batches are contiguous slic
 ``val_loss`` is the training objective on the validation rows). Metrics are
 computed once per epoch from the collected predictions, never per batch.
 
-Objectives (``cfg.objective``):
-- ``"pointwise"``: BCE on every labelled row; train metrics come from the predictions
-  collected while training the epoch.
-- ``"inbatch"``: sampled softmax over positive rows only (``label == 1``); since those rows
-  hold one class, train AUC/logloss are measured after the epoch, in eval mode, on a fixed
-  seeded sample of up to ``TRAIN_METRIC_ROWS`` labelled training rows. Validation always uses
-  every validation row. Note that logloss is not what this objective optimises: its
-  probabilities ``sigmoid(gamma * cos)`` are not calibrated, so compare it on AUC.
+Objectives (``cfg.objective``) are ``tasks.Pointwise`` and ``tasks.InBatch``: each owns its
+training rows, its loss and its validation loss, and ``fit`` has no objective branches.
+Validation always uses every validation row.
   Caveat, measured on ML-100K (protocol L): item-tower features that change with the event's
   time (statistics "as of event time") let the in-batch softmax tell a row's own item from the
   other rows' items by *when* they happened, a shortcut useless at retrieval time, where every
@@ -41,13 +36,12 @@ from torch import Tensor
 
 from .config import TrainConfig
 from .features import DenseFeature, Feature
-from .losses import InBatchSoftmax, pointwise_loss
+from . import tasks
 from .model import DSSM
 
 log = logging.getLogger(__name__)
 
-#: Labelled training rows sampled to measure train AUC/logloss under the in-batch objective.
-TRAIN_METRIC_ROWS = 20_000
+TRAIN_METRIC_ROWS = tasks.TRAIN_METRIC_ROWS
 #: Keys of every per-epoch record, in order.
 EPOCH_KEYS = ("epoch", "train_loss", "train_auc", "train_logloss", "val_loss", "val_auc",
               "val_logloss", "seconds")
@@ -153,7 +147,8 @@ def fit(
         protocol L this raised user->item recall@50 from 0.30 to 0.34).
     """
     if monitor is None:
-        monitor = "val_auc" if cfg.objective == "inbatch" else "val_logloss"
+        monitor = tasks.TASKS[cfg.objective].default_monitor \
+            if cfg.objective in tasks.TASKS else "val_logloss"
     if monitor not in MONITORS:
         raise ValueError(f"monitor must be one of {sorted(MONITORS)}, got {monitor!r}")
     if monitor == "val_recall@50" and validator is None:
@@ -176,36 +171,12 @@ def fit(
         torch.manual_seed(int(cfg.seed))                         # dropout
         order_gen = torch.Generator().manual_seed(int(cfg.seed))  # shuffling
 
-        criterion: InBatchSoftmax | None = None
-        item_key = user_key = None
-        metric_x, metric_y = x_train, y_train
-        if cfg.objective == "inbatch":
-            item_key, user_key = model.id_feature("item"), model.id_feature("user")
-            if item_key is None:
-                raise ValueError("the in-batch objective needs a sparse item id feature")
-            w = item_to_user_weight
-            if w is None:
-                w = float(getattr(cfg, "item_to_user_weight", 0.0))
-            criterion = InBatchSoftmax(
-                specs[item_key].vocab_size,  # type: ignore[union-attr]
-                temperature=temperature if temperature is not None else 1.0 / cfg.gamma,
-                logq=logq,
-                item_to_user_weight=w,
-                num_users=(specs[user_key].vocab_size  # type: ignore[union-attr]
-                           if user_key else None),
-            )
-            if positives_only:
-                pos = torch.nonzero(y_train > 0.5).squeeze(1)
-            else:
-                pos = torch.arange(len(y_train))
-            if len(pos) < 2:
-                raise ValueError("the in-batch objective needs at least 2 positive training rows")
-            sample = np.random.default_rng(int(cfg.seed)).permutation(len(y_train))
-            sample = torch.from_numpy(np.sort(sample[:TRAIN_METRIC_ROWS]))
-            metric_x = {k: v[sample] for k, v in x_train.items()}
-            metric_y = y_train[sample]
-            x_train = {k: v[pos] for k, v in x_train.items()}
-            y_train = y_train[pos]
+        task = tasks.for_config(model, cfg, item_to_user_weight=item_to_user_weight,
+                                temperature=temperature, logq=logq,
+                                positives_only=positives_only)
+        metric_x, metric_y = (None, None) if task.collects_logits else \
+            task.metric_rows(x_train, y_train)
+        x_train, y_train = task.rows(x_train, y_train)
         n = len(y_train)
         if n == 0:
             raise ValueError("no training rows")
@@ -239,17 +210,9 @@ def fit(
                 if end - start < 2:      # batch norm / softmax need 2 rows; drop a lone last row
                     continue
                 batch = {k: v[start:end] for k, v in xs.items()}
-                if criterion is None:
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                        logits = model(batch)                     # (B,) float32 (see model)
-                    loss = pointwise_loss(logits, ys[start:end])
-                    logits_seen.append(logits.detach())
-                else:
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                        u = model.user_tower(batch)                             # (B, D)
-                        v = model.item_tower(batch)                             # (B, D)
-                    loss = criterion(u, v, batch[item_key],
-                                     batch[user_key] if user_key else None)
+                loss, logits = task.loss(batch, ys[start:end], autocast)
+                if logits is not None:
+                    logits_seen.append(logits)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -261,7 +224,7 @@ def fit(
                 log.info("training cancelled during epoch %d", epoch)
                 break
 
-            if criterion is None:
+            if task.collects_logits:
                 scores = torch.sigmoid(torch.cat(logits_seen)).numpy()
                 labels = ys[:len(scores)].numpy()
             else:
@@ -273,11 +236,7 @@ def fit(
                 val_logits = _logits_tensors(model, x_val, 8192)                 # (N_val,)
                 val_auc, val_logloss = _auc_logloss(y_val.numpy(),
                                                     torch.sigmoid(val_logits).numpy())
-                if criterion is None:
-                    val_loss = float(pointwise_loss(val_logits, y_val))
-                else:
-                    val_loss = _inbatch_val_loss(model, criterion, x_val, y_val, bs, item_key,
-                                                 user_key, int(cfg.seed))
+                val_loss = task.val_loss(x_val, y_val, val_logits, bs, int(cfg.seed))
             record = {
                 "epoch": epoch,
                 "train_loss": loss_sum / max(loss_rows, 1),
@@ -375,35 +334,6 @@ def _logits_tensors(model: DSSM, x: Mapping[str, Tensor], batch_size: int) -> Te
 
 def _predict_tensors(model: DSSM, x: Mapping[str, Tensor], batch_size: int) -> np.ndarray:
     return torch.sigmoid(_logits_tensors(model, x, batch_size)).numpy()
-
-
-def _inbatch_val_loss(model: DSSM, criterion: InBatchSoftmax, x: Mapping[str, Tensor],
-                      y: Tensor, batch_size: int, item_key: str | None, user_key: str | None,
-                      seed: int) -> float | None:
-    """The in-batch objective on the validation positives: the same fixed (seeded) batches
-    every epoch, eval mode, frequency estimate read but not updated."""
-    pos = torch.nonzero(y > 0.5).squeeze(1)
-    if len(pos) < 2 or item_key is None:
-        return None
-    pos = pos[torch.randperm(len(pos), generator=torch.Generator().manual_seed(seed + 1))]
-    was_training = model.training
-    model.eval()
-    total, rows = 0.0, 0
-    try:
-        with torch.no_grad():
-            for start in range(0, len(pos), batch_size):
-                idx = pos[start:start + batch_size]
-                if len(idx) < 2:
-                    continue
-                batch = {k: v[idx] for k, v in x.items()}
-                loss = criterion(model.user_tower(batch), model.item_tower(batch),
-                                 batch[item_key], batch[user_key] if user_key else None,
-                                 update=False)
-                total += float(loss) * len(idx)
-                rows += len(idx)
-    finally:
-        model.train(was_training)
-    return total / rows if rows else None
 
 
 def _as_tensors(
