@@ -15,6 +15,8 @@ PROTOCOLS = ("A", "L", "T")
 PRECISIONS = ("auto", "float32", "bfloat16")
 #: What early stopping may watch; "auto" = what the run is judged by: validation recall@50
 #: (mean of both directions) when the label is "interacted", validation AUC when "liked".
+#: Bounded searches on validation (``pipeline.TUNE_SPACES`` holds what each tries).
+TUNES = ("none", "negatives")
 MONITORS = ("auto", "val_recall@50", "val_auc", "val_logloss", "val_loss")
 
 
@@ -60,6 +62,8 @@ class TrainConfig:
     refit: after early stopping chose the epoch count on validation, train a fresh model
         (same seed) on training + validation rows for that many epochs; it is the one
         tested, stored and searched (validation figures stay those of the first fit).
+    tune: a bounded search on validation (``TUNES``): "none", or "negatives" (with and
+        without random-pair negatives); every trial is stored in the run's summary.
     """
 
     preset: str = "default"
@@ -91,6 +95,7 @@ class TrainConfig:
     precision: str = "auto"
     monitor: str = "auto"
     refit: bool = False
+    tune: str = "none"
     seed: int = 42
     num_threads: int = 1
 
@@ -124,6 +129,8 @@ class TrainConfig:
             raise ValueError(f"gamma must be > 0, got {self.gamma}")
         if not 0.0 <= self.id_dropout < 1.0:
             raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
+        if self.tune not in TUNES:
+            raise ValueError(f"tune must be one of {TUNES}, got {self.tune!r}")
         if self.monitor not in MONITORS:
             raise ValueError(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
         if self.precision not in PRECISIONS:

@@ -53,6 +53,15 @@ log = logging.getLogger(__name__)
 KS = evaluation.KS
 #: The validation figure retrieval runs stop on: mean of both directions' recall@50.
 VAL_RECALL = "val_recall@50"
+#: ``TrainConfig.tune``: the settings tried, each trained on the training rows and judged on
+#: validation (never on the test); the best is kept (and refitted when ``cfg.refit``).
+#: "negatives": whether random (existing user, item) pairs join the negatives. They teach
+#: the users' activity, which finds who interacts next among existing users (protocol A) and
+#: misleads where every user has exactly one held-out item (protocol L).
+TUNE_SPACES: dict[str, tuple[dict[str, Any], ...]] = {
+    "none": (),
+    "negatives": ({"pair_negatives": 0}, {"pair_negatives": 4}),
+}
 #: Pseudo-count of the item-mean baseline (pulls rarely seen items to the global like-rate).
 BASELINE_SMOOTHING = 5.0
 #: How often (seconds) ``run_training`` asks the store whether a cancel was requested.
@@ -233,42 +242,57 @@ def _train(
     t0 = time.perf_counter()
     sp = split(dataset, cfg)
     enc = make_encoder(cfg).fit(dataset, sp.train, pool=sp.pool)
-    # implicit data: sampled negatives (else there is no class 0); rated data: optional
-    # negatives. The test gets them exactly as training does (none by default: rated pairs).
-    neg = int(cfg.negatives) if dataset.implicit else int(cfg.explicit_negatives)
     known = sp.known
-    draw = {"negatives": neg, "negatives_by": cfg.negatives_by,
-            "user_negatives": int(cfg.user_negatives),
-            "pair_negatives": int(cfg.pair_negatives)}
-    x_train = enc.transform_events(dataset, sp.train, pool=sp.pool, seed=cfg.seed,
-                                   known=known, **draw)
-    x_val = enc.transform_events(dataset, sp.val, pool=sp.pool, seed=cfg.seed + 1,
-                                 known=known, **draw)
-    x_test = enc.transform_events(dataset, sp.test, pool=sp.pool, seed=cfg.seed + 2, **draw)
-    t_features = time.perf_counter() - t0
-    if x_train["label"].min() == x_train["label"].max():
-        raise ValueError("the training rows hold a single class: change label_threshold")
-
-    model = DSSM(enc.user_specs_, enc.item_specs_, cfg)
-    monitor, validator = _monitor(model, enc, dataset, sp, cfg)
-    fr = training.fit(model, x_train, x_val, cfg, on_epoch_end=on_epoch_end,
-                      should_stop=should_stop, monitor=monitor, validator=validator)
-    if fr.stopped == "cancelled":
-        raise TrainingCancelled("training cancelled")
+    monitor, validator = _monitor(enc, dataset, sp, cfg)
+    space = [cfg.with_(**o) for o in TUNE_SPACES[cfg.tune]] or [cfg]
+    trials: list[dict[str, Any]] = []
+    best: tuple[float, int, Any, Any, dict, dict] | None = None
+    epoch_offset = 0
+    t_features = 0.0
+    for k, trial_cfg in enumerate(space):
+        tf = time.perf_counter()
+        x_train, x_val = (_events(enc, dataset, sp, trial_cfg, rows, seed, known)
+                          for rows, seed in ((sp.train, cfg.seed), (sp.val, cfg.seed + 1)))
+        t_features += time.perf_counter() - tf
+        if x_train["label"].min() == x_train["label"].max():
+            raise ValueError("the training rows hold a single class: change label_threshold")
+        model = DSSM(enc.user_specs_, enc.item_specs_, trial_cfg)
+        fr = training.fit(model, x_train, x_val, trial_cfg,
+                          on_epoch_end=_numbered(on_epoch_end, epoch_offset, k, len(space)),
+                          should_stop=should_stop, monitor=monitor, validator=validator)
+        if fr.stopped == "cancelled":
+            raise TrainingCancelled("training cancelled")
+        epoch_offset += len(fr.history)
+        kept = next((h for h in fr.history if h["epoch"] == fr.best_epoch), None)
+        score = None if kept is None else kept.get(monitor)
+        trials.append({"trial": k + 1, "overrides": TUNE_SPACES[cfg.tune][k] if
+                       TUNE_SPACES[cfg.tune] else {}, "best_epoch": int(fr.best_epoch),
+                       monitor: score})
+        value = -math.inf if score is None else (score if training.MONITORS[monitor]
+                                                 else -score)
+        if best is None or value > best[0]:
+            best = (value, k, model, fr, x_train, x_val)
+    assert best is not None
+    _, chosen, model, fr, x_train, x_val = best
+    cfg_used = space[chosen]
+    tf = time.perf_counter()
+    x_test = _events(enc, dataset, sp, cfg_used, sp.test, cfg.seed + 2, None)
+    t_features += time.perf_counter() - tf
     fitted = model                          # validation figures are this model's
     if cfg.refit and fr.best_epoch >= 1 and len(x_val["label"]):
         # the epoch count was chosen on validation; now learn from the whole past (the
         # validation rows are its most recent part) for that many epochs
-        model = DSSM(enc.user_specs_, enc.item_specs_, cfg)
+        model = DSSM(enc.user_specs_, enc.item_specs_, cfg_used)
         both = {k: np.concatenate([x_train[k], x_val[k]]) for k in x_train}
         refit = training.fit(model, both, None,
-                             cfg.with_(epochs=int(fr.best_epoch), early_stopping_patience=0),
+                             cfg_used.with_(epochs=int(fr.best_epoch),
+                                            early_stopping_patience=0),
                              should_stop=should_stop)
         if refit.stopped == "cancelled":
             raise TrainingCancelled("training cancelled")
     t1 = time.perf_counter()
     eval_u, eval_i = eval_vectors(model, enc, dataset, sp)
-    summary = evaluate(model, enc, dataset, sp, cfg, x_train=x_train, x_val=x_val,
+    summary = evaluate(model, enc, dataset, sp, cfg_used, x_train=x_train, x_val=x_val,
                        x_test=x_test, vectors=(eval_u, eval_i), val_model=fitted)
     t_eval = time.perf_counter() - t1
 
@@ -292,6 +316,9 @@ def _train(
         "best_epoch": int(fr.best_epoch),
         "monitor": fr.monitor,
         "refit": bool(cfg.refit),
+        "tune": cfg.tune,
+        "tune_trials": trials if len(space) > 1 else [],
+        "tune_choice": (chosen + 1) if len(space) > 1 else None,
         "stopped": fr.stopped,
         "seconds_per_epoch": float(np.mean(seconds)) if seconds else None,
         "train_samples_per_second": float(fr.samples_per_second),
@@ -307,6 +334,32 @@ def _train(
                                 "total": time.perf_counter() - t0})
 
 
+def _events(enc: FeatureEncoder, dataset: Dataset, sp: Split, cfg: TrainConfig,
+            rows: np.ndarray, seed: int, known: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Rows' features plus the negatives ``cfg`` draws. Implicit data: ``cfg.negatives``
+    sampled items (else there is no class 0); rated data: ``cfg.explicit_negatives``. The
+    test gets them exactly as training does."""
+    neg = int(cfg.negatives) if dataset.implicit else int(cfg.explicit_negatives)
+    return enc.transform_events(dataset, rows, pool=sp.pool, seed=seed, known=known,
+                                negatives=neg, negatives_by=cfg.negatives_by,
+                                user_negatives=int(cfg.user_negatives),
+                                pair_negatives=int(cfg.pair_negatives))
+
+
+def _numbered(cb: Callable[[dict[str, Any]], None] | None, offset: int, trial: int,
+              n_trials: int) -> Callable[[dict[str, Any]], None] | None:
+    """``cb`` with epochs numbered on from earlier trials (and the trial named), so that
+    every epoch of a tuned run is recorded once."""
+    if cb is None or n_trials <= 1:
+        return cb
+
+    def numbered(rec: dict[str, Any]) -> None:
+        cb({**rec, "epoch": offset + int(rec["epoch"]), "trial": trial + 1,
+            "trial_epoch": int(rec["epoch"])})
+
+    return numbered
+
+
 def judged_by_retrieval(dataset: Dataset, cfg: TrainConfig) -> bool:
     """True when the run's label is "interacted" (implicit data, or every rating counts),
     so it is judged by retrieval recall; False for "liked" (judged by AUC)."""
@@ -316,7 +369,7 @@ def judged_by_retrieval(dataset: Dataset, cfg: TrainConfig) -> bool:
     return bool(len(ratings)) and float(np.nanmin(ratings)) > cfg.label_threshold
 
 
-def _monitor(model: Any, enc: FeatureEncoder, dataset: Dataset, sp: Split, cfg: TrainConfig
+def _monitor(enc: FeatureEncoder, dataset: Dataset, sp: Split, cfg: TrainConfig
              ) -> tuple[str, Callable[[Any], dict[str, Any]] | None]:
     """What early stopping watches (``cfg.monitor``; "auto" = what the task is judged by)
     and, for retrieval, the per-epoch validator that measures it."""

@@ -250,3 +250,23 @@ def test_refit_keeps_validation_figures_and_changes_the_tested_model(tiny_synthe
     assert b.summary["best_epoch"] == a.summary["best_epoch"]
     # the tested and stored model learned from the validation rows too
     assert not np.allclose(b.eval_user_vectors, a.eval_user_vectors)
+
+
+def test_tune_tries_each_setting_on_validation_and_keeps_the_best(tiny_synthetic) -> None:
+    cfg = preset("audience", epochs=2, batch_size=256, embedding_dim=8, user_hidden=(32, 16),
+                 item_hidden=(32, 16), tune="negatives", refit=False)
+    seen = []
+    r = pipeline.train(tiny_synthetic, cfg, on_epoch_end=seen.append)
+    trials = r.summary["tune_trials"]
+    assert [t["overrides"] for t in trials] == [dict(o) for o in pipeline.TUNE_SPACES["negatives"]]
+    best = max(trials, key=lambda t: t["val_recall@50"])
+    assert r.summary["tune_choice"] == best["trial"]
+    assert r.cfg.tune == "negatives"
+    # every trial's epochs are reported once, numbered on, each naming its trial
+    assert [h["epoch"] for h in seen] == list(range(1, len(seen) + 1))
+    assert {h["trial"] for h in seen} == {1, 2}
+    # the same trial trained alone gives the same validation figure (seeded)
+    alone = pipeline.train(tiny_synthetic, cfg.with_(tune="none", **best["overrides"]))
+    assert alone.summary["best_epoch"] == best["best_epoch"]
+    kept = next(h for h in alone.history if h["epoch"] == best["best_epoch"])
+    assert kept["val_recall@50"] == pytest.approx(best["val_recall@50"])
