@@ -113,6 +113,7 @@ def main() -> None:
                 rec = {"dataset": ds_name, "protocol": protocol, "run": label, "seed": seed,
                        "seconds": round(time.perf_counter() - t0, 1),
                        "best_epoch": s["best_epoch"], "ease_lambda": s.get("ease_lambda"),
+                       "tune_trials": s.get("tune_trials"), "tune_choice": s.get("tune_choice"),
                        "test": _row(s), "val": _row(s, "val_"),
                        "test_extra": {k: s.get(k) for k in (
                            "i2u_recall@1%", "i2u_recall@5%", "i2u_macro_recall@50",

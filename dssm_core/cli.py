@@ -194,7 +194,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         recall = (f" val_recall@50 {f('val_recall@50')}"
                   if rec.get("val_recall@50") is not None else "")
-        print(f"epoch {rec['epoch']}/{cfg.epochs} loss {f('train_loss')} "
+        trial = (f"trial {rec['trial']}/{len(pipeline.TUNE_SPACES[cfg.tune])} "
+                 if rec.get("trial") else "")
+        epoch = rec.get("trial_epoch", rec["epoch"])
+        print(f"{trial}epoch {epoch}/{cfg.epochs} loss {f('train_loss')} "
               f"train_auc {f('train_auc')} val_auc {f('val_auc')} "
               f"val_logloss {f('val_logloss')}{recall} {rec.get('seconds', 0.0):.2f}s",
               file=sys.stderr, flush=True)

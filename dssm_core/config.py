@@ -212,6 +212,7 @@ PRESETS: dict[str, TrainConfig] = {
     "default": TrainConfig(dropout=0.3, weight_decay=1e-5, history_len=10),
     "audience": TrainConfig(preset="audience", protocol="A", embedding_dim=32, dropout=0.1,
                             weight_decay=1e-5, label_threshold=0.0, explicit_negatives=4,
+                            negatives_by="uniform", tune="negatives", refit=True,
                             history_len=5),
     "article": TrainConfig(
         preset="article",
@@ -240,3 +241,34 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
     if overrides:
         cfg = replace(cfg, **overrides)
     return cfg
+
+
+#: What each monitor is called on a page.
+MONITOR_LABELS = {"val_recall@50": "Validation recall@50", "val_auc": "Validation AUC",
+                  "val_logloss": "Validation log loss", "val_loss": "Validation loss"}
+
+
+def watched_metric(cfg: TrainConfig, rating_scale: tuple[float, float] | None) -> str:
+    """The validation figure early stopping watches for ``cfg`` on data with this rating
+    scale (None = implicit): ``cfg.monitor``, or for "auto" what the run is judged by -
+    recall@50 (both directions) when every event is a positive ("interacted"), AUC when the
+    label is "liked" (rating above the threshold)."""
+    if cfg.monitor != "auto":
+        return cfg.monitor
+    interacted = rating_scale is None or float(rating_scale[0]) > cfg.label_threshold
+    return "val_recall@50" if interacted else "val_auc"
+
+
+def kept_epoch(records: list[dict[str, Any]], monitor: str) -> dict[str, Any] | None:
+    """The epoch record early stopping keeps (so far): the best ``monitor`` value (highest
+    for recall and AUC, lowest for losses; the first on ties); None when none has it."""
+    higher = monitor in ("val_recall@50", "val_auc")
+    best = None
+    for rec in records:
+        v = rec.get(monitor)
+        if v is None or v != v:                         # missing or NaN
+            continue
+        if best is None or (v > best[monitor] if higher else v < best[monitor]):
+            best = rec
+    return best
+

@@ -376,6 +376,7 @@ def _monitor(enc: FeatureEncoder, dataset: Dataset, sp: Split, cfg: TrainConfig
     monitor = cfg.monitor
     if monitor == "auto":
         monitor = VAL_RECALL if judged_by_retrieval(dataset, cfg) else "val_auc"
+    # (config.watched_metric says the same from the rating scale alone, for the pages)
     if monitor != VAL_RECALL:
         return monitor, None
     from . import training
@@ -651,6 +652,38 @@ def peer_verdict(summary: dict[str, Any], k: int = 50) -> list[str]:
             if theirs is not None and float(theirs) > float(mine):
                 out.append(f"On its own test, {pname} beats this model {dname}: recall@{k} "
                            f"{float(theirs):.3f} vs the model's {float(mine):.3f}.")
+    return out
+
+
+def peer_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's headline test figures beside its peers on the same split, in plain words:
+    one row per figure with ``Metric``, ``Model``, ``Popularity``, ``EASE``, ``Item mean``
+    (None where a peer does not answer that question) and ``Best`` (who is highest; lowest
+    for log loss). Rows the run did not measure are left out."""
+    rows = [("Test AUC (higher is better)", "test_auc", None, None,
+             "baseline_item_mean_test_auc", True),
+            ("Test log loss (lower is better)", "test_logloss", None, None,
+             "baseline_item_mean_test_logloss", False)]
+    for code, label in (("i2u", "Item→user"), ("u2i", "User→item")):
+        for k in KS:
+            rows.append((f"{label} recall@{k}", f"{code}_recall@{k}",
+                         f"baseline_popularity_{code}_recall@{k}",
+                         f"baseline_ease_{code}_recall@{k}", None, True))
+    rows += [(f"Item→user recall@{share}", f"i2u_recall@{share}",
+              f"baseline_popularity_i2u_recall@{share}", f"baseline_ease_i2u_recall@{share}",
+              None, True) for share in ("1%", "5%")]
+    out = []
+    for label, key, pop, ease, mean, higher in rows:
+        mine = summary.get(key)
+        if mine is None:
+            continue
+        row = {"Metric": label, "Model": mine,
+               "Popularity": summary.get(pop) if pop else None,
+               "EASE": summary.get(ease) if ease else None,
+               "Item mean": summary.get(mean) if mean else None}
+        scored = {k: v for k, v in row.items() if k != "Metric" and v is not None}
+        row["Best"] = (max if higher else min)(scored, key=scored.__getitem__)
+        out.append(row)
     return out
 
 

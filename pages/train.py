@@ -4,7 +4,8 @@ from __future__ import annotations
 import streamlit as st
 
 from dssm_core import jobs
-from dssm_core.config import OBJECTIVES, PRESETS, TrainConfig, describe_objective
+from dssm_core.config import (MONITOR_LABELS, OBJECTIVES, PRESETS, TrainConfig,
+                               describe_objective, watched_metric)
 from pages import widgets
 
 widgets.route_through_app()
@@ -70,8 +71,11 @@ with st.form(f"train_form_{preset_name}"):
     protocol = c2.radio("Evaluation protocol", list(PROTOCOLS), format_func=PROTOCOLS.get,
                         index=list(PROTOCOLS).index(base.protocol))
     c = st.columns(4)
-    epochs = c[0].number_input("Epochs (max)", 1, 500, base.epochs, step=1,
-                               help="Training stops earlier when validation AUC stops improving")
+    watched = MONITOR_LABELS[watched_metric(base, scale)]
+    epochs = c[0].number_input(
+        "Epochs (max)", 1, 500, base.epochs, step=1,
+        help=f"Training stops earlier when {watched.lower()} has not improved for "
+             f"{base.early_stopping_patience} epoch(s), and keeps the epoch where it was best.")
     batch_size = c[1].selectbox("Batch size (events)", BATCH_SIZES,
                                 index=BATCH_SIZES.index(base.batch_size)
                                 if base.batch_size in BATCH_SIZES else 0)

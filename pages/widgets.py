@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from dssm_core import jobs
+from dssm_core.config import MONITOR_LABELS, kept_epoch
 from dssm_core.dataset import DataValidationError
 
 log = logging.getLogger(__name__)
@@ -415,8 +416,15 @@ def _progress_line(store: Any, run: dict[str, Any]) -> None:
     elif done:
         cols[0].caption(f"{done} epoch(s) trained")
     last = ep.iloc[-1] if len(ep) else None
+    summary = summary_of(run)
+    watched = summary.get("monitor") or ("val_recall@50" if "val_recall@50" in ep.columns
+                                         else "val_auc")
+    kept = kept_epoch(ep.to_dict("records"), watched)
     cols[1].metric("Train loss", fmt_metric(None if last is None else last.get("train_loss")))
-    cols[2].metric("Validation AUC", fmt_metric(None if last is None else last.get("val_auc")))
+    cols[2].metric(MONITOR_LABELS.get(watched, watched) + " (kept epoch)",
+                   fmt_metric(None if kept is None else kept.get(watched)),
+                   help="Early stopping watches this figure and keeps the epoch where it was "
+                        "best" + ("" if kept is None else f": epoch {int(kept['epoch'])}"))
     cols[3].metric("Elapsed", fmt_duration(run_duration(run)))
     if status in jobs.ACTIVE_STATUSES:
         if cols[4].button("Cancel", key=f"cancel_{run_id}", help="Stop at the next batch"):

@@ -65,3 +65,24 @@ def test_feature_specs_round_trip_and_validate() -> None:
         SparseFeature("user_id", 0, 8)
     with pytest.raises(ValueError, match="unknown feature kind"):
         feature_from_dict({"kind": "image", "name": "x"})
+
+
+def test_watched_metric_follows_what_the_run_is_judged_by() -> None:
+    from dssm_core.config import PRESETS, watched_metric
+
+    assert watched_metric(PRESETS["audience"], (1.0, 5.0)) == "val_recall@50"   # interacted
+    assert watched_metric(PRESETS["audience"], None) == "val_recall@50"         # implicit
+    assert watched_metric(PRESETS["default"], (1.0, 5.0)) == "val_auc"          # liked
+    assert watched_metric(PRESETS["default"].with_(monitor="val_logloss"), None) == \
+        "val_logloss"
+
+
+def test_kept_epoch_is_the_best_on_the_watched_metric() -> None:
+    from dssm_core.config import kept_epoch
+
+    recs = [{"epoch": 1, "val_auc": 0.70, "val_logloss": 0.50},
+            {"epoch": 2, "val_auc": 0.74, "val_logloss": 0.52},
+            {"epoch": 3, "val_auc": 0.74, "val_logloss": 0.55}]
+    assert kept_epoch(recs, "val_auc")["epoch"] == 2                   # first of the ties
+    assert kept_epoch(recs, "val_logloss")["epoch"] == 1
+    assert kept_epoch(recs, "val_recall@50") is None

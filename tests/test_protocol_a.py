@@ -270,3 +270,16 @@ def test_tune_tries_each_setting_on_validation_and_keeps_the_best(tiny_synthetic
     assert alone.summary["best_epoch"] == best["best_epoch"]
     kept = next(h for h in alone.history if h["epoch"] == best["best_epoch"])
     assert kept["val_recall@50"] == pytest.approx(best["val_recall@50"])
+
+
+def test_peer_table_puts_the_model_beside_its_peers() -> None:
+    s = {"test_auc": 0.70, "baseline_item_mean_test_auc": 0.65, "test_logloss": 0.50,
+         "baseline_item_mean_test_logloss": 0.45, "i2u_recall@50": 0.30,
+         "baseline_popularity_i2u_recall@50": 0.10, "baseline_ease_i2u_recall@50": 0.41}
+    rows = {r["Metric"]: r for r in pipeline.peer_table(s)}
+    assert set(rows) == {"Test AUC (higher is better)", "Test log loss (lower is better)",
+                         "Item→user recall@50"}
+    assert rows["Test AUC (higher is better)"]["Best"] == "Model"
+    assert rows["Test log loss (lower is better)"]["Best"] == "Item mean"    # lower wins
+    r = rows["Item→user recall@50"]
+    assert (r["Model"], r["Popularity"], r["EASE"], r["Best"]) == (0.30, 0.10, 0.41, "EASE")
