@@ -139,6 +139,11 @@ def _f(x) -> str:
 def _print_tables(env: dict, results: list[dict]) -> None:
     print(f"\nCPU: {env['cpu']}; 1 thread; load average at start "
           f"{env['loadavg_start'][0]:.2f}, at end {env['loadavg_end'][0]:.2f}\n")
+    try:
+        import implicit  # noqa: F401
+        print("(implicit is installed, but its ALS is not wired into this benchmark yet)\n")
+    except ImportError:
+        print("(implicit ALS: the `implicit` package is not installed here; skipped)\n")
     print("| dataset | protocol | seeds | model i2u | EASE i2u | pop i2u | model u2i | EASE u2i "
           "| pop u2i | val model i2u / u2i | val EASE i2u / u2i | s/run |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
