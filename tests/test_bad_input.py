@@ -362,6 +362,22 @@ def test_database_password_is_never_shown(tmp_path: Path, capsys) -> None:
         assert "s3cr3t-pw" not in msg and "analyst:***@127.0.0.1:1/dssm" in msg
 
 
+def test_postgres_wrong_password_and_a_database_without_a_store(capsys) -> None:
+    url = os.environ.get("DSSM_TEST_PG_URL")
+    if not url:
+        pytest.skip("DSSM_TEST_PG_URL is not set: no PostgreSQL server (.ci/postgres.sh)")
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    wrong = u.set(password="not-the-pw-9").render_as_string(hide_password=False)
+    msg = _assert_one_error_line(*_cli(["runs", "--db", wrong], capsys))
+    assert "not-the-pw-9" not in msg and "password authentication failed" in msg
+    assert f"{u.username}:***@" in msg
+    other = u.set(database="postgres").render_as_string(hide_password=False)
+    msg = _assert_one_error_line(*_cli(["runs", "--db", other], capsys))
+    assert "holds no store (no 'runs' table)" in msg and f":{u.password}@" not in msg
+
+
 @pytest.mark.parametrize("flag, value, words", [
     ("--mapping", {"user": 1, "item": "item"},
      "--mapping: column mapping key 'user': expected text, found the number 1"),
