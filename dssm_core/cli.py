@@ -324,8 +324,8 @@ def _open_store(url: str | None, *, must_exist: bool = False):  # -> Store
     except (ArgumentError, SQLAlchemyError) as exc:
         text = str(exc).strip()
         first = text.splitlines()[0] if text else type(exc).__name__
-        raise CliError(_scrubbed(f"cannot open the store at {_masked(target)}: {first}",
-                                 target)) from None
+        raise CliError(f"cannot open the store at {_masked(target)}: "
+                       f"{_scrubbed(first, target)}") from None
 
 
 def _fmt_duration(seconds: float | None) -> str:

@@ -55,6 +55,15 @@ def _corrupt_zip() -> bytes:
     return bytes(data)
 
 
+def _parquet(columns: dict[str, list]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table(columns), buf)
+    return buf.getvalue()
+
+
 def _too_long_field() -> bytes:
     return (b"userId,movieId,rating,timestamp\n1,2,3,4\n\"" + b"x" * 200_000
             + b",3,4,5\n3,1,5,6\n")
@@ -101,6 +110,15 @@ DATA_CASES: dict[str, tuple] = {
     "timestamp 1e300": (
         {"t.csv": (HEADER + "1,a,3,100\n2,b,4,1e300\n3,a,5,300\n").encode()}, "t.csv",
         M_RATED, ("t.csv", 3, "ts"), "time out of range"),
+    # (Parquet: "line" is the row number, header-less)
+    "infinite rating in Parquet": (
+        {"t.parquet": _parquet({"user": ["1", "2", "3"], "item": ["a", "b", "a"],
+                                "rating": [3.0, float("inf"), 5.0], "ts": [1, 2, 3]})},
+        "t.parquet", M_RATED, ("t.parquet", 2, "rating"), "not a number"),
+    "timestamp 1e300 in Parquet": (
+        {"t.parquet": _parquet({"user": ["1", "2", "3"], "item": ["a", "b", "a"],
+                                "rating": [3.0, 4.0, 5.0], "ts": [1.0, 2.0, 1e300]})},
+        "t.parquet", M_RATED, ("t.parquet", 3, "ts"), "time out of range"),
     # -- item 3: messages without a place before ------------------------------------------
     "date out of range": (
         {"t.csv": (HEADER + "1,a,3,2020-01-01\n2,b,4,10000-01-01\n3,a,5,2020-01-02\n").encode()},
@@ -239,6 +257,17 @@ def test_bad_data_is_refused_with_its_place_and_stores_nothing(
     assert store_digest(path) == before
 
 
+def test_size_limits_are_checked_before_reading(tmp_path: Path) -> None:
+    path = tmp_path / "u.data"
+    path.write_bytes(b"1\t2\t3\t4\n" * 100)  # 800 bytes
+    with pytest.raises(DataValidationError, match="file is 800 bytes; the limit is 799 bytes"):
+        dio.load(path, max_bytes=799)
+    assert len(dio.load([("u.data", b"1\t2\t3\t4\n2\t3\t4\t5\n")]).interactions) == 2
+    archive = _zip({"ml/u.data": b"1\t2\t3\t4\n" * 100})
+    with pytest.raises(DataValidationError, match="expand to 800 bytes; the limit is 100"):
+        dio.load(("ml.zip", archive), max_unzipped_bytes=100)
+
+
 # ----------------------------------------------------------------------- special files (5)
 def test_special_files_are_refused(tmp_path: Path, capsys) -> None:
     fifo = tmp_path / "pipe.csv"
@@ -331,6 +360,22 @@ def test_database_password_is_never_shown(tmp_path: Path, capsys) -> None:
     for argv in (["runs", "--db", url], ["train", "--db", url, "--no-project", "--epochs", "1"]):
         msg = _assert_one_error_line(*_cli(argv, capsys))
         assert "s3cr3t-pw" not in msg and "analyst:***@127.0.0.1:1/dssm" in msg
+
+
+def test_postgres_wrong_password_and_a_database_without_a_store(capsys) -> None:
+    url = os.environ.get("DSSM_TEST_PG_URL")
+    if not url:
+        pytest.skip("DSSM_TEST_PG_URL is not set: no PostgreSQL server (.ci/postgres.sh)")
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    wrong = u.set(password="not-the-pw-9").render_as_string(hide_password=False)
+    msg = _assert_one_error_line(*_cli(["runs", "--db", wrong], capsys))
+    assert "not-the-pw-9" not in msg and "password authentication failed" in msg
+    assert f"{u.username}:***@" in msg
+    other = u.set(database="postgres").render_as_string(hide_password=False)
+    msg = _assert_one_error_line(*_cli(["runs", "--db", other], capsys))
+    assert "holds no store (no 'runs' table)" in msg and f":{u.password}@" not in msg
 
 
 @pytest.mark.parametrize("flag, value, words", [

@@ -793,3 +793,22 @@ _BAD_WHERE = {
     "u.data nan rating": (3, "rating"),
     "dat extra field": (2, None),
 }
+
+
+def test_open_source_resolves_an_upload_once_for_sniff_peek_and_load() -> None:
+    from dssm_core import io as dio
+
+    class Upload:  # like Streamlit's UploadedFile; counts how often its bytes are taken
+        name = "events.csv"
+        calls = 0
+
+        def getvalue(self) -> bytes:
+            Upload.calls += 1
+            return b"customer,sku,stars\nc1,s1,4\nc2,s2,5\nc1,s2,3\n"
+
+    src = dio.open_source(Upload())
+    assert dio.sniff(src) == "generic"
+    assert dio.peek_columns(src) == ["customer", "sku", "stars"]
+    ds = dio.load(src, mapping=dio.ColumnMapping(user="customer", item="sku", rating="stars"))
+    assert ds.interactions["rating"].tolist() == [4.0, 5.0, 3.0]
+    assert Upload.calls == 1

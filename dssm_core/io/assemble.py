@@ -137,9 +137,10 @@ def _assemble(parts: dict[str, Any], fmt: str, name: str, warnings: list[str],
                                   file=file)
     times = inter["timestamp"].to_numpy()
     if not parts.get("seconds"):
-        times = _in_seconds(times, file, warnings)
+        scaled = _in_seconds(times, file, warnings)
+        if scaled is not times:  # only then: replacing a column copies and consolidates
+            inter["timestamp"] = times = scaled
     _check_times(times, file, warnings)
-    inter["timestamp"] = times
     dup = _exact_duplicates(inter)
     n_dup = int(dup.sum())
     if n_dup:

@@ -158,10 +158,13 @@ def _regular_size(path: Path, display: str,
 def _read_path(path: Path, display: str, max_bytes: int,
                expected: str = "a data file, a folder or a .zip") -> bytes:
     """The bytes of a regular file, refusing more than ``max_bytes`` even if it grows."""
-    _check_size(display, _regular_size(path, display, expected), max_bytes)
+    size = _regular_size(path, display, expected)
+    _check_size(display, size, max_bytes)
     try:
         with path.open("rb") as fh:
-            data = fh.read(max_bytes + 1)
+            data = fh.read(size + 1)  # one read of the size stat gave (no 1 GiB buffer)
+            if len(data) > size:  # it grew meanwhile: read on, up to the limit
+                data += fh.read(max_bytes + 1 - len(data))
     except OSError as exc:
         raise DataValidationError(f"cannot read: {exc.strerror or exc}", file=display) from exc
     _check_size(display, len(data), max_bytes)

@@ -275,7 +275,8 @@ def _read_pandas(t: _Table) -> pd.DataFrame:
         quoting=csv.QUOTE_MINIMAL if t.quoting else csv.QUOTE_NONE, keep_default_na=False,
         na_values=[""], engine="c", skip_blank_lines=True, index_col=False,
     )
-    last = t.names[-1]
+    # the last named field (trailing empty spreadsheet columns are allowed to be missing)
+    last = next((n for n in reversed(t.names) if not n.startswith("_empty")), t.names[-1])
     short = t.kinds.get(last) not in _REQUIRED_KINDS and bool(df[last].isna().any())
     df = df[list(t.kinds)]
     df.attrs["short_rows"] = short  # maybe: a row with fewer fields (or an empty last one)
@@ -283,9 +284,13 @@ def _read_pandas(t: _Table) -> pd.DataFrame:
 
 
 def _finite_below(x: np.ndarray, limit: float) -> bool:
-    """Whether every value of ``x`` is finite and below ``limit`` in absolute value."""
-    with np.errstate(invalid="ignore"):
-        return bool(np.all(np.abs(x) < limit)) if len(x) else True
+    """Whether every value of ``x`` is finite and below ``limit`` in absolute value.
+
+    Two reductions and no temporary array (a NaN makes both comparisons false).
+    """
+    if not len(x):
+        return True
+    return bool(-limit < x.min() and x.max() < limit)
 
 
 def _delimited(
