@@ -241,7 +241,7 @@ def test_user_negatives_are_users_who_existed_and_never_had_the_item() -> None:
 
 def test_refit_keeps_validation_figures_and_changes_the_tested_model(tiny_synthetic) -> None:
     base = preset("audience", epochs=2, batch_size=256, embedding_dim=8,
-                  user_hidden=(32, 16), item_hidden=(32, 16))
+                  user_hidden=(32, 16), item_hidden=(32, 16), tune="none", refit=False)
     a = pipeline.train(tiny_synthetic, base)
     b = pipeline.train(tiny_synthetic, base.with_(refit=True))
     assert b.summary["refit"] and not a.summary["refit"]
