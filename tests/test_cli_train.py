@@ -39,7 +39,9 @@ def test_train_file_in_memory_prints_summary_and_report(tiny_synthetic, tmp_path
     assert summary["run_id"] is None and summary["protocol"] == "L"
     assert summary["epochs_run"] == 1 and "i2u_recall@50" in summary
     assert summary["precision"] == "float32"
-    assert err.count("epoch 1/1") == 1                        # one progress line per epoch
+    # the default (audience) preset tunes on validation: one progress line per trial's epoch
+    assert err.count("epoch 1/1") == 2
+    assert "trial 1/2 epoch 1/1" in err and "trial 2/2 epoch 1/1" in err
     rep = json.loads(report.read_text())
     assert rep["test"]["auc"] == summary["test_auc"]
     assert set(rep["retrieval"]) == {"item_to_user", "user_to_item"}
