@@ -198,10 +198,12 @@ def serve(
             while max_requests is None or done < max_requests:
                 requests = sorted(spool.glob("run-*.request"), key=_mtime)
                 if not requests:
-                    if time.monotonic() - idle_since > idle_s and not any(
-                            r.get("status") in ACTIVE_STATUSES for r in store.list_runs()):
-                        say({"stage": "exit", "reason": f"idle for {idle_s:.0f} s"})
-                        break
+                    if time.monotonic() - idle_since > idle_s:
+                        if not any(r.get("status") in ACTIVE_STATUSES
+                                   for r in store.list_runs()):
+                            say({"stage": "exit", "reason": f"idle for {idle_s:g} s"})
+                            break
+                        idle_since = time.monotonic()  # a run trains: ask again in idle_s
                     time.sleep(poll_s)
                     continue
                 _serve_one(store, spool, requests[0], say)
