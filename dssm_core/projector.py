@@ -45,10 +45,14 @@ LOCK_NAME = "worker.lock"
 # --------------------------------------------------------------------------- where
 def spool_dir(db_url: str) -> Path:
     """The hand-over folder of the store at ``db_url``: ``<data dir>/projector/<url hash>``."""
+    from sqlalchemy.engine import make_url
+
     from .jobs import absolute_db_url, data_dir
 
     url = absolute_db_url(db_url)
-    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:12]
+    # without the password: a job's URL carries none (it travels in PGPASSWORD), the app's does
+    bare = make_url(url)._replace(password=None).render_as_string(hide_password=False)
+    digest = hashlib.sha256(bare.encode("utf-8")).hexdigest()[:12]
     return data_dir(url) / "projector" / digest
 
 

@@ -227,3 +227,13 @@ def test_the_worker_stays_while_a_training_is_active(sqlite_url: str) -> None:
     assert not t.is_alive() and done == [0]
     assert events[-1] == {**events[-1], "stage": "exit", "reason": "idle for 0.1 s"}
     store.dispose()
+
+
+def test_spool_dir_is_the_same_with_or_without_the_password(monkeypatch, tmp_path) -> None:
+    # the app knows the PostgreSQL password; its jobs get it in PGPASSWORD, not in the URL
+    monkeypatch.setenv("DSSM_DATA_DIR", str(tmp_path))
+    with_pw = projector.spool_dir("postgresql+psycopg://ana:secret@db.example:5432/dssm")
+    without = projector.spool_dir("postgresql+psycopg://ana@db.example:5432/dssm")
+    other = projector.spool_dir("postgresql+psycopg://ana@db.example:5432/other")
+    assert with_pw == without != other
+    assert with_pw.parent == tmp_path / "projector"
