@@ -95,11 +95,12 @@ def _cmd_project(args: argparse.Namespace) -> int:
 def _cmd_projector(args: argparse.Namespace) -> int:
     """The store's long-lived projection worker (started by the app's training jobs)."""
     from . import projector
+    from .store import default_url
 
     def emit(event: dict) -> None:
         print(json.dumps(event), flush=True)
 
-    projector.serve(args.db, warm=not args.no_warm_up,
+    projector.serve(args.db or default_url(), warm=not args.no_warm_up,
                     idle_s=args.idle_s, emit=emit)
     return 0
 
@@ -453,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("projector", help="keep umap compiled and compute maps as runs ask "
                                           "(the app starts it with each training)")
-    sp.add_argument("--db", required=True, help="store URL, e.g. sqlite:///data/dssm.db")
+    sp.add_argument("--db", default=None,
+                    help="store URL (default: $DSSM_DB_URL, else sqlite:///data/dssm.db)")
     sp.add_argument("--idle-s", type=float, default=1800.0,
                     help="exit after this many seconds with no request and no training")
     sp.add_argument("--no-warm-up", action="store_true",

@@ -45,10 +45,14 @@ LOCK_NAME = "worker.lock"
 # --------------------------------------------------------------------------- where
 def spool_dir(db_url: str) -> Path:
     """The hand-over folder of the store at ``db_url``: ``<data dir>/projector/<url hash>``."""
+    from sqlalchemy.engine import make_url
+
     from .jobs import absolute_db_url, data_dir
 
     url = absolute_db_url(db_url)
-    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:12]
+    # without the password: a job's URL carries none (it travels in PGPASSWORD), the app's does
+    bare = make_url(url)._replace(password=None).render_as_string(hide_password=False)
+    digest = hashlib.sha256(bare.encode("utf-8")).hexdigest()[:12]
     return data_dir(url) / "projector" / digest
 
 
@@ -198,10 +202,12 @@ def serve(
             while max_requests is None or done < max_requests:
                 requests = sorted(spool.glob("run-*.request"), key=_mtime)
                 if not requests:
-                    if time.monotonic() - idle_since > idle_s and not any(
-                            r.get("status") in ACTIVE_STATUSES for r in store.list_runs()):
-                        say({"stage": "exit", "reason": f"idle for {idle_s:.0f} s"})
-                        break
+                    if time.monotonic() - idle_since > idle_s:
+                        if not any(r.get("status") in ACTIVE_STATUSES
+                                   for r in store.list_runs()):
+                            say({"stage": "exit", "reason": f"idle for {idle_s:g} s"})
+                            break
+                        idle_since = time.monotonic()  # a run trains: ask again in idle_s
                     time.sleep(poll_s)
                     continue
                 _serve_one(store, spool, requests[0], say)

@@ -76,18 +76,22 @@ HOME_RUN_COLUMNS = ("Run", "Status", "Dataset", "Preset", "Test AUC", "Item→us
                     "Duration", "Started (UTC)")
 
 
-def _newest_runs() -> None:
-    """The five newest runs; redrawn every few seconds while one trains, so its Duration is
-    the time it has trained so far and its status changes when it ends."""
+def _newest_runs(polling: bool) -> None:
+    """The five newest runs; redrawn every few seconds while one trains (``polling``), so its
+    Duration is the time it has trained so far. When the last one ends the whole page is
+    drawn again (the counts above change) and the polling stops."""
+    all_runs = store.list_runs()
+    if polling and not any(r.get("status") in jobs.ACTIVE_STATUSES for r in all_runs):
+        st.rerun(scope="app")
     names = {int(d["id"]): str(d.get("name")) for d in store.list_datasets()}
-    newest = sorted(store.list_runs(), key=lambda r: -int(r["id"]))[:5]
+    newest = sorted(all_runs, key=lambda r: -int(r["id"]))[:5]
     # the settings (objective, protocol) and log loss are on the Runs page; here every
     # column, Started included, fits the page's width
     widgets.show_runs(newest, names, columns=HOME_RUN_COLUMNS)
 
 
 if runs:
-    st.fragment(_newest_runs, run_every=widgets.POLL_SECONDS if active else None)()
+    st.fragment(_newest_runs, run_every=widgets.POLL_SECONDS if active else None)(bool(active))
 elif datasets:
     widgets.empty_state("No model trained yet. Pick a dataset and train one.",
                         page="train", link_label="Train a model")

@@ -213,3 +213,27 @@ def test_spool_dir_is_per_store(tmp_path: Path) -> None:
     a = projector.spool_dir(f"sqlite:///{tmp_path / 'a.db'}")
     b = projector.spool_dir(f"sqlite:///{tmp_path / 'b.db'}")
     assert a != b and a.parent == b.parent == tmp_path / "projector"
+
+
+def test_the_worker_stays_while_a_training_is_active(sqlite_url: str) -> None:
+    store, _ = _tiny_run(sqlite_url)
+    dataset_id = store.list_datasets()[0]["id"]
+    training = store.create_run(dataset_id, {"epochs": 1})            # queued: active
+    t, events, done = _serve_in_thread(sqlite_url, idle_s=0.1)
+    time.sleep(1.0)                                   # ten idle periods with a run queued
+    assert t.is_alive()
+    store.fail_run(training, "stopped by the test")
+    t.join(timeout=30)
+    assert not t.is_alive() and done == [0]
+    assert events[-1] == {**events[-1], "stage": "exit", "reason": "idle for 0.1 s"}
+    store.dispose()
+
+
+def test_spool_dir_is_the_same_with_or_without_the_password(monkeypatch, tmp_path) -> None:
+    # the app knows the PostgreSQL password; its jobs get it in PGPASSWORD, not in the URL
+    monkeypatch.setenv("DSSM_DATA_DIR", str(tmp_path))
+    with_pw = projector.spool_dir("postgresql+psycopg://ana:secret@db.example:5432/dssm")
+    without = projector.spool_dir("postgresql+psycopg://ana@db.example:5432/dssm")
+    other = projector.spool_dir("postgresql+psycopg://ana@db.example:5432/other")
+    assert with_pw == without != other
+    assert with_pw.parent == tmp_path / "projector"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from sqlalchemy import update
 
 from apphelpers import new_app, sleeper
@@ -55,5 +56,42 @@ def test_home_shows_a_running_jobs_elapsed_time_and_fits_its_columns(app_store) 
             "Run", "Status", "Dataset", "Preset", "Test AUC", "Item→user recall@50",
             "Duration", "Started (UTC)"]
     finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_home_follows_a_running_job_without_a_reload(app_store, tmp_path) -> None:
+    from pathlib import Path
+
+    from apphelpers import CHROMIUM, CHROMIUM_ARGS, start_server, stop_server
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (see .ci/browser.sh)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    ds_id = _tiny(app_store)
+    proc = sleeper()
+    server, base = start_server(f"sqlite:///{app_store.engine.url.database}")
+    try:
+        run_id = app_store.create_run(ds_id, {"epochs": 3}, preset="audience")
+        app_store.mark_running(run_id, proc.pid)
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(base + "/")
+            page.get_by_role("heading", name="Where to go next").wait_for()
+            table = page.get_by_test_id("stDataFrame").last
+            sync_api.expect(table).to_contain_text("running")
+            app_store.fail_run(run_id, "stopped by the test", status="cancelled")
+            # no reload: the runs table polls, and the page redraws when the job has ended
+            now = page.get_by_test_id("stMetric").filter(has_text="Training now")
+            sync_api.expect(now.get_by_test_id("stMetricValue")).to_have_text("0")
+            sync_api.expect(page.get_by_test_id("stDataFrame").last).to_contain_text(
+                "cancelled")
+            browser.close()
+    finally:
+        stop_server(server)
         proc.kill()
         proc.wait()
