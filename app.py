@@ -5,7 +5,7 @@ import streamlit as st
 
 from pages import widgets
 
-st.set_page_config(page_title="Audience explorer", page_icon=":material/target:", layout="wide")
+st.set_page_config(page_title="Audience explorer", page_icon=widgets.app_icon(), layout="wide")
 
 nav = widgets.app_navigation()
 widgets.sidebar()

@@ -171,6 +171,6 @@ def test_lasso_users_on_the_map_and_find_their_lookalikes(server) -> None:
         assert saved["size"] == n and saved["definition"]["kind"] == "map selection"
         page.get_by_role("button", name="Find lookalikes of them").click()
         expect(page.get_by_text(f"lookalikes of {n} seed users")).to_be_visible()
-        expect(page.get_by_text(f"seed users: {n}")).to_be_visible()     # excluded
+        expect(page.get_by_text(f"left out: seed users {n}")).to_be_visible()     # excluded
         _shot(page, "maps-2-lookalikes")
         browser.close()
