@@ -217,7 +217,7 @@ def _index_chart(ins: pd.DataFrame, attr: str, min_group: int) -> go.Figure:
         error_x=dict(type="data", symmetric=False,
                      array=(d["index_high"] - d["index"]).to_numpy(),
                      arrayminus=(d["index"] - d["index_low"]).to_numpy(),
-                     color="#6b7280", thickness=1, width=3),
+                     color="#9ca3af", thickness=1, width=3),
         text=labels, textposition="outside", cliponaxis=False,
         customdata=np.c_[d["audience_share"], d["population_share"], d["audience_count"],
                          d["index_low"], d["index_high"]],
@@ -227,7 +227,9 @@ def _index_chart(ins: pd.DataFrame, attr: str, min_group: int) -> go.Figure:
                        "users<extra></extra>"),
         showlegend=False))
     fig.add_vline(x=100, line_dash="dash", line_color="#555")
-    top = float(np.nanmax(np.r_[d["index_high"].to_numpy(), d["index"].to_numpy(), 100.0]))
+    # the axis follows the bars (and 100), not the intervals: a small group's interval can
+    # reach 1,000 and would squash every bar; it runs off the edge instead (hover: its ends)
+    top = float(np.nanmax(np.r_[d["index"].to_numpy(), 100.0]))
     name = widgets.plot_text(attr)
     fig.update_layout(
         title=dict(text=f"Index by {name}<br><sup>100 (dashed) = as common as among all "
@@ -235,7 +237,7 @@ def _index_chart(ins: pd.DataFrame, attr: str, min_group: int) -> go.Figure:
         height=max(320, 30 * len(d) + 140), xaxis_title="Index (with 95 % interval)",
         yaxis_title=None, margin=dict(l=10, r=40, t=80, b=10))
     # room on the right for the outside labels of the longest bar
-    fig.update_xaxes(range=[0, top * 1.18])
+    fig.update_xaxes(range=[0, top * 1.35])
     fig.update_yaxes(automargin=True)
     return fig
 

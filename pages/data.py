@@ -114,7 +114,8 @@ def _mapping_form(source: Any, upload_key: str, files: list[str]) -> Any | None:
                             help="Unix seconds or date text. None: the row order is the time")
         c = st.columns(4)
         item_opt = [NONE] + item_columns
-        where = (f" (in {files_chosen['items_file']})" if files_chosen["items_file"] else "")
+        where = (f" (in {widgets.md(files_chosen['items_file'])})" if files_chosen["items_file"]
+                 else "")
         ti = guess("title", among=item_columns)
         title = c[0].selectbox("Item title column" + where, item_opt,
                                index=0 if ti is None else ti + 1,

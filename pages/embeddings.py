@@ -46,24 +46,26 @@ def _jobs() -> dict[tuple[str, int], dict[str, Any]]:
     return {}
 
 
-@st.cache_resource(show_spinner=False)
-def _maps() -> dict[tuple[str, int, str], Any]:
-    """Stored maps read so far: (db url, run id, kind) -> (ids, xy, params). Only found maps
-    are kept, so a map stored later (by the training job) is picked up on the next rerun."""
-    return {}
+class _NoMap(LookupError):
+    """No map stored yet for (run, kind): raised, not returned, so that it is not cached."""
 
 
-def _load_map(store: Any, url: str, run_id: int, kind: str) -> Any:
-    cache = _maps()
-    key = (url, int(run_id), kind)
-    if key not in cache:
-        found = store.load_projection(int(run_id), kind)
-        if found is None:
-            return None
-        if len(cache) >= 8:
-            cache.pop(next(iter(cache)))
-        cache[key] = found
-    return cache[key]
+@st.cache_data(show_spinner=False, max_entries=8)
+def _stored_map(url: str, run_id: int, kind: str) -> Any:
+    """A stored map (ids, xy, params), read once per (store, run, kind). A missing one raises
+    ``_NoMap`` (st.cache_data keeps no exceptions), so a map stored later by the training job
+    is picked up on the next rerun."""
+    found = widgets.get_store().load_projection(int(run_id), kind)
+    if found is None:
+        raise _NoMap(kind)
+    return found
+
+
+def _load_map(url: str, run_id: int, kind: str) -> Any:
+    try:
+        return _stored_map(url, int(run_id), kind)
+    except _NoMap:
+        return None
 
 
 def _start_projection(url: str, run_id: int) -> dict[str, Any]:
@@ -102,7 +104,7 @@ def _job_stages(log_file: Path) -> list[dict[str, Any]]:
 def _projection_progress(store: Any, url: str, run_id: int, kind: str) -> None:
     """Polls the background projection; reruns the page once the map is stored."""
     job = _jobs().get((url, int(run_id)))
-    if _load_map(store, url, run_id, kind) is not None:
+    if _load_map(url, run_id, kind) is not None:
         st.rerun(scope="app")
     if job is None:  # the training job computes it (started elsewhere)
         st.progress(0.1, text="The training job is computing the maps…")
@@ -323,7 +325,7 @@ kind_label = st.radio("Map of", ["Users", "Items"], key="emb_kind", horizontal=T
 kind = "user" if kind_label == "Users" else "item"
 
 _reap_finished_jobs()
-found = _load_map(store, url, run_id, kind)
+found = _load_map(url, run_id, kind)
 if found is None:
     job = _jobs().get((url, run_id))
     run_info = store.get_run(run_id)
