@@ -402,12 +402,12 @@ def load_run(store: "Store", run_id: int | None = None, *,
         if run_id is None:
             raise ValueError("there is no succeeded run in this database; train one first")
     run = store.get_run(run_id)
-    if run["status"] != "succeeded":
-        raise ValueError(f"run {run_id} is {run['status']}; audiences need a succeeded run")
+    if not run.succeeded:
+        raise ValueError(f"run {run_id} is {run.status}; audiences need a succeeded run")
     user_ids, user_vecs = store.load_embeddings(run_id, "user")
     item_ids, item_vecs = store.load_embeddings(run_id, "item")
     index = UserIndex(block_rows).index(user_vecs, user_ids)
-    ds = store.load_dataset(run["dataset_id"])
+    ds = store.load_dataset(run.dataset_id)
     users = ds.users.copy()
     users["user_id"] = users["user_id"].astype(str)
     users = users.drop_duplicates("user_id").set_index("user_id").reindex(index.ids_)
@@ -418,7 +418,7 @@ def load_run(store: "Store", run_id: int | None = None, *,
     seen = pd.DataFrame({"user_id": ds.interactions["user_id"].astype(str).to_numpy(),
                          "item_id": ds.interactions["item_id"].astype(str).to_numpy()})
     fav = favourite_genres(ds.interactions, ds.items, index.ids_)
-    return LoadedRun(run_id=int(run_id), dataset_id=int(run["dataset_id"]), index=index,
+    return LoadedRun(run_id=int(run_id), dataset_id=run.dataset_id, index=index,
                      item_ids=np.asarray(item_ids).astype(str),
                      item_vectors=_l2_normalise(item_vecs, "item", np.asarray(item_ids)),
                      users=users, items=items, seen=seen, favourite_genre=fav)
@@ -1058,6 +1058,29 @@ def unescape_cell(value: str) -> str:
     if len(value) >= 2 and value[0] == "'" and value[1:].startswith(FORMULA_PREFIXES):
         return value[1:]
     return value
+
+
+def parse_id_text(data: str | bytes | None) -> list[str]:
+    """User ids from pasted text or an uploaded file, in order, without duplicates.
+
+    A file with a ``user_id`` header column (e.g. this app's CSV export) or one id per line
+    is read by :func:`read_user_ids`; pasted text may also separate ids by commas,
+    semicolons, tabs or spaces (a leading ``user_id``/``id`` word is dropped).
+    """
+    if data is None:
+        return []
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
+    text = text.removeprefix("\ufeff")
+    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    if "," in first and "user_id" in [c.strip().strip('"') for c in first.split(",")]:
+        return read_user_ids(text)
+    for sep in (",", ";", "\t", " "):
+        text = text.replace(sep, "\n")
+    ids = [i.strip("'\"") for i in read_user_ids(text)]
+    ids = [i for i in ids if i]
+    if ids and ids[0].lower() in ("user_id", "userid", "id", "user"):
+        ids = ids[1:]
+    return list(dict.fromkeys(ids))
 
 
 def read_user_ids(data: bytes | str) -> list[str]:

@@ -56,8 +56,10 @@ def _filter_options(url: str, run_id: int) -> audience.FilterOptions:
     return audience.filter_options(widgets.loaded_run(run_id), MAX_FILTER_VALUES)
 
 
-def _item_label(cat: pd.DataFrame) -> dict[str, str]:
+@st.cache_data(show_spinner=False, max_entries=4)
+def _item_labels(url: str, run_id: int) -> dict[str, str]:
     """Picker labels (plain text): ``"Star Wars (1977) · id 50 · 583 users"``."""
+    cat = _catalogue(url, run_id)
     return {i: (f"{t} · id {i}" if t else f"id {i}") + f" · {n:,} users"
             for i, t, n in zip(cat["item_id"], cat["title"], cat["users"])}
 
@@ -82,7 +84,7 @@ def _apply_handoff(run_ids: list[int]) -> None:
 def _item_picker(url: str, run_id: int) -> tuple[str, ...]:
     """Search by title/id, genre and year, then pick; each option says how many users it has."""
     cat = _catalogue(url, run_id)
-    labels = _item_label(cat)
+    labels = _item_labels(url, run_id)
     c = st.columns([3, 2, 2])
     q = c[0].text_input("Search titles or ids", key="aud_item_search",
                         placeholder="e.g. Star Wars, or 50")

@@ -577,28 +577,10 @@ def loaded_run(run_id: int) -> Any:
 
 
 def parse_id_list(data: str | bytes | None) -> list[str]:
-    """User ids from pasted text or an uploaded file, in order, without duplicates.
-
-    A file with a ``user_id`` header column (e.g. this app's CSV export) or one id per line
-    is read by ``audience.read_user_ids``; pasted text may also separate ids by commas,
-    semicolons, tabs or spaces (a leading ``user_id``/``id`` word is dropped).
-    """
+    """User ids from pasted text or an uploaded file (``audience.parse_id_text``)."""
     from dssm_core import audience
 
-    if data is None:
-        return []
-    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
-    text = text.removeprefix("\ufeff")
-    first = next((ln for ln in text.splitlines() if ln.strip()), "")
-    if "," in first and "user_id" in [c.strip().strip('"') for c in first.split(",")]:
-        return audience.read_user_ids(text)
-    for sep in (",", ";", "\t", " "):
-        text = text.replace(sep, "\n")
-    ids = [i.strip("'\"") for i in audience.read_user_ids(text)]
-    ids = [i for i in ids if i]
-    if ids and ids[0].lower() in ("user_id", "userid", "id", "user"):
-        ids = ids[1:]
-    return list(dict.fromkeys(ids))
+    return audience.parse_id_text(data)
 
 
 def selected_ids(event: Any, trace_ids: Sequence[Any]) -> list[str]:
