@@ -65,6 +65,8 @@ MIN_GROUP_SIZE = 30
 PERCENTILE_HELP = ("Share of the eligible users (after exclusions and filters) scoring at most "
                    "this (100 = the best eligible match)")
 FAVOURITE_GENRE = "favourite genre"
+#: An item's first genre (a map colour); "(no genre)" when it has none.
+FIRST_GENRE = "first genre"
 NO_HISTORY = "(no history)"
 MISSING = "(missing)"
 OTHER = "(other)"
@@ -830,6 +832,29 @@ def filter_options(run: LoadedRun, max_values: int = 30) -> FilterOptions:
             ranges[str(attr)] = (lo, hi)
     values[FAVOURITE_GENRE] = sorted({str(v) for v in run.favourite_genre})
     return FilterOptions(values=values, ranges=ranges)
+
+
+def map_frame(run: LoadedRun, ids: Any, kind: str) -> pd.DataFrame:
+    """What a map shows of its points (rows in ``ids`` order): for users their attributes and
+    favourite genre; for items ``title`` (text), ``genres`` (lists) and the first genre, plus
+    their other columns."""
+    want = pd.Index(np.asarray(ids).astype(str))
+    if kind == "user":
+        attrs = run.users.reindex(want).copy()
+        fav = pd.Series(run.favourite_genre, index=run.index.ids_).reindex(want)
+        attrs[FAVOURITE_GENRE] = fav.to_numpy()
+        return attrs
+    if kind != "item":
+        raise ValueError(f"kind must be 'user' or 'item', got {kind!r}")
+    items = run.items.reindex(want).copy()
+    if "genres" in items.columns:
+        items["genres"] = [list(x) if isinstance(x, (list, tuple, np.ndarray)) else []
+                           for x in items["genres"]]
+        items[FIRST_GENRE] = [x[0] if x else "(no genre)" for x in items["genres"]]
+    if "title" not in items.columns:
+        items["title"] = ""
+    items["title"] = items["title"].fillna("").astype(str)
+    return items
 
 
 def selection_audience(run: LoadedRun, user_ids: Sequence[str]) -> pd.DataFrame:

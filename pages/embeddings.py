@@ -32,7 +32,7 @@ MAX_TEXT_VALUES = 50
 #: Legend labels longer than this are cut (the hover shows the whole value).
 LEGEND_CHARS = 40
 NONE = "(no colour)"
-FIRST_GENRE = "first genre"
+FIRST_GENRE = audience.FIRST_GENRE
 HAS_GENRE = "one genre vs the rest"
 OTHER, MISSING = "(other)", "(missing)"
 GREY = "#c7cdd6"
@@ -147,27 +147,6 @@ def _short(label: str, width: int = LEGEND_CHARS) -> str:
 def _is_continuous(values: pd.Series) -> bool:
     return (pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
             and values.nunique(dropna=True) > MAX_COLOURS)
-
-
-def _user_frame(run: Any, ids: np.ndarray) -> pd.DataFrame:
-    """Attributes of the mapped users (rows in ``ids`` order) plus their favourite genre."""
-    attrs = run.users.reindex(pd.Index(ids.astype(str)))
-    fav = pd.Series(run.favourite_genre, index=run.index.ids_).reindex(ids.astype(str))
-    attrs = attrs.copy()
-    attrs[audience.FAVOURITE_GENRE] = fav.to_numpy()
-    return attrs
-
-
-def _item_frame(run: Any, ids: np.ndarray) -> pd.DataFrame:
-    items = run.items.reindex(pd.Index(ids.astype(str))).copy()
-    if "genres" in items.columns:
-        g = items["genres"]
-        items["genres"] = [list(x) if isinstance(x, (list, tuple, np.ndarray)) else [] for x in g]
-        items[FIRST_GENRE] = [x[0] if x else "(no genre)" for x in items["genres"]]
-    if "title" not in items.columns:
-        items["title"] = ""
-    items["title"] = items["title"].fillna("").astype(str)
-    return items
 
 
 def _colour_options(frame: pd.DataFrame, kind: str) -> list[str]:
@@ -348,7 +327,7 @@ try:
 except widgets.CORE_ERRORS as exc:
     widgets.show_error(exc, what=f"Cannot load run {run_id}")
     st.stop()
-frame = _user_frame(run, ids) if kind == "user" else _item_frame(run, ids)
+frame = audience.map_frame(run, ids, kind)
 
 if params.get("sampled"):
     st.info(f"This map shows a random sample of **{widgets.fmt_count(params['n_projected'])}** "

@@ -491,3 +491,15 @@ def test_insights_mark_small_groups_with_an_interval() -> None:
     assert ins.loc["a", "index_high"] == pytest.approx(200.0)
     assert ins.loc["b", "index"] == 0.0 and bool(ins.loc["b", "small"])
     assert ins.loc["b", "index_high"] == pytest.approx(200.0 * (z2 / 4) / (1 + z2 / 4))
+
+
+def test_map_frame_of_users_and_items(run: aud.LoadedRun) -> None:
+    users = aud.map_frame(run, ["u3", "u1"], "user")
+    assert users.index.tolist() == ["u3", "u1"]
+    assert users["gender"].tolist() == ["F", "F"]
+    assert users["favourite genre"].tolist() == ["(no history)", "Drama"]
+    items = aud.map_frame(run, ["C", "B"], "item")
+    assert items["title"].tolist() == ["+Plus", "Normal"]
+    assert items["first genre"].tolist() == ["Drama", "Comedy"]
+    with pytest.raises(ValueError, match="kind must be"):
+        aud.map_frame(run, ["u1"], "group")

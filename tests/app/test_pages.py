@@ -516,3 +516,17 @@ def test_saving_the_same_data_twice_asks_first(app_store) -> None:
     assert not at.exception
     assert [d.name for d in app_store.list_datasets()] == ["Copy", "ml-100k"]
     assert "as another copy" in plain(_texts(at))
+
+
+def test_user_text_is_made_literal_for_markdown_and_plotly() -> None:
+    from pages import widgets
+
+    wj = "\u2060"                                    # breaks remark-gfm's bare-URL autolinks
+    assert widgets.md("![t](http://x.y/i.png)") == f"\\!\\[t\\]\\(http\\:{wj}//x\\.y/i\\.png\\)"
+    assert widgets.md("<img src=x> **b** :red[c] $x$") == \
+        "\\<img src=x\\> \\*\\*b\\*\\* \\:red\\[c\\] \\$x\\$"
+    assert widgets.md("# head") == "\\# head" and widgets.md("- item") == "\\- item"
+    assert widgets.md("1. one") == "1\\. one"
+    assert widgets.md("www.a.b and c@d.e") == f"www{wj}\\.a\\.b and c@{wj}d\\.e"
+    assert widgets.md("two\nlines") == "two lines" and widgets.md(None) == ""
+    assert widgets.plot_text('<a href="x">y</a> & b') == '&lt;a href="x"&gt;y&lt;/a&gt; &amp; b'
