@@ -142,7 +142,7 @@ def test_lasso_users_on_the_map_and_find_their_lookalikes(server) -> None:
         page.set_default_timeout(60_000)
         page.goto(base + "/")
         page.get_by_role("link", name="Embedding maps").first.click()
-        expect(page.get_by_text(f"{N_USERS} users of run 1")).to_be_visible()
+        expect(page.get_by_text(f"{N_USERS} users of run 1")).to_be_visible(timeout=TIMEOUT)
         # Lasso (the map's default drag mode) a square in the middle of the plot area. On a
         # busy machine plotly may not take the first drag while it still draws: try again.
         picked = page.get_by_text(re.compile(r"^\d+ users selected on the map\.$"))
