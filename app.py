@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages import app_navigation, login_gate
+from pages import app_icon, app_navigation, login_gate
 
-st.set_page_config(page_title="Audience explorer", page_icon=":material/target:", layout="wide")
+st.set_page_config(page_title="Audience explorer", page_icon=app_icon(), layout="wide")
 nav = app_navigation()
 login_gate()  # only where [auth] is configured in .streamlit/secrets.toml
 

@@ -13,11 +13,14 @@ blocks (memory bounded at any N), keeping the best k.
 
 Conventions documented for analysts:
 
-* **score** is the cosine similarity in [-1, 1]; **percentile** is the share of *all* users of
-  the run whose score is at most the member's (100 = the single best match).
+* **score** is the cosine similarity in [-1, 1]; **percentile** is the share of the *eligible*
+  users (those left after exclusions and filters) whose score is at most the member's (100 =
+  the best eligible match), so an exclusion never makes the first member look worse than it is.
 * **Size**: ``top_n`` users, or ``percent`` of all users of the run (rounded, at least 1). When
   more users are asked for than are eligible (after exclusions and filters), the audience is
   clamped to the eligible users and a warning says so; it is never an error.
+* **Negative similarity**: members scoring below 0 lean *away* from the query. They are counted
+  (``AudienceResult.n_below_zero``) and a warning says so; ``min_score`` leaves them out.
 * A campaign of several items queries with the mean of their normalised vectors, renormalised;
   a lookalike queries with the renormalised centroid of its seed users, who are then excluded.
 """
@@ -57,7 +60,15 @@ ID_LIKE_VALUES = 50
 #: A user column whose name holds one of these is a postal code: too many values to show, so
 #: it gets a companion column "<name> area", its first character (US zip: one of 10 areas).
 POSTAL_HINTS = ("zip", "postal", "postcode")
+#: Insights mark a value held by fewer audience members than this as a small group: its index
+#: is shown with its 95 % interval, and hatched in charts.
+MIN_GROUP_SIZE = 30
+#: The percentile column's meaning, for table headers and CSV readers.
+PERCENTILE_HELP = ("Share of the eligible users (after exclusions and filters) scoring at most "
+                   "this (100 = the best eligible match)")
 FAVOURITE_GENRE = "favourite genre"
+#: An item's first genre (a map colour); "(no genre)" when it has none.
+FIRST_GENRE = "first genre"
 NO_HISTORY = "(no history)"
 MISSING = "(missing)"
 OTHER = "(other)"
@@ -395,12 +406,12 @@ def load_run(store: "Store", run_id: int | None = None, *,
         if run_id is None:
             raise ValueError("there is no succeeded run in this database; train one first")
     run = store.get_run(run_id)
-    if run["status"] != "succeeded":
-        raise ValueError(f"run {run_id} is {run['status']}; audiences need a succeeded run")
+    if not run.succeeded:
+        raise ValueError(f"run {run_id} is {run.status}; audiences need a succeeded run")
     user_ids, user_vecs = store.load_embeddings(run_id, "user")
     item_ids, item_vecs = store.load_embeddings(run_id, "item")
     index = UserIndex(block_rows).index(user_vecs, user_ids)
-    ds = store.load_dataset(run["dataset_id"])
+    ds = store.load_dataset(run.dataset_id)
     users = ds.users.copy()
     users["user_id"] = users["user_id"].astype(str)
     users = users.drop_duplicates("user_id").set_index("user_id").reindex(index.ids_)
@@ -411,7 +422,7 @@ def load_run(store: "Store", run_id: int | None = None, *,
     seen = pd.DataFrame({"user_id": ds.interactions["user_id"].astype(str).to_numpy(),
                          "item_id": ds.interactions["item_id"].astype(str).to_numpy()})
     fav = favourite_genres(ds.interactions, ds.items, index.ids_)
-    return LoadedRun(run_id=int(run_id), dataset_id=int(run["dataset_id"]), index=index,
+    return LoadedRun(run_id=int(run_id), dataset_id=run.dataset_id, index=index,
                      item_ids=np.asarray(item_ids).astype(str),
                      item_vectors=_l2_normalise(item_vecs, "item", np.asarray(item_ids)),
                      users=users, items=items, seen=seen, favourite_genre=fav)
@@ -428,6 +439,17 @@ def _as_str_tuple(values: Any) -> tuple[str, ...]:
     return tuple(str(v).strip() for v in values if str(v).strip() != "")
 
 
+def _as_range(attr: str, value: Any) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"range filter on {attr!r} must be two numbers (low, high), "
+                         f"got {value!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        raise ValueError(f"range filter on {attr!r} must have low <= high, got {value!r}")
+    return lo, hi
+
+
 @dataclass(frozen=True)
 class AudienceRequest:
     """What audience to build. Exactly one of ``items`` / ``seed_users``; exactly one of
@@ -435,10 +457,15 @@ class AudienceRequest:
 
     items: item ids (one, or several for a campaign). seed_users: user ids for a lookalike.
     top_n: audience size; percent: size as % of all users of the run (0 < percent <= 100).
-    exclude_seen: drop users who already interacted with any of the items.
+    exclude_seen: drop users who already interacted with any of the items (the app's and the
+        CLI's default for item audiences: :data:`DEFAULT_EXCLUDE_SEEN`).
     exclude_users: drop these user ids (an uploaded list; ids unknown to the run are ignored).
     where: attribute filters, attribute -> allowed values (compared as text), e.g.
         ``{"gender": ["F"], "age": ["25-34", "35-44"]}``.
+    ranges: numeric attribute filters, attribute -> (low, high), both ends included; users
+        whose value is missing are left out, e.g. ``{"age": (25, 34)}``.
+    min_score: a similarity floor: users scoring below it are not eligible (e.g. 0.0 keeps
+        only users whose taste leans towards the query).
     """
 
     items: tuple[str, ...] = ()
@@ -448,6 +475,8 @@ class AudienceRequest:
     exclude_seen: bool = False
     exclude_users: tuple[str, ...] = ()
     where: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    min_score: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "items", tuple(dict.fromkeys(_as_str_tuple(self.items))))
@@ -457,6 +486,9 @@ class AudienceRequest:
                            tuple(dict.fromkeys(_as_str_tuple(self.exclude_users))))
         object.__setattr__(self, "where", {str(k): _as_str_tuple(v)
                                            for k, v in dict(self.where or {}).items()})
+        object.__setattr__(self, "ranges", {str(k): _as_range(str(k), v)
+                                            for k, v in dict(self.ranges or {}).items()})
+        object.__setattr__(self, "exclude_seen", bool(self.exclude_seen))
         if bool(self.items) == bool(self.seed_users):
             if not self.items:
                 raise ValueError("give one or more item ids, or a non-empty list of seed users")
@@ -472,6 +504,12 @@ class AudienceRequest:
             if not (0.0 < p <= 100.0) or not math.isfinite(p):
                 raise ValueError(f"percent must be in (0, 100], got {self.percent!r}")
             object.__setattr__(self, "percent", p)
+        if self.min_score is not None:
+            f = float(self.min_score)
+            if not -1.0 <= f <= 1.0:
+                raise ValueError(f"min_score is a cosine: it must be in [-1, 1], got "
+                                 f"{self.min_score!r}")
+            object.__setattr__(self, "min_score", f)
         for attr, allowed in self.where.items():
             if not allowed:
                 raise ValueError(f"filter on {shorten(attr)!r} has no allowed values")
@@ -481,19 +519,30 @@ class AudienceRequest:
         """"item" (users for items) or "lookalike"."""
         return "item" if self.items else "lookalike"
 
+    def key(self) -> str:
+        """A stable text key of the request (for caches)."""
+        return repr(sorted(self.to_dict().items()))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able definition (saved with an audience)."""
         return {"kind": self.kind, "items": list(self.items), "seed_users": list(self.seed_users),
                 "top_n": self.top_n, "percent": self.percent, "exclude_seen": self.exclude_seen,
                 "exclude_users": list(self.exclude_users),
-                "where": {k: list(v) for k, v in self.where.items()}}
+                "where": {k: list(v) for k, v in self.where.items()},
+                "ranges": {k: list(v) for k, v in self.ranges.items()},
+                "min_score": self.min_score}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "AudienceRequest":
         """Inverse of :meth:`to_dict` (the ``kind`` key is ignored)."""
         keys = {"items", "seed_users", "top_n", "percent", "exclude_seen", "exclude_users",
-                "where"}
+                "where", "ranges", "min_score"}
         return cls(**{k: v for k, v in d.items() if k in keys})
+
+
+#: Item audiences leave out users who already interacted with the item(s) unless asked not to
+#: (the app's checkbox and the CLI's ``--include-seen``): they need no ad to find it.
+DEFAULT_EXCLUDE_SEEN = True
 
 
 @dataclass
@@ -503,9 +552,11 @@ class AudienceResult:
     members: rank, user_id, score, percentile, then the user attributes and
         ``favourite genre``. insights: see :func:`insights`. reach: see :func:`reach_curve`.
     threshold: the lowest member score (the similarity cut-off this audience implies).
-    population: users in the run; eligible: users left after exclusions and filters.
+    population: users in the run; eligible: users left after exclusions and filters (the pool
+        the members and their percentiles come from).
     excluded: users removed per reason (each counted once, in the order applied).
     requested: the size asked for (before clamping).
+    n_below_zero: members whose score is below 0 (they lean away from the query).
     """
 
     run_id: int
@@ -521,10 +572,26 @@ class AudienceResult:
     item_ids: tuple[str, ...]
     item_titles: tuple[str, ...]
     warnings: list[str] = field(default_factory=list)
+    n_below_zero: int = 0
 
     @property
     def size(self) -> int:
         return int(len(self.members))
+
+    def default_name(self) -> str:
+        """A name to save it under, from what it is and its actual size (after clamping):
+        ``"Star Wars (1977) – top 330"``, ``"Star Wars (1977) + 2 more – top 500"``,
+        ``"Lookalike of 12 users – top 100"``."""
+        if self.item_ids:
+            first = self.item_titles[0] if self.item_titles and self.item_titles[0] else \
+                self.item_ids[0]
+            more = f" + {len(self.item_ids) - 1} more" if len(self.item_ids) > 1 else ""
+            what = f"{first}{more}"
+        elif self.request.seed_users:
+            what = f"Lookalike of {len(self.request.seed_users)} users"
+        else:
+            what = "Audience"
+        return f"{what} – top {self.size}"
 
     def definition(self) -> dict[str, Any]:
         """What to save with the audience (``Store.save_audience``)."""
@@ -557,20 +624,34 @@ def _attribute_codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
     return np.where(codes < 0, len(uniques), codes).astype(np.int64), labels
 
 
-def insights(members_rows: np.ndarray, attributes: pd.DataFrame) -> pd.DataFrame:
+def _wilson(k: np.ndarray, n: int, z: float = 1.959964) -> tuple[np.ndarray, np.ndarray]:
+    """95 % Wilson score interval of the proportions ``k / n`` (arrays of bounds in [0, 1])."""
+    k = np.asarray(k, dtype=np.float64)
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+
+
+def insights(members_rows: np.ndarray, attributes: pd.DataFrame, *,
+             min_group: int = MIN_GROUP_SIZE) -> pd.DataFrame:
     """Composition of an audience against all users, per attribute.
 
     ``attributes``: one row per user of the population (same order as the index), one
     column per attribute (categorical). ``members_rows``: the audience's rows in it.
     Returns columns ``attribute, value, audience_count, audience_share, population_count,
-    population_share, index``; shares are % (summing to 100 per attribute), index =
-    audience_share / population_share * 100 (100 = as common as among all users).
+    population_share, index, index_low, index_high, small``; shares are % (summing to 100 per
+    attribute), index = audience_share / population_share * 100 (100 = as common as among all
+    users); ``index_low``/``index_high`` its 95 % interval (Wilson interval of the audience
+    share); ``small``: fewer than ``min_group`` members hold the value, so its index rests on
+    too few people to act on (a genre held by one member can read 200).
     Attributes with more than ``MAX_CATEGORIES`` values keep their most common values in the
     audience and pool the rest as "(other)"; id-like attributes (more than ``ID_LIKE_VALUES``
     distinct values and more than a fifth of the population, e.g. zip codes) are left out.
     """
     cols = ["attribute", "value", "audience_count", "audience_share", "population_count",
-            "population_share", "index"]
+            "population_share", "index", "index_low", "index_high", "small"]
     frames = []
     n_pop = len(attributes)
     members_rows = np.asarray(members_rows, dtype=np.int64)
@@ -605,6 +686,10 @@ def insights(members_rows: np.ndarray, attributes: pd.DataFrame) -> pd.DataFrame
         df["audience_share"] = df["audience_count"] / n_aud * 100.0
         df["population_share"] = df["population_count"] / n_pop * 100.0
         df["index"] = df["audience_share"] / df["population_share"] * 100.0
+        lo, hi = _wilson(df["audience_count"].to_numpy(), n_aud)
+        df["index_low"] = lo * 100.0 / df["population_share"] * 100.0
+        df["index_high"] = hi * 100.0 / df["population_share"] * 100.0
+        df["small"] = df["audience_count"].to_numpy() < int(min_group)
         df = df.sort_values(["audience_count", "population_count", "value"],
                             ascending=[False, False, True])
         frames.append(df[cols])
@@ -650,23 +735,179 @@ def overlap_saved(store: "Store", audience_a: int, audience_b: int) -> dict[str,
 
 
 # --------------------------------------------------------------------------------------------
+# What the pickers offer (computed here so that pages only draw)
+# --------------------------------------------------------------------------------------------
+def seen_mask(run: LoadedRun, item_ids: Sequence[str]) -> np.ndarray:
+    """(N,) bool: the users (index order) who interacted with any of ``item_ids``."""
+    m = np.zeros(run.index.size, bool)
+    want = {str(i) for i in item_ids}
+    if want:
+        users = run.seen.loc[run.seen["item_id"].isin(want), "user_id"].unique()
+        m[run.index.positions(users, missing="ignore")] = True
+    return m
+
+
+def seen_count(run: LoadedRun, item_ids: Sequence[str]) -> int:
+    """How many users of the run already interacted with any of ``item_ids``."""
+    return int(seen_mask(run, item_ids).sum())
+
+
+def item_catalogue(run: LoadedRun) -> pd.DataFrame:
+    """The run's items for a picker: ``item_id, title, genres`` (list), ``year`` (nullable
+    Int64) and ``users`` (distinct users who already interacted with it); most users first
+    (ties: item id)."""
+    ids = pd.Index(run.item_ids.astype(str))
+    pairs = run.seen.drop_duplicates()
+    users = pairs["item_id"].value_counts().reindex(ids).fillna(0).astype(np.int64)
+    items = run.items.reindex(ids)
+    titles = (items["title"].fillna("").astype(str) if "title" in items.columns
+              else pd.Series("", index=ids))
+    genres = ([list(g) if isinstance(g, (list, tuple, np.ndarray)) else []
+               for g in items["genres"]] if "genres" in items.columns else [[]] * len(ids))
+    year = (pd.to_numeric(items["year"], errors="coerce").astype("Int64")
+            if "year" in items.columns else pd.Series(pd.NA, index=ids, dtype="Int64"))
+    cat = pd.DataFrame({"item_id": ids.to_numpy(dtype=object), "title": titles.to_numpy(),
+                        "genres": genres, "year": year.to_numpy(),
+                        "users": users.to_numpy()})
+    cat["year"] = cat["year"].astype("Int64")
+    return cat.sort_values(["users", "item_id"], ascending=[False, True],
+                           kind="stable").reset_index(drop=True)
+
+
+def search_items(catalogue: pd.DataFrame, text: str = "", *, genres: Sequence[str] = (),
+                 years: tuple[int, int] | None = None) -> pd.DataFrame:
+    """Rows of :func:`item_catalogue` whose title contains ``text`` (case-insensitive) or whose
+    id equals it, holding every genre of ``genres``, and dated within ``years`` (inclusive;
+    items without a year are dropped when a range is given). Order kept."""
+    keep = np.ones(len(catalogue), bool)
+    q = (text or "").strip()
+    if q:
+        keep &= (catalogue["title"].str.contains(q, case=False, regex=False).to_numpy()
+                 | (catalogue["item_id"] == q).to_numpy())
+    for g in genres:
+        keep &= np.array([g in gs for gs in catalogue["genres"]], dtype=bool)
+    if years is not None:
+        y = catalogue["year"].astype("float64").to_numpy()
+        with np.errstate(invalid="ignore"):
+            keep &= (y >= years[0]) & (y <= years[1])
+    return catalogue[keep]
+
+
+def catalogue_genres(catalogue: pd.DataFrame) -> list[str]:
+    """Every genre of the catalogue, alphabetical."""
+    return sorted({g for gs in catalogue["genres"] for g in gs})
+
+
+def catalogue_years(catalogue: pd.DataFrame) -> tuple[int, int] | None:
+    """(first, last) year of the catalogue's items, None when no item has one."""
+    y = catalogue["year"].dropna()
+    return (int(y.min()), int(y.max())) if len(y) else None
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    """What the attribute filters offer for a run.
+
+    values: attribute -> its values as text (sorted), for attributes with at most
+        ``max_values`` of them, plus the favourite genre.
+    ranges: numeric attribute with more values -> (low, high) (ints when all values are).
+    """
+
+    values: dict[str, list[str]]
+    ranges: dict[str, tuple[float, float]]
+
+
+def filter_options(run: LoadedRun, max_values: int = 30) -> FilterOptions:
+    """The filters a page offers for ``run`` (see :class:`FilterOptions`)."""
+    values: dict[str, list[str]] = {}
+    ranges: dict[str, tuple[float, float]] = {}
+    for attr in run.users.columns:
+        col = run.users[attr]
+        n = col.astype(object).nunique(dropna=True)
+        numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+        if n <= max_values:
+            values[str(attr)] = sorted({str(v) for v in col.dropna().tolist()})
+        elif numeric:
+            lo, hi = float(col.min()), float(col.max())
+            if bool(np.all(np.mod(col.dropna(), 1) == 0)):
+                lo, hi = int(lo), int(hi)
+            ranges[str(attr)] = (lo, hi)
+    values[FAVOURITE_GENRE] = sorted({str(v) for v in run.favourite_genre})
+    return FilterOptions(values=values, ranges=ranges)
+
+
+def map_frame(run: LoadedRun, ids: Any, kind: str) -> pd.DataFrame:
+    """What a map shows of its points (rows in ``ids`` order): for users their attributes and
+    favourite genre; for items ``title`` (text), ``genres`` (lists) and the first genre, plus
+    their other columns."""
+    want = pd.Index(np.asarray(ids).astype(str))
+    if kind == "user":
+        attrs = run.users.reindex(want).copy()
+        fav = pd.Series(run.favourite_genre, index=run.index.ids_).reindex(want)
+        attrs[FAVOURITE_GENRE] = fav.to_numpy()
+        return attrs
+    if kind != "item":
+        raise ValueError(f"kind must be 'user' or 'item', got {kind!r}")
+    items = run.items.reindex(want).copy()
+    if "genres" in items.columns:
+        items["genres"] = [list(x) if isinstance(x, (list, tuple, np.ndarray)) else []
+                           for x in items["genres"]]
+        items[FIRST_GENRE] = [x[0] if x else "(no genre)" for x in items["genres"]]
+    if "title" not in items.columns:
+        items["title"] = ""
+    items["title"] = items["title"].fillna("").astype(str)
+    return items
+
+
+def selection_audience(run: LoadedRun, user_ids: Sequence[str]) -> pd.DataFrame:
+    """Users picked on a map as an audience: ``rank, user_id, score``, ranked by the cosine of
+    each one's vector to the selection's normalised centroid (ties: index order). Unknown ids
+    raise ValueError naming them; an empty selection raises ValueError."""
+    rows = run.index.positions(user_ids)
+    if len(rows) == 0:
+        raise ValueError("the selection holds no users")
+    rows = np.unique(rows)                                               # ascending, no repeats
+    vecs = run.index.matrix_[rows]                                       # (K, D)
+    centre = vecs.mean(axis=0)                                           # (D,)
+    norm = float(np.linalg.norm(centre))
+    scores = (vecs @ (centre / norm) if norm > 1e-9
+              else np.zeros(len(rows), np.float32))                      # (K,)
+    order = np.lexsort((rows, -scores))
+    return pd.DataFrame({"rank": np.arange(1, len(rows) + 1, dtype=np.int64),
+                         "user_id": run.index.ids_[rows[order]].astype(str),
+                         "score": scores[order].astype(np.float64)})
+
+
+# --------------------------------------------------------------------------------------------
 # Building an audience
 # --------------------------------------------------------------------------------------------
-def _filter_mask(run: LoadedRun, where: Mapping[str, tuple[str, ...]]) -> np.ndarray:
-    mask = np.ones(run.index.size, dtype=bool)
+def _user_column(run: LoadedRun, attr: str) -> pd.Series:
+    """The attribute's values over the population (index order); ValueError if unknown."""
+    if attr == FAVOURITE_GENRE:
+        return pd.Series(run.favourite_genre)
+    if attr in run.users.columns:
+        return run.users[attr].reset_index(drop=True)
     known = [str(c) for c in run.users.columns]
+    raise ValueError(f"unknown user attribute {shorten(attr)!r}; known: "
+                     f"{', '.join(known + [FAVOURITE_GENRE])}")
+
+
+def _filter_mask(run: LoadedRun, where: Mapping[str, tuple[str, ...]],
+                 ranges: Mapping[str, tuple[float, float]] | None = None) -> np.ndarray:
+    mask = np.ones(run.index.size, dtype=bool)
     for attr, allowed in where.items():
-        if attr == FAVOURITE_GENRE:
-            col = pd.Series(run.favourite_genre)
-        elif attr in run.users.columns:
-            col = run.users[attr].reset_index(drop=True)
-        else:
-            raise ValueError(f"unknown user attribute {shorten(attr)!r}; known: "
-                             f"{', '.join(known + [FAVOURITE_GENRE])}")
+        col = _user_column(run, attr)
         # compare as text, converting each distinct value once (fast at a million users)
         codes, uniques = pd.factorize(col, use_na_sentinel=True)
         ok = np.array([str(u) in set(allowed) for u in uniques] + [False], dtype=bool)
         mask &= ok[codes]                                       # code -1 (missing) -> False
+    for attr, (lo, hi) in (ranges or {}).items():
+        col = _user_column(run, attr)
+        if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+            raise ValueError(f"attribute {attr!r} is not numeric: filter it by its values")
+        vals = col.astype("float64").to_numpy()                              # NaN: missing
+        with np.errstate(invalid="ignore"):
+            mask &= (vals >= lo) & (vals <= hi)
     return mask
 
 
@@ -677,8 +918,11 @@ def audience_size(request: AudienceRequest, population: int) -> int:
     return max(1, int(round(float(request.percent) / 100.0 * population)))
 
 
-def build_audience(run: LoadedRun, request: AudienceRequest) -> AudienceResult:
+def build_audience(run: LoadedRun, request: AudienceRequest, *,
+                   min_group: int = MIN_GROUP_SIZE) -> AudienceResult:
     """Build one audience on a loaded run: members, insights and reach in one call.
+
+    ``min_group``: insights mark values held by fewer members as small (see :func:`insights`).
 
     Raises ValueError naming unknown item or seed ids, for an empty seed list, unknown filter
     attributes, or when exclusions and filters leave nobody.
@@ -719,10 +963,7 @@ def build_audience(run: LoadedRun, request: AudienceRequest) -> AudienceResult:
         m[seed_rows] = True
         drop("seed users", m)
     if request.exclude_seen and request.items:
-        seen_users = run.seen.loc[run.seen["item_id"].isin(set(item_ids)), "user_id"].unique()
-        m = np.zeros(n_pop, bool)
-        m[idx.positions(seen_users, missing="ignore")] = True
-        drop("already interacted", m)
+        drop("already interacted", seen_mask(run, item_ids))
     elif request.exclude_seen:
         warnings.append("Excluding users who already interacted applies to item audiences only; "
                         "ignored for a lookalike")
@@ -734,21 +975,30 @@ def build_audience(run: LoadedRun, request: AudienceRequest) -> AudienceResult:
         m = np.zeros(n_pop, bool)
         m[rows] = True
         drop("exclusion list", m)
-    if request.where:
-        drop("attribute filters", ~_filter_mask(run, request.where))
+    if request.where or request.ranges:
+        drop("attribute filters", ~_filter_mask(run, request.where, request.ranges))
+    if request.min_score is not None:
+        drop(f"similarity below {request.min_score:g}", scores < request.min_score)
 
     n_elig = int(eligible.sum())
     if n_elig == 0:
-        raise ValueError("no user is left after the exclusions and filters")
+        raise ValueError("No user is left after the exclusions and filters: "
+                         + "; ".join(f"{k}: {v}" for k, v in excluded.items() if v))
     requested = audience_size(request, n_pop)
     n = min(requested, n_elig)
     if requested > n:
         warnings.append(f"Asked for {requested} users but only {n_elig} are eligible "
                         f"(of {n_pop}); the audience has {n}")
     elig_rows = np.flatnonzero(eligible)
-    top_s, top_r = _top_k_desc(scores[elig_rows], elig_rows, n)
-    sorted_all = np.sort(scores)
-    pct = np.searchsorted(sorted_all, top_s, side="right") / n_pop * 100.0
+    elig_scores = scores[elig_rows]
+    top_s, top_r = _top_k_desc(elig_scores, elig_rows, n)
+    # percentile within the eligible pool: rank 1 is 100 whatever was excluded
+    pct = np.searchsorted(np.sort(elig_scores), top_s, side="right") / n_elig * 100.0
+    n_below_zero = int((top_s < 0).sum())
+    if n_below_zero:
+        warnings.append(f"The last {n_below_zero} of the {n} members score below 0: their "
+                        "taste leans away from the query, they only fill the list. Set a "
+                        "similarity floor of 0 to leave them out")
 
     members = pd.DataFrame({
         "rank": np.arange(1, n + 1, dtype=np.int64),
@@ -766,10 +1016,10 @@ def build_audience(run: LoadedRun, request: AudienceRequest) -> AudienceResult:
     attr_table[FAVOURITE_GENRE] = run.favourite_genre
     result = AudienceResult(
         run_id=run.run_id, request=request, members=members,
-        insights=insights(top_r, attr_table),
-        reach=reach_curve(scores[elig_rows], n_pop), threshold=float(top_s[-1]),
+        insights=insights(top_r, attr_table, min_group=min_group),
+        reach=reach_curve(elig_scores, n_pop), threshold=float(top_s[-1]),
         population=n_pop, eligible=n_elig, requested=requested, excluded=excluded,
-        item_ids=item_ids, item_titles=titles, warnings=warnings,
+        item_ids=item_ids, item_titles=titles, warnings=warnings, n_below_zero=n_below_zero,
     )
     log.info("audience of %d users for run %s (%s)", n, run.run_id, request.kind)
     return result
@@ -838,6 +1088,29 @@ def unescape_cell(value: str) -> str:
     if len(value) >= 2 and value[0] == "'" and value[1:].startswith(FORMULA_PREFIXES):
         return value[1:]
     return value
+
+
+def parse_id_text(data: str | bytes | None) -> list[str]:
+    """User ids from pasted text or an uploaded file, in order, without duplicates.
+
+    A file with a ``user_id`` header column (e.g. this app's CSV export) or one id per line
+    is read by :func:`read_user_ids`; pasted text may also separate ids by commas,
+    semicolons, tabs or spaces (a leading ``user_id``/``id`` word is dropped).
+    """
+    if data is None:
+        return []
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
+    text = text.removeprefix("\ufeff")
+    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    if "," in first and "user_id" in [c.strip().strip('"') for c in first.split(",")]:
+        return read_user_ids(text)
+    for sep in (",", ";", "\t", " "):
+        text = text.replace(sep, "\n")
+    ids = [i.strip("'\"") for i in read_user_ids(text)]
+    ids = [i for i in ids if i]
+    if ids and ids[0].lower() in ("user_id", "userid", "id", "user"):
+        ids = ids[1:]
+    return list(dict.fromkeys(ids))
 
 
 def read_user_ids(data: bytes | str, *, file: str | None = None) -> list[str]:

@@ -1,5 +1,7 @@
 """``python -m dssm_core ...``: a thin argparse layer over the engine.
 
+The description shown by ``--help`` is :data:`DESCRIPTION`.
+
 Exit codes: 0 success, 2 bad input or usage (one clear line on stderr, no traceback),
 1 anything unexpected. Each sub-command's handler lives here and calls one engine function.
 """
@@ -16,6 +18,14 @@ from typing import Callable, NoReturn, Sequence
 from .dataset import DataValidationError, shorten
 
 log = logging.getLogger(__name__)
+
+
+DESCRIPTION = (
+    "Audience explorer from the command line: check a MovieLens-style dataset (inspect), train "
+    "a two-tower model on it (train), list the stored runs (runs), draw their maps (project), "
+    "and export the users most similar to an item (audience) or to a list of users "
+    "(lookalike) as CSV. The store is the one the app uses: $DSSM_DB_URL, else "
+    "data/dssm.db.")
 
 
 class CliError(Exception):
@@ -132,7 +142,10 @@ def _train_dataset(args: argparse.Namespace):  # -> Dataset
     if args.data:
         from . import io
 
-        return io.load(args.data)
+        ds = io.load(args.data)
+        for w in ds.warnings:  # the same repairs `inspect` reports (trailing columns, BOM...)
+            print(f"warning: {w}", file=sys.stderr)
+        return ds
     from . import synthetic
 
     return synthetic.generate()
@@ -179,7 +192,12 @@ def _train_target(args: argparse.Namespace, cfg):  # -> (Store, dataset id)
         if args.run_id is None:
             pipeline.split(store.load_dataset(int(args.dataset_id)), cfg)
         return store, int(args.dataset_id)
-    return store, store.add_dataset(dataset)
+    known = {d.id for d in store.list_datasets()}
+    dataset_id = store.add_dataset(dataset, reuse=True)
+    if dataset_id in known:  # the same data again: train on the stored copy
+        print(f"note: this data is already stored as dataset {dataset_id} "
+              f"({store.get_dataset(dataset_id).name}); training on it", file=sys.stderr)
+    return store, dataset_id
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -210,7 +228,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             store, dataset_id = _train_target(args, cfg)
             run_id = pipeline.run_training(store, int(dataset_id), cfg, run_id=args.run_id,
                                            on_epoch_end=on_epoch, project=not args.no_project)
-            summary = store.get_run(run_id)["summary"]
+            summary = store.get_run(run_id).summary
             out = {"run_id": run_id, "dataset_id": int(dataset_id), **summary}
         else:
             if args.dataset_id is not None or args.run_id is not None:
@@ -229,6 +247,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_train_parser(sub) -> None:  # sub: argparse._SubParsersAction
+    from .config import PRESETS
+
     sp = sub.add_parser("train", help="train a DSSM and print its honest metrics as JSON")
     sp.add_argument("data", nargs="?", default=None,
                     help="a folder, .zip or file (default: the synthetic demo dataset)")
@@ -236,17 +256,22 @@ def _add_train_parser(sub) -> None:  # sub: argparse._SubParsersAction
                     help="store URL: store the run there (default: train in memory only)")
     sp.add_argument("--dataset-id", type=int, default=None, help="a stored dataset (with --db)")
     sp.add_argument("--run-id", type=int, default=None, help="a queued run to execute (with --db)")
-    sp.add_argument("--preset", default="audience",
-                    help="audience (default, as the app: who will interact, judged by recall "
-                         "under protocol A), default (who will like: AUC/logloss) or article")
+    # listed, not argparse choices: a wrong name is then the usual one-line "error:" (exit 2)
+    sp.add_argument("--preset", default="audience", metavar="{" + ",".join(PRESETS) + "}",
+                    help="starting settings: audience (the default, as in the app: will they "
+                         "interact, judged by recall under protocol A), default (will they like "
+                         "it: AUC/logloss) or article (the original article's sizes, for "
+                         "comparison)")
     sp.add_argument("--objective", "--loss", dest="objective", default=None,
                     choices=("pointwise", "inbatch"))
     sp.add_argument("--protocol", default=None, choices=("A", "L", "T"),
                     help="A: the past 80%% of interactions vs the future, targetable users "
                          "only (the audience preset's); L: per user the last interaction; "
                          "T: time split 80/20 over everyone (the other presets')")
-    sp.add_argument("--epochs", type=int, default=None)
-    sp.add_argument("--seed", type=int, default=None)
+    sp.add_argument("--epochs", type=int, default=None,
+                    help="most passes over the training rows (default: the preset's); training "
+                         "may stop earlier when validation stops improving")
+    sp.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's)")
     sp.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
     sp.add_argument("--precision", default=None, choices=("auto", "float32", "bfloat16"),
                     help="the towers' matrix products while training (default auto: bfloat16 "
@@ -343,18 +368,18 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     runs = store.list_runs(dataset_id=args.dataset)
     if args.json:
         for r in runs:
-            print(json.dumps(r, default=str))
+            print(json.dumps(r.to_dict(), default=str))
         return 0
     header = ["id", "status", "dataset", "preset", "objective", "protocol", "epochs",
               "duration", "test_auc", "created (UTC)"]
     rows = []
     for r in runs:
-        auc = (r.get("summary") or {}).get("test_auc")
+        auc = r.summary.get("test_auc")
         rows.append([
-            str(r["id"]), r["status"], str(r["dataset_name"]), r["preset"], r["objective"],
-            r["protocol"], f"{r['epoch']}/{r['epochs_total']}", _fmt_duration(r["duration_s"]),
+            str(r.id), str(r.status), str(r.dataset_name), str(r.preset), str(r.objective),
+            str(r.protocol), f"{r.epoch}/{r.epochs_total}", _fmt_duration(r.duration_s),
             f"{auc:.4f}" if isinstance(auc, (int, float)) else "-",
-            r["created_at"].strftime("%Y-%m-%d %H:%M") if r["created_at"] else "-",
+            r.created_at.strftime("%Y-%m-%d %H:%M") if r.created_at else "-",
         ])
     if not rows:
         print("no runs stored yet")
@@ -376,6 +401,20 @@ def _parse_where(items: Sequence[str] | None) -> dict[str, list[str]]:
     return where
 
 
+def _parse_ranges(items: Sequence[str] | None) -> dict[str, tuple[float, float]]:
+    ranges: dict[str, tuple[float, float]] = {}
+    for item in items or []:
+        attr, sep, span = item.partition("=")
+        lo, colon, hi = span.partition(":")
+        try:
+            if not sep or not colon or not attr.strip():
+                raise ValueError
+            ranges[attr.strip()] = (float(lo), float(hi))
+        except ValueError:
+            raise CliError(f"--range needs attr=low:high with two numbers, got {item!r}") from None
+    return ranges
+
+
 def _write_audience(args: argparse.Namespace, request) -> int:  # request: AudienceRequest
     from . import audience
 
@@ -390,7 +429,8 @@ def _write_audience(args: argparse.Namespace, request) -> int:  # request: Audie
     print(json.dumps({"run_id": result.run_id, "size": result.size,
                       "requested": result.requested, "eligible": result.eligible,
                       "population": result.population, "threshold": round(result.threshold, 6),
-                      "excluded": result.excluded, "out": str(args.out)}))
+                      "excluded": result.excluded, "n_below_zero": result.n_below_zero,
+                      "out": str(args.out)}))
     return 0
 
 
@@ -400,7 +440,8 @@ def _cmd_audience(args: argparse.Namespace) -> int:
 
     request = audience.AudienceRequest(
         items=tuple(args.item), top_n=args.top, percent=args.percent,
-        exclude_seen=args.exclude_seen, where=_parse_where(args.where))
+        exclude_seen=args.exclude_seen, where=_parse_where(args.where),
+        ranges=_parse_ranges(args.ranges), min_score=args.min_score)
     return _write_audience(args, request)
 
 
@@ -415,23 +456,32 @@ def _cmd_lookalike(args: argparse.Namespace) -> int:
         raise CliError(f"{args.users}: the seed list is empty")
     request = audience.AudienceRequest(
         seed_users=tuple(seeds), top_n=args.top, percent=args.percent,
-        where=_parse_where(args.where))
+        where=_parse_where(args.where), ranges=_parse_ranges(args.ranges),
+        min_score=args.min_score)
     return _write_audience(args, request)
 
 
+DB_HELP = "store URL (default: $DSSM_DB_URL or data/dssm.db)"
+
+
 def _add_audience_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--db", default=None, help="store URL (default: $DSSM_DB_URL or data/dssm.db)")
+    sp.add_argument("--db", default=None, help=DB_HELP)
     sp.add_argument("--run", type=int, default=None, help="run id (default: newest succeeded)")
     size = sp.add_mutually_exclusive_group(required=True)
     size.add_argument("--top", type=int, help="audience size N (clamped to the eligible users)")
     size.add_argument("--percent", type=float, help="audience size as %% of all users")
     sp.add_argument("--where", action="append", metavar="ATTR=VALUE",
                     help="keep users with this attribute value (repeat; same ATTR = any of)")
+    sp.add_argument("--range", action="append", metavar="ATTR=LOW:HIGH", dest="ranges",
+                    help="keep users whose numeric attribute is within LOW..HIGH (inclusive)")
+    sp.add_argument("--min-score", type=float, default=None, metavar="COSINE",
+                    help="leave out users scoring below this similarity (e.g. 0: only users "
+                         "whose taste leans towards the query)")
     sp.add_argument("--out", required=True, help="CSV file to write")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m dssm_core", description=__doc__.splitlines()[0])
+    p = _Parser(prog="python -m dssm_core", description=DESCRIPTION)
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -444,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=_cmd_inspect)
 
     sp = sub.add_parser("project", help="compute and store the UMAP maps of a run's embeddings")
-    sp.add_argument("--db", required=True, help="store URL, e.g. sqlite:///data/dssm.db")
+    sp.add_argument("--db", default=None, help=DB_HELP)
     sp.add_argument("--run", type=int, default=None, help="run id (default: newest succeeded)")
     sp.add_argument("--kinds", nargs="+", choices=("user", "item"), default=["user", "item"])
     sp.add_argument("--max-points", type=int, default=50_000,
@@ -465,15 +515,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
 
     sp = sub.add_parser("runs", help="table of the stored training runs")
-    sp.add_argument("--db", default=None, help="store URL (default: $DSSM_DB_URL or data/dssm.db)")
+    sp.add_argument("--db", default=None, help=DB_HELP)
     sp.add_argument("--dataset", type=int, default=None, help="only runs of this dataset id")
     sp.add_argument("--json", action="store_true", help="one JSON object per run")
     sp.set_defaults(func=_cmd_runs)
 
     sp = sub.add_parser("audience", help="top users for one item or several, as CSV")
     sp.add_argument("--item", action="append", required=True, help="item id (repeat for several)")
-    sp.add_argument("--exclude-seen", action="store_true",
-                    help="leave out users who already interacted with the item(s)")
+    from .audience import DEFAULT_EXCLUDE_SEEN
+
+    seen = sp.add_mutually_exclusive_group()
+    seen.add_argument("--exclude-seen", dest="exclude_seen", action="store_true",
+                      default=DEFAULT_EXCLUDE_SEEN,
+                      help="leave out users who already interacted with the item(s) (the "
+                           "default, as in the app)")
+    seen.add_argument("--include-seen", dest="exclude_seen", action="store_false",
+                      help="keep users who already interacted with the item(s)")
     _add_audience_args(sp)
     sp.set_defaults(func=_cmd_audience)
 

@@ -111,10 +111,15 @@ class Dataset:
         inter = self.interactions
         ratings = inter["rating"]
         ts = inter["timestamp"]
+        n_items = int(inter["item_id"].nunique())
+        listed = int(self.items["item_id"].nunique()) if "item_id" in self.items else n_items
         return {
             "format": self.format,
             "n_users": int(inter["user_id"].nunique()),
-            "n_items": int(inter["item_id"].nunique()),
+            "n_items": n_items,
+            # items of the items table never interacted with: a run gives them vectors too
+            # (from their attributes), so its item count is n_items + this
+            "n_items_without_interactions": max(0, listed - n_items),
             "n_interactions": int(len(inter)),
             "user_columns": self.user_columns,
             "item_columns": self.item_columns,

@@ -24,11 +24,10 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from .config import PRESETS, TrainConfig
+from .records import ACTIVE_STATUSES  # run statuses: one definition, records.RunStatus
 
 log = logging.getLogger(__name__)
 
-#: Run statuses that mean "a process should be working on this".
-ACTIVE_STATUSES = ("queued", "running")
 #: Name given to the synthetic demo dataset created on first start.
 DEMO_NAME = "Demo (synthetic)"
 #: Lines of a dead job's log quoted in its error text.

@@ -58,6 +58,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .dataset import Dataset
+from .records import ACTIVE_STATUSES, STATUSES, AudienceInfo, DatasetInfo, RunInfo, RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,9 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 #: Rows of an embedding matrix per stored chunk (d=64: 4 MiB a chunk; 1M rows: 62 chunks).
 CHUNK_ROWS = 16_384
-#: Run states. A run is "active" while queued or running.
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-ACTIVE_STATUSES = ("queued", "running")
+#: Run states (``records.RunStatus``; re-exported here). A run is "active" while queued or
+#: running.
+__all__ = ["STATUSES", "ACTIVE_STATUSES", "RunStatus", "Store", "StoreError", "content_hash"]
 ORPHAN_ERROR = "the training process stopped unexpectedly"
 EMBEDDING_KINDS = ("user", "item")
 #: ``get_vectors`` reads up to this many vectors byte-exactly; more read whole chunks.
@@ -390,6 +391,25 @@ def _check_matrix(ids: Any, vectors: Any, what: str) -> tuple[np.ndarray, np.nda
     return ids_arr, vec
 
 
+def _dataset_tables(ds: Dataset) -> tuple[dict[str, bytes], str]:
+    """The dataset's three tables as Parquet bytes and the SHA-256 of them (its identity)."""
+    tables = {
+        "interactions": _frame_to_parquet(ds.interactions),
+        "users": _frame_to_parquet(ds.users),
+        "items": _frame_to_parquet(ds.items),
+    }
+    h = hashlib.sha256()
+    for kind in ("interactions", "users", "items"):
+        h.update(kind.encode())
+        h.update(tables[kind])
+    return tables, h.hexdigest()
+
+
+def content_hash(ds: Dataset) -> str:
+    """The dataset's identity in the store: equal for two loads of the same data."""
+    return _dataset_tables(ds)[1]
+
+
 def default_url() -> str:
     """``$DSSM_DB_URL``, else ``sqlite:///$DSSM_DATA_DIR/dssm.db`` (``DSSM_DATA_DIR``: ./data)."""
     url = os.environ.get("DSSM_DB_URL")
@@ -504,17 +524,18 @@ class Store:
                 )
 
     # -- datasets ------------------------------------------------------------------------------
-    def add_dataset(self, ds: Dataset, name: str | None = None) -> int:
-        """Store a dataset (its three canonical tables as Parquet) and return its id."""
-        tables = {
-            "interactions": _frame_to_parquet(ds.interactions),
-            "users": _frame_to_parquet(ds.users),
-            "items": _frame_to_parquet(ds.items),
-        }
-        h = hashlib.sha256()
-        for kind in ("interactions", "users", "items"):
-            h.update(kind.encode())
-            h.update(tables[kind])
+    def add_dataset(self, ds: Dataset, name: str | None = None, *, reuse: bool = False) -> int:
+        """Store a dataset (its three canonical tables as Parquet) and return its id.
+
+        ``reuse``: when the store already holds a dataset with the same content (same
+        :func:`content_hash`), return that one's id and store nothing (its name is kept).
+        """
+        tables, digest = _dataset_tables(ds)
+        if reuse:
+            found = self.find_dataset(digest)
+            if found is not None:
+                log.info("dataset already stored as %s; reused", found)
+                return int(found)
         inter = ds.interactions
         row = DatasetRow(
             name=(name or ds.name or ds.format or "dataset")[:400],
@@ -522,7 +543,7 @@ class Store:
             n_users=int(inter["user_id"].nunique()) if len(inter) else int(len(ds.users)),
             n_items=int(inter["item_id"].nunique()) if len(inter) else int(len(ds.items)),
             n_interactions=int(len(inter)),
-            content_hash=h.hexdigest(),
+            content_hash=digest,
             rating_scale=list(ds.rating_scale) if ds.rating_scale is not None else None,
             warnings=list(ds.warnings),
             truth=_truth_to_json(ds.truth),
@@ -538,22 +559,28 @@ class Store:
         return dataset_id
 
     @staticmethod
-    def _dataset_dict(r: DatasetRow) -> dict[str, Any]:
-        return {
-            "id": r.id, "name": r.name, "format": r.format, "n_users": r.n_users,
-            "n_items": r.n_items, "n_interactions": r.n_interactions,
-            "content_hash": r.content_hash,
-            "rating_scale": tuple(r.rating_scale) if r.rating_scale is not None else None,
-            "warnings": list(r.warnings or []), "created_at": _utc(r.created_at),
-        }
+    def _dataset_dict(r: DatasetRow) -> DatasetInfo:
+        return DatasetInfo(
+            id=int(r.id), name=r.name, format=r.format, n_users=int(r.n_users),
+            n_items=int(r.n_items), n_interactions=int(r.n_interactions),
+            content_hash=r.content_hash,
+            rating_scale=tuple(r.rating_scale) if r.rating_scale is not None else None,
+            warnings=list(r.warnings or []), created_at=_utc(r.created_at),
+        )
 
-    def list_datasets(self) -> list[dict[str, Any]]:
-        """Every dataset, newest first, as plain dicts (no table data)."""
+    def find_same_dataset(self, ds: Dataset) -> DatasetInfo | None:
+        """The newest stored dataset whose content equals ``ds``'s (see :func:`content_hash`),
+        or None: what a second save of the same upload would duplicate."""
+        found = self.find_dataset(content_hash(ds))
+        return None if found is None else self.get_dataset(found)
+
+    def list_datasets(self) -> list[DatasetInfo]:
+        """Every dataset, newest first (no table data)."""
         with self._session() as s:
             rows = s.scalars(select(DatasetRow).order_by(DatasetRow.id.desc())).all()
             return [self._dataset_dict(r) for r in rows]
 
-    def get_dataset(self, dataset_id: int) -> dict[str, Any]:
+    def get_dataset(self, dataset_id: int) -> DatasetInfo:
         """One dataset's metadata; ``StoreError`` if unknown."""
         with self._session() as s:
             r = s.get(DatasetRow, int(dataset_id))
@@ -581,8 +608,8 @@ class Store:
             interactions=_frame_from_parquet(tables["interactions"]),
             users=_frame_from_parquet(tables["users"]),
             items=_frame_from_parquet(tables["items"]),
-            format=meta["format"], name=meta["name"], rating_scale=meta["rating_scale"],
-            warnings=meta["warnings"], truth=truth,
+            format=meta.format, name=meta.name, rating_scale=meta.rating_scale,
+            warnings=meta.warnings, truth=truth,
         )
 
     def delete_dataset(self, dataset_id: int) -> None:
@@ -714,25 +741,25 @@ class Store:
             "data": memoryview(np.ascontiguousarray(block)).cast("B")}])
 
     @staticmethod
-    def _run_dict(r: RunRow, dataset_name: str | None) -> dict[str, Any]:
+    def _run_dict(r: RunRow, dataset_name: str | None) -> RunInfo:
         started, finished = _utc(r.started_at), _utc(r.finished_at)
         if started is not None:
             end = finished or (_now() if r.status in ACTIVE_STATUSES else started)
             duration: float | None = max(0.0, (end - started).total_seconds())
         else:
             duration = None
-        return {
-            "id": r.id, "dataset_id": r.dataset_id, "dataset_name": dataset_name,
-            "status": r.status, "preset": r.preset, "objective": r.objective,
-            "protocol": r.protocol, "config": dict(r.config or {}), "pid": r.pid,
-            "cancel_requested": bool(r.cancel_requested), "created_at": _utc(r.created_at),
-            "started_at": started, "finished_at": finished, "duration_s": duration,
-            "error": r.error, "summary": dict(r.summary) if r.summary else {},
-            "epoch": r.epoch or 0, "epochs_total": r.epochs_total or 0,
-        }
+        return RunInfo(
+            id=int(r.id), dataset_id=int(r.dataset_id), dataset_name=dataset_name,
+            status=RunStatus(r.status), preset=r.preset, objective=r.objective,
+            protocol=r.protocol, config=dict(r.config or {}), pid=r.pid,
+            cancel_requested=bool(r.cancel_requested), created_at=_utc(r.created_at),
+            started_at=started, finished_at=finished, duration_s=duration,
+            error=r.error, summary=dict(r.summary) if r.summary else {},
+            epoch=r.epoch or 0, epochs_total=r.epochs_total or 0,
+        )
 
-    def list_runs(self, dataset_id: int | None = None) -> list[dict[str, Any]]:
-        """Runs (newest first) as plain dicts, with ``dataset_name`` and ``duration_s``."""
+    def list_runs(self, dataset_id: int | None = None) -> list[RunInfo]:
+        """Runs (newest first), with ``dataset_name`` and ``duration_s``."""
         with self._session() as s:
             q = (select(RunRow, DatasetRow.name)
                  .join(DatasetRow, RunRow.dataset_id == DatasetRow.id)
@@ -741,8 +768,8 @@ class Store:
                 q = q.where(RunRow.dataset_id == int(dataset_id))
             return [self._run_dict(r, name) for r, name in s.execute(q).all()]
 
-    def get_run(self, run_id: int) -> dict[str, Any]:
-        """One run as a plain dict (see ``list_runs``); ``StoreError`` if unknown."""
+    def get_run(self, run_id: int) -> RunInfo:
+        """One run (see ``list_runs``); ``StoreError`` if unknown."""
         with self._session() as s:
             r = self._run(s, run_id)
             name = s.scalar(select(DatasetRow.name).where(DatasetRow.id == r.dataset_id))
@@ -952,17 +979,18 @@ class Store:
                 s.execute(insert(AudienceMemberRow), rows)
             return int(a.id)
 
-    def list_audiences(self, run_id: int | None = None) -> list[dict[str, Any]]:
+    def list_audiences(self, run_id: int | None = None) -> list[AudienceInfo]:
         """Saved audiences (newest first): id, run_id, name, size, definition, created_at."""
         with self._session() as s:
             q = select(AudienceRow).order_by(AudienceRow.id.desc())
             if run_id is not None:
                 q = q.where(AudienceRow.run_id == int(run_id))
-            return [{"id": a.id, "run_id": a.run_id, "name": a.name, "size": a.size,
-                     "definition": dict(a.definition or {}), "created_at": _utc(a.created_at)}
+            return [AudienceInfo(id=int(a.id), run_id=int(a.run_id), name=a.name,
+                                 size=int(a.size), definition=dict(a.definition or {}),
+                                 created_at=_utc(a.created_at))
                     for a in s.scalars(q).all()]
 
-    def load_audience(self, audience_id: int) -> dict[str, Any]:
+    def load_audience(self, audience_id: int) -> AudienceInfo:
         """A saved audience as in ``list_audiences`` plus ``members``: DataFrame
         (rank, user_id, score) ordered by rank."""
         with self._session() as s:
@@ -973,14 +1001,14 @@ class Store:
                                     AudienceMemberRow.score)
                              .where(AudienceMemberRow.audience_id == a.id)
                              .order_by(AudienceMemberRow.rank)).all()
-            out = {"id": a.id, "run_id": a.run_id, "name": a.name, "size": a.size,
-                   "definition": dict(a.definition or {}), "created_at": _utc(a.created_at)}
-        out["members"] = pd.DataFrame({
+            head = dict(id=int(a.id), run_id=int(a.run_id), name=a.name, size=int(a.size),
+                        definition=dict(a.definition or {}), created_at=_utc(a.created_at))
+        members = pd.DataFrame({
             "rank": np.array([r[0] for r in rows], dtype=np.int64),
             "user_id": pd.Series([r[1] for r in rows], dtype=object),
             "score": np.array([r[2] for r in rows], dtype=np.float64),
         })
-        return out
+        return AudienceInfo(**head, members=members)
 
     def delete_audience(self, audience_id: int) -> None:
         """Delete a saved audience and its members."""

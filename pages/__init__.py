@@ -64,3 +64,18 @@ def login_gate() -> None:
     st.markdown("Sign in to see the datasets, models and audiences.")
     st.button("Log in", on_click=st.login, type="primary", key="_dssm_login")
     st.stop()
+
+
+def app_icon() -> Any:
+    """The browser-tab icon, drawn here (a target: three rings), so the browser loads it from
+    this server. A ``:material/...:`` page icon is an image on fonts.gstatic.com: a request
+    outside the app on every page load (and a broken icon offline)."""
+    import numpy as np
+    from PIL import Image  # a Streamlit dependency
+
+    y, x = np.mgrid[0:32, 0:32] - 15.5
+    r = np.hypot(x, y)                                                   # (32, 32)
+    ring = (r < 15.5) & ((r < 4) | ((r > 7) & (r < 10.5)) | (r > 13))
+    img = np.zeros((32, 32, 4), np.uint8)
+    img[ring] = (31, 119, 180, 255)
+    return Image.fromarray(img, "RGBA")

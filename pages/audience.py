@@ -25,40 +25,43 @@ SIZE_N = "Number of users"
 SIZE_PCT = "% of all users"
 #: Attributes with at most this many values get a filter box.
 MAX_FILTER_VALUES = 30
-#: Above this many items the picker lists only the titles matching a search.
+#: The item picker lists at most this many items matching the search (and those picked).
 MAX_ITEM_OPTIONS = 3_000
 AUDIENCE_COLOUR = "#1f77b4"
 POPULATION_COLOUR = "#b0b7c3"
+SMALL_COLOUR = "#c9ced6"
 
 
-@st.cache_resource(show_spinner=False, max_entries=32)
-def _build(url: str, run_id: int, request_key: str, _request: audience.AudienceRequest
-           ) -> audience.AudienceResult:
-    """One audience per (run, request); reruns of the page (any click) reuse it. Read-only."""
-    return audience.build_audience(widgets.loaded_run(run_id), _request)
+@st.cache_data(show_spinner=False, max_entries=32)
+def _build(url: str, run_id: int, request_key: str, min_group: int,
+           _request: audience.AudienceRequest) -> audience.AudienceResult:
+    """One audience per (run, request, minimum group); reruns of the page reuse it."""
+    return audience.build_audience(widgets.loaded_run(run_id), _request, min_group=min_group)
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _item_catalogue(url: str, run_id: int) -> pd.DataFrame:
-    """The run's items: id, title, genres, interactions; most interacted first."""
-    run = widgets.loaded_run(run_id)
-    ids = pd.Index(run.item_ids)
-    counts = run.seen["item_id"].value_counts().reindex(ids).fillna(0).astype(np.int64)
-    titles = (run.items["title"].reindex(ids).fillna("").astype(str)
-              if "title" in run.items.columns else pd.Series("", index=ids))
-    genres = (run.items["genres"].reindex(ids) if "genres" in run.items.columns
-              else pd.Series([[]] * len(ids), index=ids))
-    cat = pd.DataFrame({"item_id": ids.astype(str), "title": titles.to_numpy(),
-                        "genres": [", ".join(g) if isinstance(g, (list, tuple, np.ndarray))
-                                   else "" for g in genres],
-                        "interactions": counts.to_numpy()})
-    return cat.sort_values(["interactions", "item_id"], ascending=[False, True],
-                           kind="stable").reset_index(drop=True)
+@st.cache_data(show_spinner=False, max_entries=4)
+def _catalogue(url: str, run_id: int) -> pd.DataFrame:
+    """The run's items with their genres, year and users so far (``audience.item_catalogue``)."""
+    return audience.item_catalogue(widgets.loaded_run(run_id))
 
 
-def _item_label(cat: pd.DataFrame) -> dict[str, str]:
-    return {i: (f"{t} · id {i}" if t else f"id {i}")
-            for i, t in zip(cat["item_id"], cat["title"])}
+@st.cache_data(show_spinner=False, max_entries=64)
+def _seen_count(url: str, run_id: int, items: tuple[str, ...]) -> int:
+    return audience.seen_count(widgets.loaded_run(run_id), items)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _filter_options(url: str, run_id: int) -> audience.FilterOptions:
+    """What the filters offer for a run, computed once per (store, run)."""
+    return audience.filter_options(widgets.loaded_run(run_id), MAX_FILTER_VALUES)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _item_labels(url: str, run_id: int) -> dict[str, str]:
+    """Picker labels (plain text): ``"Star Wars (1977) · id 50 · 583 users"``."""
+    cat = _catalogue(url, run_id)
+    return {i: (f"{t} · id {i}" if t else f"id {i}") + f" · {n:,} users"
+            for i, t, n in zip(cat["item_id"], cat["title"], cat["users"])}
 
 
 def _apply_handoff(run_ids: list[int]) -> None:
@@ -78,6 +81,36 @@ def _apply_handoff(run_ids: list[int]) -> None:
                                           "selected on the embedding map.")
 
 
+def _item_picker(url: str, run_id: int) -> tuple[str, ...]:
+    """Search by title/id, genre and year, then pick; each option says how many users it has."""
+    cat = _catalogue(url, run_id)
+    labels = _item_labels(url, run_id)
+    c = st.columns([3, 2, 2])
+    q = c[0].text_input("Search titles or ids", key="aud_item_search",
+                        placeholder="e.g. Star Wars, or 50")
+    genres = c[1].multiselect("Genres (all of)", audience.catalogue_genres(cat),
+                              key="aud_item_genres")
+    span = audience.catalogue_years(cat)
+    years = None
+    if span and span[0] < span[1]:
+        picked = c[2].slider("Year", span[0], span[1], span, key="aud_item_years")
+        years = None if tuple(picked) == tuple(span) else (int(picked[0]), int(picked[1]))
+    hits = audience.search_items(cat, q, genres=genres, years=years)
+    chosen = [i for i in st.session_state.get("aud_items", []) if i in labels]
+    options = list(dict.fromkeys(chosen + hits["item_id"].head(MAX_ITEM_OPTIONS).tolist()))
+    if q or genres or years:
+        st.caption(f"{widgets.fmt_count(len(hits))} of {widgets.fmt_count(len(cat))} items "
+                   "match" + (f"; the {MAX_ITEM_OPTIONS:,} with most users are listed"
+                              if len(hits) > MAX_ITEM_OPTIONS else ""))
+    items = st.multiselect(
+        "Items (one, or several for a campaign)", options, key="aud_items",
+        format_func=lambda i: labels.get(i, i), select_all=False,
+        placeholder="Type a title or an id…",
+        help="Most users first; each item says how many users already interacted with it. "
+             "Several items: users close to all of them on average.")
+    return tuple(items)
+
+
 def _size_controls(population: int) -> dict[str, Any]:
     c1, c2 = st.columns([1, 2])
     by = c1.radio("Audience size", [SIZE_N, SIZE_PCT], key="aud_size_by", horizontal=False)
@@ -94,63 +127,51 @@ def _size_controls(population: int) -> dict[str, Any]:
     return {"percent": float(pct)}
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def _filter_options(url: str, run_id: int
-                    ) -> tuple[dict[str, list[str]], dict[str, tuple[float, float]]]:
-    """What the filters offer for a run, computed once per (store, run) rather than on every
-    rerun (a scan of every user's attributes): the values of each attribute with at most
-    ``MAX_FILTER_VALUES`` of them (and the favourite genre), and ``(lo, hi)`` of the other
-    numeric attributes (whole numbers when all values are)."""
-    run = widgets.loaded_run(run_id)
-    cols = [c for c in run.users.columns
-            if run.users[c].astype(object).nunique(dropna=True) <= MAX_FILTER_VALUES]
-    filters = {c: run.users[c] for c in cols}
-    filters[audience.FAVOURITE_GENRE] = pd.Series(run.favourite_genre)
-    values_of = {attr: sorted({str(v) for v in col.dropna().tolist()})
-                 for attr, col in filters.items()}
-    ranges: dict[str, tuple[float, float]] = {}
-    for attr in run.users.columns:
-        col = run.users[attr]
-        if attr in filters or not pd.api.types.is_numeric_dtype(col) or \
-                pd.api.types.is_bool_dtype(col) or col.notna().sum() == 0:
-            continue
-        lo, hi = float(col.min()), float(col.max())
-        if bool(np.all(np.mod(col.dropna(), 1) == 0)):
-            lo, hi = int(lo), int(hi)
-        if lo != hi:
-            ranges[attr] = (lo, hi)
-    return values_of, ranges
+def _exclusion_controls(url: str, run_id: int, items: tuple[str, ...], population: int
+                        ) -> dict[str, Any]:
+    """The two choices that change who can be in the audience, in view, each with its count."""
+    out: dict[str, Any] = {"exclude_seen": False, "min_score": None}
+    c1, c2 = st.columns(2)
+    if items is not None:
+        out["exclude_seen"] = c1.checkbox(
+            "Leave out users who already interacted with the item(s)",
+            value=audience.DEFAULT_EXCLUDE_SEEN, key="aud_exclude_seen",
+            help="They found it already: usually not worth paying to reach again.")
+        if items:
+            n_seen = _seen_count(url, run_id, items)
+            c1.caption(f"{widgets.fmt_count(n_seen)} of {widgets.fmt_count(population)} users "
+                       f"already interacted: {'left out' if out['exclude_seen'] else 'kept'}.")
+    floor = c2.checkbox("Only users whose taste leans towards it (similarity above 0)",
+                        value=False, key="aud_floor",
+                        help="Without it, a small pool is filled up with users scoring below "
+                             "0, who are less alike than unrelated users; a warning counts "
+                             "them.")
+    out["min_score"] = 0.0 if floor else None
+    return out
 
 
-def _filter_controls(run: Any, items_mode: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"exclude_seen": False, "exclude_users": (), "where": {}}
-    with st.expander("Exclusions and filters", expanded=False):
-        if items_mode:
-            out["exclude_seen"] = st.checkbox(
-                "Exclude users who already interacted with the item(s)", value=True,
-                key="aud_exclude_seen",
-                help="They have seen it already: usually not worth paying to reach again.")
+def _filter_controls(url: str, run_id: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"exclude_users": (), "where": {}, "ranges": {}}
+    with st.expander("More exclusions and filters", expanded=False):
         up = st.file_uploader("Exclude a list of users (CSV with a user_id column, or one id "
                               "per line)", type=["csv", "txt"], key="aud_exclude_file")
         if up is not None:
             out["exclude_users"] = tuple(widgets.parse_id_list(up.getvalue()))
             st.caption(f"{widgets.fmt_count(len(out['exclude_users']))} ids in the list")
-        values_of, ranges = _filter_options(widgets.db_url(), int(run.run_id))
+        opts = _filter_options(url, run_id)
         st.markdown("**Only users with** (leave empty for everyone)")
-        grid = st.columns(min(3, len(values_of)) or 1)
-        for k, (attr, values) in enumerate(values_of.items()):
-            chosen = grid[k % len(grid)].multiselect(attr, values, key=f"aud_where_{attr}")
+        grid = st.columns(min(3, len(opts.values)) or 1)
+        for k, (attr, values) in enumerate(opts.values.items()):
+            chosen = grid[k % len(grid)].multiselect(widgets.md(attr), values,
+                                                     key=f"aud_where_{attr}")
             if chosen:
                 out["where"][attr] = tuple(chosen)
         # Numeric attributes with many values (e.g. age in years): a range.
-        for attr, (lo, hi) in ranges.items():
-            col = run.users[attr]
-            picked = st.slider(f"{attr} between", lo, hi, (lo, hi), key=f"aud_range_{attr}")
+        for attr, (lo, hi) in opts.ranges.items():
+            picked = st.slider(f"{widgets.md(attr)} between", lo, hi, (lo, hi),
+                               key=f"aud_range_{attr}")
             if tuple(picked) != (lo, hi):
-                inside = col[(col >= picked[0]) & (col <= picked[1])].dropna()
-                # the filter compares values as text, as audience.build_audience does
-                allowed = tuple(sorted(set(inside.astype(object).map(str))))
-                out["where"][attr] = allowed or ("(none)",)
+                out["ranges"][attr] = (float(picked[0]), float(picked[1]))
     return out
 
 
@@ -164,37 +185,62 @@ def _members_table(res: audience.AudienceResult) -> pd.DataFrame:
 
 def _share_chart(ins: pd.DataFrame, attr: str) -> go.Figure:
     d = ins[ins["attribute"] == attr]
+    values = [widgets.plot_text(v) for v in d["value"]]
     fig = go.Figure()
-    fig.add_bar(name="Audience", x=d["value"], y=d["audience_share"], marker_color=AUDIENCE_COLOUR,
+    fig.add_bar(name="Audience", x=values, y=d["audience_share"], marker_color=AUDIENCE_COLOUR,
                 hovertemplate="%{x}: %{y:.1f}% of the audience<extra></extra>")
-    fig.add_bar(name="All users", x=d["value"], y=d["population_share"],
+    fig.add_bar(name="All users", x=values, y=d["population_share"],
                 marker_color=POPULATION_COLOUR,
                 hovertemplate="%{x}: %{y:.1f}% of all users<extra></extra>")
-    fig.update_layout(title=f"Share by {attr}", barmode="group", height=360,
-                      xaxis_title=attr, yaxis_title="Share of users (%)",
+    name = widgets.plot_text(attr)
+    fig.update_layout(title=f"Share by {name}", barmode="group", height=380,
+                      xaxis_title=name, yaxis_title="Share of users (%)",
                       legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"),
                       margin=dict(l=10, r=10, t=60, b=10))
+    fig.update_xaxes(automargin=True)
     fig.update_yaxes(ticksuffix="%", rangemode="tozero")
     return fig
 
 
-def _index_chart(ins: pd.DataFrame, attr: str) -> go.Figure:
+def _index_chart(ins: pd.DataFrame, attr: str, min_group: int) -> go.Figure:
+    """Index per value, horizontal bars. Values held by fewer than ``min_group`` members are
+    hatched and grey (their index rests on few people) and every bar carries its 95 % interval.
+    Labels sit outside the bars, with room kept for them (no clipping)."""
     d = ins[ins["attribute"] == attr].sort_values("index")
-    colours = np.where(d["index"] >= 100, "#2a9d8f", "#e76f51")
+    small = d["small"].to_numpy(dtype=bool)
+    colours = np.where(small, SMALL_COLOUR, np.where(d["index"] >= 100, "#2a9d8f", "#e76f51"))
+    labels = [f"{i:.0f}" + (f" (n={n})" if s else "")
+              for i, n, s in zip(d["index"], d["audience_count"], small)]
+    values = [widgets.plot_text(v) for v in d["value"]]
     fig = go.Figure(go.Bar(
-        x=d["index"], y=d["value"], orientation="h", marker_color=colours,
-        text=d["index"].round(0).astype(int).astype(str), textposition="outside",
-        customdata=np.c_[d["audience_share"], d["population_share"]],
-        hovertemplate=("%{y}: index %{x:.0f}<br>%{customdata[0]:.1f}% of the audience vs "
-                       "%{customdata[1]:.1f}% of all users<extra></extra>"),
+        x=d["index"], y=values, orientation="h",
+        marker=dict(color=colours, pattern=dict(shape=np.where(small, "/", ""),
+                                                fgcolor="#6b7280", size=6)),
+        error_x=dict(type="data", symmetric=False,
+                     array=(d["index_high"] - d["index"]).to_numpy(),
+                     arrayminus=(d["index"] - d["index_low"]).to_numpy(),
+                     color="#9ca3af", thickness=1, width=3),
+        text=labels, textposition="outside", cliponaxis=False,
+        customdata=np.c_[d["audience_share"], d["population_share"], d["audience_count"],
+                         d["index_low"], d["index_high"]],
+        hovertemplate=("%{y}: index %{x:.0f} (95 % interval %{customdata[3]:.0f}–"
+                       "%{customdata[4]:.0f})<br>%{customdata[2]} members: "
+                       "%{customdata[0]:.1f}% of the audience vs %{customdata[1]:.1f}% of all "
+                       "users<extra></extra>"),
         showlegend=False))
-    fig.add_vline(x=100, line_dash="dash", line_color="#555",
-                  annotation_text="100 = as common as among all users",
-                  annotation_position="top")
-    fig.update_layout(title=f"Index by {attr} (over 100: over-represented)",
-                      height=max(300, 28 * len(d) + 120), xaxis_title="Index",
-                      yaxis_title=attr, margin=dict(l=10, r=30, t=60, b=10))
-    fig.update_xaxes(rangemode="tozero")
+    fig.add_vline(x=100, line_dash="dash", line_color="#555")
+    # the axis follows the bars (and 100), not the intervals: a small group's interval can
+    # reach 1,000 and would squash every bar; it runs off the edge instead (hover: its ends)
+    top = float(np.nanmax(np.r_[d["index"].to_numpy(), 100.0]))
+    name = widgets.plot_text(attr)
+    fig.update_layout(
+        title=dict(text=f"Index by {name}<br><sup>100 (dashed) = as common as among all "
+                        f"users · hatched: fewer than {min_group} members</sup>"),
+        height=max(320, 30 * len(d) + 140), xaxis_title="Index (with 95 % interval)",
+        yaxis_title=None, margin=dict(l=10, r=40, t=80, b=10))
+    # room on the right for the outside labels of the longest bar
+    fig.update_xaxes(range=[0, top * 1.35])
+    fig.update_yaxes(automargin=True)
     return fig
 
 
@@ -227,30 +273,65 @@ def _file_stub(res: audience.AudienceResult) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"audience_run{res.run_id}_{what}")[:80]
 
 
-def _show_result(store: Any, run_id: int, res: audience.AudienceResult) -> None:
+def _heading(res: audience.AudienceResult) -> str:
+    """The result's heading (Markdown; titles shown as text)."""
     if res.item_titles:
-        named = [f"**{t or i}**" for t, i in zip(res.item_titles, res.item_ids)]
+        named = [f"**{widgets.md(t or i)}**" for t, i in zip(res.item_titles, res.item_ids)]
         # a campaign of many items: name the first two, count the rest
         names = ", ".join(named) if len(named) <= 3 else (
             f"{', '.join(named[:2])} and {len(named) - 2} more items")
-        st.subheader(f"{widgets.fmt_count(res.size)} users for {names}")
-    else:
-        st.subheader(f"{widgets.fmt_count(res.size)} lookalikes of "
-                     f"{widgets.fmt_count(len(res.request.seed_users))} seed users")
+        return f"{widgets.fmt_count(res.size)} users for {names}"
+    return (f"{widgets.fmt_count(res.size)} lookalikes of "
+            f"{widgets.fmt_count(len(res.request.seed_users))} seed users")
+
+
+def _pool_line(res: audience.AudienceResult) -> str:
+    """``"Eligible pool: 1,606 of 2,000 users (left out: already interacted 394)."``"""
+    dropped = {k: v for k, v in res.excluded.items() if v}
+    why = ("; left out: " + ", ".join(f"{k} {widgets.fmt_count(v)}" for k, v in dropped.items())
+           if dropped else "")
+    return (f"Eligible pool: {widgets.fmt_count(res.eligible)} of "
+            f"{widgets.fmt_count(res.population)} users{why}. Members and their percentiles "
+            "come from this pool.")
+
+
+def _save_form(store: Any, run_id: int, res: audience.AudienceResult) -> None:
+    """Save under a name that follows the audience (its actual size), unless the user typed
+    their own."""
+    default = res.default_name()
+    offered = st.session_state.get("_aud_save_offered")
+    if st.session_state.get("aud_save_name") in (None, "", offered):
+        st.session_state["aud_save_name"] = default
+    st.session_state["_aud_save_offered"] = default
+    # not a form: a typed name is committed at once, so a resize keeps it
+    cols = st.columns([3, 1], vertical_alignment="bottom")
+    name = cols[0].text_input("Save this audience as", key="aud_save_name")
+    if cols[1].button("Save audience", key="aud_save"):
+        try:
+            aud_id = store.save_audience(run_id, name, res.definition(),
+                                         res.members[["rank", "user_id", "score"]])
+            st.success(f"Saved as audience {aud_id}: “{widgets.md(name.strip())}” "
+                       f"({widgets.fmt_count(res.size)} users).", icon=":material/check_circle:")
+        except widgets.CORE_ERRORS as exc:
+            widgets.show_error(exc, what="Could not save")
+
+
+def _show_result(store: Any, run_id: int, res: audience.AudienceResult, min_group: int
+                 ) -> None:
+    st.subheader(_heading(res))
     c = st.columns(4)
     c[0].metric("Audience", widgets.fmt_count(res.size),
                 help=f"{res.size / max(res.population, 1) * 100:.1f}% of all users")
-    c[1].metric("Eligible users", widgets.fmt_count(res.eligible),
-                help="Users left after exclusions and filters.")
+    c[1].metric("Eligible pool", widgets.fmt_count(res.eligible),
+                help="Users left after exclusions and filters: the audience is the best of "
+                     "them.")
     c[2].metric("Similarity cut-off", f"{res.threshold:.3f}",
-                help="The lowest cosine similarity in the audience (1 = identical taste).")
+                help="The lowest cosine similarity in the audience (1 = identical taste; "
+                     "below 0 = leans away).")
     c[3].metric("All users", widgets.fmt_count(res.population))
+    st.caption(_pool_line(res))
     for w in res.warnings:
-        st.warning(w, icon=":material/warning:")
-    dropped = {k: v for k, v in res.excluded.items() if v}
-    if dropped:
-        st.caption("Excluded: " + "; ".join(f"{k}: {widgets.fmt_count(v)}"
-                                             for k, v in dropped.items()))
+        st.warning(widgets.md(w), icon=":material/warning:")
 
     tab_members, tab_insights, tab_reach = st.tabs(["Members", "Insights", "Reach curve"])
     with tab_members:
@@ -262,50 +343,58 @@ def _show_result(store: Any, run_id: int, res: audience.AudienceResult) -> None:
                 "score": st.column_config.NumberColumn(
                     "Score", format="%.3f", help="Cosine similarity to the query (−1 to 1)"),
                 "percentile": st.column_config.NumberColumn(
-                    "Percentile", format="%.1f",
-                    help="Share of all users scoring at most this (100 = best match)"),
+                    "Percentile (eligible)", format="%.1f", help=audience.PERCENTILE_HELP),
             })
         st.download_button(
             "⬇️ Download CSV", data=res.to_csv_bytes(), file_name=f"{_file_stub(res)}.csv",
             mime="text/csv", key="aud_download", type="primary",
-            help="rank, user_id, score, percentile, user attributes, run and item ids.")
+            help="rank, user_id, score, percentile (within the eligible pool), user "
+                 "attributes, run and item ids.")
     with tab_insights:
         ins = res.insights
         if ins.empty:
             st.info("No attributes to describe this audience with.")
         else:
             attrs = list(dict.fromkeys(ins["attribute"]))
-            attr = st.selectbox("Attribute", attrs, key="aud_insight_attr")
+            c1, c2 = st.columns([3, 1])
+            attr = c1.selectbox("Attribute", attrs, key="aud_insight_attr")
+            c2.number_input("Minimum group size", min_value=1, max_value=10_000,
+                            value=audience.MIN_GROUP_SIZE, step=5, key="aud_min_group",
+                            help="Values held by fewer members are marked: an index over a "
+                                 "handful of people swings widely (one user in a small "
+                                 "audience can read 200).")
             left, right = st.columns(2)
             left.plotly_chart(_share_chart(ins, attr), key="aud_share_chart")
-            right.plotly_chart(_index_chart(ins, attr), key="aud_index_chart")
+            right.plotly_chart(_index_chart(ins, attr, min_group), key="aud_index_chart")
+            n_small = int(ins.loc[ins["attribute"] == attr, "small"].sum())
+            st.caption(f"Minimum group size: {min_group} members. "
+                       + (f"{n_small} value(s) of {widgets.md(attr)} have fewer: their index "
+                          "is hatched, with its 95 % interval; do not act on it alone."
+                          if n_small else "Every value shown has at least that many."))
             with st.expander("All attributes as a table"):
                 t = ins.copy()
                 for col in ("audience_share", "population_share"):
                     t[col] = t[col].round(1)
-                t["index"] = t["index"].round(0).astype(int)
+                for col in ("index", "index_low", "index_high"):
+                    t[col] = t[col].round(0).astype(int)
                 st.dataframe(t, hide_index=True, column_config={
+                    "audience_count": st.column_config.NumberColumn("Members", format="%d"),
                     "audience_share": st.column_config.NumberColumn("Audience %", format="%.1f"),
+                    "population_count": st.column_config.NumberColumn("All users",
+                                                                      format="%d"),
                     "population_share": st.column_config.NumberColumn("All users %",
                                                                       format="%.1f"),
-                    "index": st.column_config.NumberColumn("Index", format="%d")})
+                    "index": st.column_config.NumberColumn("Index", format="%d"),
+                    "index_low": st.column_config.NumberColumn("Index, 95 % low", format="%d"),
+                    "index_high": st.column_config.NumberColumn("Index, 95 % high",
+                                                                format="%d"),
+                    "small": st.column_config.CheckboxColumn(
+                        f"Under {min_group} members")})
     with tab_reach:
         st.plotly_chart(_reach_chart(res), key="aud_reach_chart")
         st.caption("Each point: how many eligible users score at least that similarity. A lower "
                    "cut-off reaches more people who are less alike the query.")
-
-    with st.form("aud_save_form", clear_on_submit=False, border=False):
-        cols = st.columns([3, 1])
-        default = (f"{res.item_titles[0] or res.item_ids[0]} – top {res.size}"
-                   if res.item_ids else f"Lookalike – top {res.size}")
-        name = cols[0].text_input("Save this audience as", value=default, key="aud_save_name")
-        if cols[1].form_submit_button("Save audience"):
-            try:
-                aud_id = store.save_audience(run_id, name, res.definition(),
-                                             res.members[["rank", "user_id", "score"]])
-                st.success(f"Saved as audience {aud_id}: “{name.strip()}”.", icon=":material/check_circle:")
-            except ValueError as exc:
-                widgets.show_error(exc, what="Could not save")
+    _save_form(store, run_id, res)
 
 
 def _compare_saved(store: Any) -> None:
@@ -314,12 +403,12 @@ def _compare_saved(store: Any) -> None:
     if len(saved) < 2:
         st.caption("Save two audiences to compare them here.")
         return
-    by_id = {int(a["id"]): a for a in saved}
+    by_id = {a.id: a for a in saved}
     ids = list(by_id)
 
-    def label(i: int) -> str:
+    def label(i: int) -> str:  # option text: shown as typed
         a = by_id[i]
-        return f"{a['name']} · {widgets.fmt_count(a['size'])} users · run {a['run_id']}"
+        return f"{a.name} · {widgets.fmt_count(a.size)} users · run {a.run_id}"
 
     c = st.columns(2)
     a = c[0].selectbox("Audience A", ids, index=0, key="aud_cmp_a", format_func=label)
@@ -334,7 +423,7 @@ def _compare_saved(store: Any) -> None:
     m[2].metric("Only in B", widgets.fmt_count(ov["only_b"]))
     m[3].metric("Jaccard overlap", f"{ov['jaccard'] * 100:.1f}%",
                 help="Users in both ÷ users in either.")
-    if by_id[a]["run_id"] != by_id[b]["run_id"]:
+    if by_id[a].run_id != by_id[b].run_id:
         st.caption("The two audiences come from different runs; overlap compares user ids.")
 
 
@@ -344,17 +433,18 @@ st.caption("Pick what you advertise; get the users whose taste is closest to it,
            "are and download them for your ad platform.")
 
 store = widgets.get_store()
-run_ids = [int(r["id"]) for r in store.list_runs() if r.get("status") == "succeeded"]
+run_ids = [r.id for r in store.list_runs() if r.succeeded]
 _apply_handoff(run_ids)
 run_id = widgets.run_picker(store, key="aud_run")
 if run_id is None:
     widgets.empty_state("No trained model yet. Train one first; audiences come from its "
                         "user and item vectors.", page="train", link_label="Train a model")
     st.stop()
+run_id = int(run_id)
 
 try:
-    run = widgets.loaded_run(int(run_id))
-except Exception as exc:  # a run whose data is gone or unreadable: say so, keep the page up
+    run = widgets.loaded_run(run_id)
+except widgets.CORE_ERRORS as exc:  # a run whose data is gone or unreadable: keep the page up
     widgets.show_error(exc, what=f"Cannot load run {run_id}")
     st.stop()
 population = run.index.size
@@ -362,24 +452,10 @@ url = widgets.db_url()
 
 mode = st.radio("Find", [MODE_ITEMS, MODE_LOOKALIKE], key="aud_mode", horizontal=True)
 request_args: dict[str, Any] = {}
+items: tuple[str, ...] | None = None
 if mode == MODE_ITEMS:
-    cat = _item_catalogue(url, int(run_id))
-    labels = _item_label(cat)
-    options = cat["item_id"].tolist()
-    if len(options) > MAX_ITEM_OPTIONS:
-        q = st.text_input("Search titles or ids", key="aud_item_search",
-                          placeholder="e.g. Star Wars, or 50")
-        hit = (cat["title"].str.contains(q, case=False, regex=False) | (cat["item_id"] == q)
-               if q else pd.Series(True, index=cat.index))
-        chosen = [i for i in st.session_state.get("aud_items", []) if i in labels]
-        options = list(dict.fromkeys(chosen + cat.loc[hit, "item_id"].head(MAX_ITEM_OPTIONS)
-                                     .tolist()))
-    items = st.multiselect(
-        "Items (one, or several for a campaign)", options, key="aud_items",
-        format_func=lambda i: labels.get(i, i),
-        placeholder="Type a title or an id…",
-        help="Most watched first. Several items: users close to all of them on average.")
-    request_args["items"] = tuple(items)
+    items = _item_picker(url, run_id)
+    request_args["items"] = items
 else:
     note = st.session_state.pop("aud_seeds_note", None)
     if note:
@@ -395,29 +471,32 @@ else:
     request_args["seed_users"] = tuple(seeds)
 
 request_args.update(_size_controls(population))
-request_args.update(_filter_controls(run, mode == MODE_ITEMS))
+request_args.update(_exclusion_controls(url, run_id, items, population))
+request_args.update(_filter_controls(url, run_id))
 if not request_args.get("items") and not request_args.get("seed_users"):
     if mode == MODE_ITEMS:
         st.info("Pick one or more items to see their audience.", icon=":material/touch_app:")
     else:
         st.info("Give the ids of users you already know respond well (e.g. past buyers); we "
-                "find the users most like them. The seeds themselves are left out.", icon=":material/touch_app:")
+                "find the users most like them. The seeds themselves are left out.",
+                icon=":material/touch_app:")
     _compare_saved(store)
     st.stop()
 
+min_group = int(st.session_state.get("aud_min_group", audience.MIN_GROUP_SIZE))
 try:
     request = audience.AudienceRequest(**request_args)
-    result = _build(url, int(run_id), repr(sorted(request.to_dict().items())), request)
-except ValueError as exc:
+    result = _build(url, run_id, request.key(), min_group, request)
+except widgets.CORE_ERRORS as exc:
     widgets.show_error(exc, what="Cannot build this audience")
     _compare_saved(store)
     st.stop()
 
 st.session_state[widgets.CURRENT_AUDIENCE_KEY] = {
-    "run_id": int(run_id), "user_ids": result.members["user_id"].astype(str).tolist(),
+    "run_id": run_id, "user_ids": result.members["user_id"].astype(str).tolist(),
     "label": (", ".join(t or i for t, i in zip(result.item_titles, result.item_ids))
               if result.item_ids else f"lookalike of {len(result.request.seed_users)} users"),
 }
-_show_result(store, int(run_id), result)
+_show_result(store, run_id, result, min_group)
 st.divider()
 _compare_saved(store)

@@ -7,7 +7,6 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dssm_core import jobs
 from pages import widgets
 
 widgets.route_through_app()
@@ -44,10 +43,17 @@ def _preview(ds: Any) -> None:
     when = ""
     if span:
         when = f"; from {widgets.fmt_time(span[0])} to {widgets.fmt_time(span[1])} (UTC)"
-    st.caption(f"{scale}{when}. User attributes: {', '.join(s['user_columns']) or 'none'}. "
-               f"Item attributes: {', '.join(s['item_columns']) or 'none'}.")
+    st.caption(f"{scale}{when}. User attributes: "
+               f"{widgets.md(', '.join(s['user_columns']) or 'none')}. Item attributes: "
+               f"{widgets.md(', '.join(s['item_columns']) or 'none')}.")
+    unrated = int(s.get("n_items_without_interactions") or 0)
+    if unrated:
+        st.caption(f"Items counts the {widgets.fmt_count(s['n_items'])} items with at least one "
+                   f"interaction. The items table lists {widgets.fmt_count(unrated)} more with "
+                   "none: a run gives them vectors too (from their attributes), so its item "
+                   f"count is {widgets.fmt_count(s['n_items'] + unrated)}.")
     for w in ds.warnings:
-        st.warning(w, icon=":material/warning:")
+        st.warning(widgets.md(w), icon=":material/warning:")
     tabs = st.tabs(["Interactions", "Users", "Items"])
     for tab, frame in zip(tabs, (ds.interactions, ds.users, ds.items)):
         with tab:
@@ -108,7 +114,8 @@ def _mapping_form(source: Any, upload_key: str, files: list[str]) -> Any | None:
                             help="Unix seconds or date text. None: the row order is the time")
         c = st.columns(4)
         item_opt = [NONE] + item_columns
-        where = (f" (in {files_chosen['items_file']})" if files_chosen["items_file"] else "")
+        where = (f" (in {widgets.md(files_chosen['items_file'])})" if files_chosen["items_file"]
+                 else "")
         ti = guess("title", among=item_columns)
         title = c[0].selectbox("Item title column" + where, item_opt,
                                index=0 if ti is None else ti + 1,
@@ -144,6 +151,44 @@ def _mapping_form(source: Any, upload_key: str, files: list[str]) -> Any | None:
     return movielens.ColumnMapping(**chosen[1])
 
 
+def _save(ds: Any, name: str, *, copy: bool = False) -> None:
+    """Store the previewed dataset under ``name``; reruns with a message (or shows the error)."""
+    try:
+        with st.spinner("Saving…"):
+            new_id = store.add_dataset(ds, name=name)
+    except widgets.CORE_ERRORS as exc:
+        widgets.show_error(exc, what="Could not save the dataset")
+        return
+    _done(f"Saved dataset “{widgets.md(name)}” (id {new_id})"
+          f"{' as another copy' if copy else ''}. Train a model on it on the Train page.")
+
+
+def _done(message: str) -> None:
+    """Forget the upload's preview and question, rerun with ``message`` (Markdown) on top."""
+    st.session_state["_data_flash"] = message
+    st.session_state.pop("_preview", None)
+    st.session_state.pop("_data_dup", None)
+    st.rerun()
+
+
+def _confirm_duplicate(ds: Any, dup: dict[str, Any]) -> None:
+    """The upload equals a stored dataset: use that one, or store a copy on purpose."""
+    try:
+        same = store.get_dataset(int(dup["id"]))
+    except widgets.CORE_ERRORS:  # deleted meanwhile: nothing to confirm
+        st.session_state.pop("_data_dup", None)
+        return
+    st.warning(f"This data is already stored as “{widgets.md(same.name)}” (id {same.id}, added "
+               f"{widgets.fmt_time(same.created_at)} UTC). Saving it again would store a second, "
+               "identical copy.", icon=":material/content_copy:")
+    c = st.columns(2)
+    if c[0].button("Use the stored dataset", key="data_dup_use", type="primary"):
+        _done(f"Nothing new stored: “{widgets.md(same.name)}” (id {same.id}) already holds "
+              "this data. Train a model on it on the Train page.")
+    if c[1].button("Save another copy anyway", key="data_dup_copy"):
+        _save(ds, str(dup["name"]), copy=True)
+
+
 st.subheader("Upload")
 ups = st.file_uploader(
     "A file or a .zip (or several files of one dataset)", key="upload",
@@ -177,9 +222,9 @@ else:
                 with st.spinner(f"Reading {shown_name}…"):
                     ds = movielens.load(source, mapping=mapping, name=default_name)
                 st.session_state["_preview"] = (key, ds)
-    except Exception as exc:
+    except widgets.CORE_ERRORS as exc:
         st.session_state.pop("_preview", None)
-        widgets.show_error(exc, what=f"Could not read {shown_name}")
+        widgets.show_error(exc, what=f"Could not read {widgets.md(shown_name)}")
     if ds is not None:
         st.subheader("Preview")
         _preview(ds)
@@ -191,16 +236,18 @@ else:
                 st.error("Give the dataset a name.", icon=":material/error:")
             else:
                 try:
-                    with st.spinner("Saving…"):
-                        new_id = store.add_dataset(ds, name=name.strip())
-                except Exception as exc:
+                    same = store.find_same_dataset(ds)
+                except widgets.CORE_ERRORS as exc:
                     widgets.show_error(exc, what="Could not save the dataset")
                 else:
-                    st.session_state["_data_flash"] = (
-                        f"Saved dataset “{name.strip()}” (id {new_id}). Train a model on it on "
-                        "the Train page.")
-                    st.session_state.pop("_preview", None)
-                    st.rerun()
+                    if same is None:
+                        _save(ds, name.strip())
+                    else:  # the same data is stored already: ask before a second copy
+                        st.session_state["_data_dup"] = {"upload": upload_key, "id": same.id,
+                                                         "name": name.strip()}
+        dup = st.session_state.get("_data_dup")
+        if dup and dup["upload"] == upload_key:
+            _confirm_duplicate(ds, dup)
 
 st.subheader("Saved datasets")
 datasets = store.list_datasets()
@@ -211,25 +258,25 @@ else:
     st.page_link(widgets.PAGES["train"], label="Train a model on a dataset",
                  icon=":material/arrow_forward:")
     with st.expander("Delete a dataset"):
-        by_id = {int(d["id"]): d for d in datasets}
+        by_id = {d.id: d for d in datasets}
         pick = st.selectbox("Dataset to delete", sorted(by_id, reverse=True), key="del_ds",
-                            format_func=lambda i: f"{by_id[i].get('name')} (id {i})")
+                            format_func=lambda i: f"{by_id[i].name} (id {i})")
         its_runs = store.list_runs(dataset_id=pick)
-        busy = [r["id"] for r in its_runs if r.get("status") in jobs.ACTIVE_STATUSES]
+        busy = [r.id for r in its_runs if r.active]
         if busy:
             st.warning(f"Run(s) {', '.join(map(str, busy))} are training on this dataset. "
                        "Cancel them on the Train page first.", icon=":material/hourglass_top:")
         sure = st.checkbox(
-            f"Yes, delete “{by_id[pick].get('name')}” and its {len(its_runs)} run(s), with "
-            "their models, embeddings and audiences. This cannot be undone.",
+            f"Yes, delete “{widgets.md(by_id[pick].name)}” and its {len(its_runs)} run(s), "
+            "with their models, embeddings and audiences. This cannot be undone.",
             key=f"del_ds_sure_{pick}")
         if st.button("Delete dataset", type="primary", disabled=not sure or bool(busy),
                      key="del_ds_go"):
             try:
                 store.delete_dataset(pick)
-            except Exception as exc:
+            except widgets.CORE_ERRORS as exc:
                 widgets.show_error(exc, what="Could not delete")
             else:
-                gone = by_id[pick].get("name")
-                st.session_state["_data_flash"] = f"Deleted dataset “{gone}”."
+                gone = by_id[pick].name
+                st.session_state["_data_flash"] = f"Deleted dataset “{widgets.md(gone)}”."
                 st.rerun()

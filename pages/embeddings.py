@@ -29,8 +29,10 @@ WEBGL_ABOVE = 3_000
 MAX_COLOURS = 12
 #: A text attribute with more distinct values than this (e.g. zip codes) is not offered.
 MAX_TEXT_VALUES = 50
+#: Legend labels longer than this are cut (the hover shows the whole value).
+LEGEND_CHARS = 40
 NONE = "(no colour)"
-FIRST_GENRE = "first genre"
+FIRST_GENRE = audience.FIRST_GENRE
 HAS_GENRE = "one genre vs the rest"
 OTHER, MISSING = "(other)", "(missing)"
 GREY = "#c7cdd6"
@@ -44,24 +46,26 @@ def _jobs() -> dict[tuple[str, int], dict[str, Any]]:
     return {}
 
 
-@st.cache_resource(show_spinner=False)
-def _maps() -> dict[tuple[str, int, str], Any]:
-    """Stored maps read so far: (db url, run id, kind) -> (ids, xy, params). Only found maps
-    are kept, so a map stored later (by the training job) is picked up on the next rerun."""
-    return {}
+class _NoMap(LookupError):
+    """No map stored yet for (run, kind): raised, not returned, so that it is not cached."""
 
 
-def _load_map(store: Any, url: str, run_id: int, kind: str) -> Any:
-    cache = _maps()
-    key = (url, int(run_id), kind)
-    if key not in cache:
-        found = store.load_projection(int(run_id), kind)
-        if found is None:
-            return None
-        if len(cache) >= 8:
-            cache.pop(next(iter(cache)))
-        cache[key] = found
-    return cache[key]
+@st.cache_data(show_spinner=False, max_entries=8)
+def _stored_map(url: str, run_id: int, kind: str) -> Any:
+    """A stored map (ids, xy, params), read once per (store, run, kind). A missing one raises
+    ``_NoMap`` (st.cache_data keeps no exceptions), so a map stored later by the training job
+    is picked up on the next rerun."""
+    found = widgets.get_store().load_projection(int(run_id), kind)
+    if found is None:
+        raise _NoMap(kind)
+    return found
+
+
+def _load_map(url: str, run_id: int, kind: str) -> Any:
+    try:
+        return _stored_map(url, int(run_id), kind)
+    except _NoMap:
+        return None
 
 
 def _start_projection(url: str, run_id: int) -> dict[str, Any]:
@@ -100,7 +104,7 @@ def _job_stages(log_file: Path) -> list[dict[str, Any]]:
 def _projection_progress(store: Any, url: str, run_id: int, kind: str) -> None:
     """Polls the background projection; reruns the page once the map is stored."""
     job = _jobs().get((url, int(run_id)))
-    if _load_map(store, url, run_id, kind) is not None:
+    if _load_map(url, run_id, kind) is not None:
         st.rerun(scope="app")
     if job is None:  # the training job computes it (started elsewhere)
         st.progress(0.1, text="The training job is computing the maps…")
@@ -135,30 +139,14 @@ def _categorical(values: pd.Series) -> pd.Series:
     return lab
 
 
+def _short(label: str, width: int = LEGEND_CHARS) -> str:
+    """A legend label cut to ``width`` characters (a long value would squeeze the map)."""
+    return label if len(label) <= width else label[:width - 1] + "…"
+
+
 def _is_continuous(values: pd.Series) -> bool:
     return (pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
             and values.nunique(dropna=True) > MAX_COLOURS)
-
-
-def _user_frame(run: Any, ids: np.ndarray) -> pd.DataFrame:
-    """Attributes of the mapped users (rows in ``ids`` order) plus their favourite genre."""
-    attrs = run.users.reindex(pd.Index(ids.astype(str)))
-    fav = pd.Series(run.favourite_genre, index=run.index.ids_).reindex(ids.astype(str))
-    attrs = attrs.copy()
-    attrs[audience.FAVOURITE_GENRE] = fav.to_numpy()
-    return attrs
-
-
-def _item_frame(run: Any, ids: np.ndarray) -> pd.DataFrame:
-    items = run.items.reindex(pd.Index(ids.astype(str))).copy()
-    if "genres" in items.columns:
-        g = items["genres"]
-        items["genres"] = [list(x) if isinstance(x, (list, tuple, np.ndarray)) else [] for x in g]
-        items[FIRST_GENRE] = [x[0] if x else "(no genre)" for x in items["genres"]]
-    if "title" not in items.columns:
-        items["title"] = ""
-    items["title"] = items["title"].fillna("").astype(str)
-    return items
 
 
 def _colour_options(frame: pd.DataFrame, kind: str) -> list[str]:
@@ -186,13 +174,14 @@ def _hover(frame: pd.DataFrame, ids: np.ndarray, kind: str) -> np.ndarray:
     if kind == "item":
         genres = (frame["genres"].map(lambda g: ", ".join(g)) if "genres" in frame
                   else pd.Series("", index=frame.index))
-        text = ("<b>" + frame["title"].astype(str) + "</b><br>item " + ids + "<br>" +
-                genres.astype(str))
+        # user text is escaped: plotly reads <a href>, <b>... in hover labels
+        text = ("<b>" + frame["title"].astype(str).map(widgets.plot_text) + "</b><br>item " +
+                ids.map(widgets.plot_text) + "<br>" + genres.astype(str).map(widgets.plot_text))
         return text.to_numpy(dtype=str)
-    text = "<b>user " + ids + "</b>"
+    text = "<b>user " + ids.map(widgets.plot_text) + "</b>"
     for c in [c for c in frame.columns if c != "zip"][:6]:
         col = frame[c].astype(object).where(frame[c].notna(), "—").map(str)
-        text = text + f"<br>{c}: " + col
+        text = text + f"<br>{widgets.plot_text(c)}: " + col.map(widgets.plot_text)
     return text.to_numpy(dtype=str)
 
 
@@ -216,9 +205,10 @@ def build_map(xy: np.ndarray, ids: np.ndarray, frame: pd.DataFrame, kind: str, c
     elif colour != HAS_GENRE and _is_continuous(frame[colour]):
         vals = frame[colour].astype(float).to_numpy()
         traces.append(trace_cls(
-            x=xy[:, 0], y=xy[:, 1], mode="markers", name=colour, showlegend=False,
+            x=xy[:, 0], y=xy[:, 1], mode="markers", name=widgets.plot_text(colour),
+            showlegend=False,
             marker=dict(size=size, color=vals, colorscale="Viridis", opacity=0.8,
-                        colorbar=dict(title=dict(text=colour))),
+                        colorbar=dict(title=dict(text=widgets.plot_text(colour)))),
             customdata=ids_u, text=hover, hovertemplate=HOVER))
         trace_ids.append(ids)
     else:
@@ -239,7 +229,7 @@ def build_map(xy: np.ndarray, ids: np.ndarray, frame: pd.DataFrame, kind: str, c
                 palette[k % len(palette)]
             traces.append(trace_cls(
                 x=xy[sel, 0], y=xy[sel, 1], mode="markers",
-                name=f"{value} ({int(sel.sum()):,})",
+                name=f"{widgets.plot_text(_short(value))} ({int(sel.sum()):,})",
                 marker=dict(size=size, color=colour_k, opacity=0.8),
                 customdata=ids_u[sel], text=hover[sel], hovertemplate=HOVER))
             trace_ids.append(ids[sel])
@@ -257,7 +247,7 @@ def build_map(xy: np.ndarray, ids: np.ndarray, frame: pd.DataFrame, kind: str, c
     fig = go.Figure(data=traces)
     fig.update_layout(
         title=title, height=640, xaxis_title="UMAP 1", yaxis_title="UMAP 2",
-        legend=dict(title=dict(text=legend_title), itemsizing="constant"),
+        legend=dict(title=dict(text=widgets.plot_text(legend_title)), itemsizing="constant"),
         dragmode="lasso", margin=dict(l=10, r=10, t=60, b=10), plot_bgcolor="#fafbfc")
     fig.update_xaxes(showticklabels=False, zeroline=False, showgrid=False)
     fig.update_yaxes(showticklabels=False, zeroline=False, showgrid=False,
@@ -270,7 +260,7 @@ def _selection_actions(store: Any, run: Any, run_id: int, kind: str, chosen: lis
     if kind == "item":
         titles = frame.set_index(pd.Index(ids.astype(str)))["title"].reindex(chosen)
         st.markdown(f"**{len(chosen):,} items selected:** " +
-                    ", ".join(f"{t or i}" for i, t in list(zip(chosen, titles))[:12]) +
+                    ", ".join(widgets.md(t or i) for i, t in list(zip(chosen, titles))[:12]) +
                     (" …" if len(chosen) > 12 else ""))
         if st.button("Audience for these items →", key="emb_items_to_audience"):
             st.session_state[widgets.AUDIENCE_HANDOFF_KEY] = {"run_id": run_id,
@@ -283,12 +273,13 @@ def _selection_actions(store: Any, run: Any, run_id: int, kind: str, chosen: lis
                               f"users, run {run_id})", key="emb_sel_name")
     if cols[1].button("Save as audience", key="emb_save_sel"):
         try:
-            members = widgets.selection_members(run, chosen)
+            members = audience.selection_audience(run, chosen)
             aud_id = store.save_audience(run_id, name, {"kind": "map selection",
                                                         "run_id": run_id, "size": len(members)},
                                          members)
-            st.success(f"Saved as audience {aud_id}: “{name.strip()}”.", icon=":material/check_circle:")
-        except ValueError as exc:
+            st.success(f"Saved as audience {aud_id}: “{widgets.md(name.strip())}”.",
+                       icon=":material/check_circle:")
+        except widgets.CORE_ERRORS as exc:
             widgets.show_error(exc, what="Could not save")
     if cols[2].button("Find lookalikes of them →", key="emb_to_lookalike"):
         st.session_state[widgets.AUDIENCE_HANDOFF_KEY] = {"run_id": run_id, "seed_users": chosen}
@@ -313,11 +304,11 @@ kind_label = st.radio("Map of", ["Users", "Items"], key="emb_kind", horizontal=T
 kind = "user" if kind_label == "Users" else "item"
 
 _reap_finished_jobs()
-found = _load_map(store, url, run_id, kind)
+found = _load_map(url, run_id, kind)
 if found is None:
     job = _jobs().get((url, run_id))
     run_info = store.get_run(run_id)
-    trainer_busy = jobs.is_alive(run_info.get("pid")) and job is None
+    trainer_busy = jobs.is_alive(run_info.pid) and job is None
     if job is None and not trainer_busy:
         st.info("This run has no stored map yet (runs trained before maps existed, or the map "
                 "step failed). Computing it takes about a minute, in the background: you can "
@@ -333,10 +324,10 @@ ids, xy, params = found
 ids = np.asarray(ids).astype(str)
 try:
     run = widgets.loaded_run(run_id)
-except Exception as exc:
+except widgets.CORE_ERRORS as exc:
     widgets.show_error(exc, what=f"Cannot load run {run_id}")
     st.stop()
-frame = _user_frame(run, ids) if kind == "user" else _item_frame(run, ids)
+frame = audience.map_frame(run, ids, kind)
 
 if params.get("sampled"):
     st.info(f"This map shows a random sample of **{widgets.fmt_count(params['n_projected'])}** "
@@ -357,12 +348,14 @@ if kind == "user" and current and int(current.get("run_id", -1)) == run_id:
     if c3.checkbox(f"Highlight the current audience "
                    f"({widgets.fmt_count(len(current['user_ids']))} users)", value=True,
                    key="emb_highlight",
-                   help=f"The audience last built on the Audience page: {current.get('label')}"):
+                   help="The audience last built on the Audience page: "
+                        f"{widgets.md(current.get('label'))}"):
         highlight = set(current["user_ids"])
 
 noun = "users" if kind == "user" else "items"
 title = (f"{widgets.fmt_count(len(ids))} {noun} of run {run_id}"
-         + (f", coloured by {genre if colour == HAS_GENRE else colour}" if colour != NONE else ""))
+         + (f", coloured by {widgets.plot_text(genre if colour == HAS_GENRE else colour)}"
+            if colour != NONE else ""))
 fig, trace_ids = build_map(xy, ids, frame, kind, colour, genre, highlight, title)
 event = st.plotly_chart(fig, key=f"emb_map_{run_id}_{kind}", on_select="rerun",
                         selection_mode=("box", "lasso"))

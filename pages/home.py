@@ -30,7 +30,7 @@ if widgets.demo_enabled():
     try:
         with st.spinner("First start: preparing the demo dataset…"):
             started = _first_start(widgets.db_url())
-    except Exception as exc:  # never a traceback on the home page
+    except (*widgets.CORE_ERRORS, *widgets.STORE_ERRORS) as exc:  # never a traceback here
         widgets.show_error(exc, what="Could not prepare the demo")
         started = None
     demo_run = None
@@ -39,7 +39,7 @@ if widgets.demo_enabled():
             demo_run = store.get_run(started[1])
         except ValueError:  # deleted since
             demo_run = None
-    if demo_run is not None and demo_run.get("status") in jobs.ACTIVE_STATUSES:
+    if demo_run is not None and demo_run.active:
         st.info(
             "**Welcome!** This is the first start, so we created a demo dataset (synthetic "
             "MovieLens-style data with planted taste groups) and started training a model on "
@@ -48,8 +48,8 @@ if widgets.demo_enabled():
 
 datasets = store.list_datasets()
 runs = store.list_runs()
-active = [r for r in runs if r.get("status") in jobs.ACTIVE_STATUSES]
-succeeded = [r for r in runs if r.get("status") == "succeeded"]
+active = [r for r in runs if r.active]
+succeeded = [r for r in runs if r.succeeded]
 aucs = [widgets.summary_of(r).get("test_auc") for r in succeeded]
 aucs = [a for a in aucs if a is not None]
 

@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dssm_core import jobs
+from dssm_core.records import RunInfo
 from pages import widgets
 
 widgets.route_through_app()
@@ -73,30 +73,30 @@ flash = st.session_state.pop("_runs_flash", None)
 if flash:
     st.success(flash, icon=":material/check_circle:")
 
-runs: list[dict[str, Any]] = store.list_runs()
+runs: list[RunInfo] = store.list_runs()
 if not runs:
     widgets.empty_state("No training run yet. Train a model and it will appear here.",
                         page="train", link_label="Train a model")
     st.stop()
 
-datasets = {int(d["id"]): str(d["name"]) for d in store.list_datasets()}
-choices = [None] + sorted({int(r["dataset_id"]) for r in runs}, reverse=True)
+datasets = {d.id: d.name for d in store.list_datasets()}
+choices = [None] + sorted({r.dataset_id for r in runs}, reverse=True)
 only = st.selectbox("Show runs of", choices, key="runs_dataset",
                     format_func=lambda i: "all datasets" if i is None else datasets.get(i, str(i)))
-shown = [r for r in runs if only is None or int(r["dataset_id"]) == only]
+shown = [r for r in runs if only is None or r.dataset_id == only]
 
 widgets.show_runs(shown, datasets)
-active = [r for r in shown if r.get("status") in jobs.ACTIVE_STATUSES]
+active = [r for r in shown if r.active]
 if active:
     st.caption(f"{len(active)} run(s) still training — follow them on the Train page.")
 
 st.subheader("Learning curves")
-by_id = {int(r["id"]): r for r in shown}
-with_epochs = [i for i in sorted(by_id, reverse=True) if int(by_id[i].get("epoch") or 0) > 0]
+by_id = {r.id: r for r in shown}
+with_epochs = [i for i in sorted(by_id, reverse=True) if by_id[i].epoch > 0]
 if not with_epochs:
     st.caption("Curves appear once a run has finished its first epoch.")
 else:
-    done = [i for i in with_epochs if by_id[i].get("status") == "succeeded"]
+    done = [i for i in with_epochs if by_id[i].succeeded]
     default = done[:1] or with_epochs[:1]
     picked = st.multiselect(
         "Runs to overlay", with_epochs, default=default, key="runs_overlay",
@@ -117,12 +117,12 @@ detail = st.selectbox("Run", sorted(by_id, reverse=True), key="runs_detail",
                       format_func=lambda i: widgets.run_label(by_id[i], datasets))
 run = by_id[detail]
 c = st.columns(4)
-c[0].metric("Status", widgets.status_label(run.get("status")))
-c[1].metric("Epochs trained", widgets.fmt_count(run.get("epoch")))
+c[0].metric("Status", widgets.status_label(run.status))
+c[1].metric("Epochs trained", widgets.fmt_count(run.epoch))
 c[2].metric("Duration", widgets.fmt_duration(widgets.run_duration(run)))
-c[3].metric("Started (UTC)", widgets.fmt_time(run.get("started_at"))[:10],
-            help=widgets.fmt_time(run.get("started_at")))
-if run.get("error"):
+c[3].metric("Started (UTC)", widgets.fmt_time(run.started_at)[:10],
+            help=widgets.fmt_time(run.started_at))
+if run.error:
     widgets.show_run_error(run)
 summary = widgets.summary_of(run)
 if summary:
@@ -143,18 +143,18 @@ if summary:
     with st.expander("Every stored number of this run"):
         st.json(summary)
 with st.expander("Settings of this run"):
-    st.json(run.get("config") or {})
+    st.json(run.config)
 
 with st.expander("Delete a run"):
     sure = st.checkbox(f"Yes, delete run {detail} with its model, embeddings, maps and saved "
                        "audiences. This cannot be undone.", key=f"del_run_sure_{detail}")
-    busy = run.get("status") in jobs.ACTIVE_STATUSES
+    busy = run.active
     if busy:
         st.caption("This run is still training: cancel it on the Train page first.")
     if st.button("Delete run", type="primary", disabled=not sure or busy, key="del_run_go"):
         try:
             store.delete_run(detail)
-        except Exception as exc:
+        except widgets.CORE_ERRORS as exc:
             widgets.show_error(exc, what="Could not delete")
         else:
             st.session_state["_runs_flash"] = f"Deleted run {detail}."

@@ -42,7 +42,7 @@ if ds_id is None:
                         page="data", link_label="Upload data")
     st.stop()
 dataset = store.get_dataset(ds_id)
-implicit = dataset.get("rating_scale") is None
+implicit = dataset.rating_scale is None
 
 PRESET_LABELS = {
     "audience": "audience — who will interact with an item: best for building audiences",
@@ -122,7 +122,7 @@ if launch:
             history_len=int(history_len), seed=int(seed), precision=str(precision),
         )
         run_id = jobs.start_training(widgets.db_url(), ds_id, cfg)
-    except Exception as exc:
+    except widgets.CORE_ERRORS as exc:
         widgets.show_error(exc, what="Cannot start training")
     else:
         watch = st.session_state.setdefault("train_watch", [])
@@ -136,21 +136,20 @@ st.caption("Updates every few seconds. Jobs run in their own processes: reloadin
            "closing the browser does not stop them.")
 widgets.live_progress(st.session_state.get("train_watch", []), key="train")
 
-ended = [r for r in store.list_runs() if r.get("status") not in jobs.ACTIVE_STATUSES]
+ended = [r for r in store.list_runs() if not r.active]
 if ended:
     st.subheader("Recently finished")
     for r in ended[:5]:
-        line = (f"{widgets.status_label(r.get('status'))} · Run {r['id']} on "
-                f"{r.get('dataset_name')} ({r.get('preset')}/{r.get('objective')}/"
-                f"{r.get('protocol')})")
-        if r.get("status") == "succeeded":
+        line = (f"{widgets.status_label(r.status)} · Run {r.id} on "
+                f"{widgets.md(r.dataset_name)} ({r.preset}/{r.objective}/{r.protocol})")
+        if r.succeeded:
             s = widgets.summary_of(r)
             st.markdown(f"{line} · test AUC **{widgets.fmt_metric(s.get('test_auc'))}** · "
-                        f"{widgets.fmt_duration(r.get('duration_s'))}")
+                        f"{widgets.fmt_duration(r.duration_s)}")
         else:
             st.markdown(line)
-            if r.get("error"):
-                with st.expander(f"Why run {r['id']} {r.get('status')}"):
-                    st.code(r["error"], language=None)
+            if r.error:
+                with st.expander(f"Why run {r.id} {r.status}"):
+                    st.code(r.error, language=None)
     st.page_link(widgets.PAGES["runs"], label="Compare runs on the Runs page",
                  icon=":material/arrow_forward:")

@@ -8,16 +8,21 @@ umap: pages must render fast.
 from __future__ import annotations
 
 import datetime as dt
+import html
 import logging
 import os
+import re
 from typing import Any, Iterable, Sequence
 
 import pandas as pd
 import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
 
 from dssm_core import jobs
 from dssm_core.config import MONITOR_LABELS, kept_epoch
 from dssm_core.dataset import DataValidationError
+from dssm_core.records import DatasetInfo, RunInfo, RunStatus
+from dssm_core.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +33,50 @@ DEMO_ENV = "DSSM_DEMO"
 
 #: Plain-text status marks (emoji fonts are not everywhere; these render in any font).
 STATUS_MARKS = {
-    "queued": "…", "running": "▶", "succeeded": "✓", "failed": "✗", "cancelled": "■",
+    RunStatus.QUEUED: "…", RunStatus.RUNNING: "▶", RunStatus.SUCCEEDED: "✓",
+    RunStatus.FAILED: "✗", RunStatus.CANCELLED: "■",
 }
+
+#: What the core raises for a problem a person can act on (bad file, unknown id, bad setting,
+#: unreadable file): pages catch these and show them; anything else is a bug and propagates.
+CORE_ERRORS: tuple[type[BaseException], ...] = (DataValidationError, StoreError, ValueError,
+                                                 KeyError, OSError)
+#: ... and the store being unreachable (a database URL that does not answer).
+STORE_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, StoreError, OSError)
+
+
+# --------------------------------------------------------------------------- user text
+#: Characters with a meaning anywhere in Streamlit's Markdown (CommonMark emphasis, links and
+#: images, code, HTML, GitHub tables and strike-through, the ``:red[...]``/``:material/x:``
+#: directives, LaTeX ``$``, entities, and the dots and colons of bare-URL autolinks such as
+#: ``www.example.com``); each is backslash-escaped.
+_MD_INLINE = re.compile(r"([\\`*_{}\[\]()<>|~:$&!.])")
+#: ... and what means something only at the start of a line (headings, lists, quotes).
+_MD_LINE_START = re.compile(r"^(\s*)([#+=>-]|\d+\))")
+
+
+#: Streamlit's Markdown (remark-gfm) turns bare ``www.x``, ``http://x`` and ``a@b.c`` in the
+#: *parsed* text into links, escapes or not: an invisible word joiner breaks each pattern.
+_AUTOLINK = re.compile(r"(?i)(www)(?=\.)|(:)(?=//)|(@)")
+_WORD_JOINER = "\u2060"
+
+
+def md(text: Any) -> str:
+    """User text (a dataset, run or audience name, a title, an attribute value, a file name)
+    made safe to put inside Markdown: shown literally, never as a link, an image, HTML,
+    emphasis or a directive. Line breaks become spaces; bare URLs and e-mail addresses get an
+    invisible word joiner (U+2060) that keeps them from being linked."""
+    s = "" if text is None else str(text)
+    s = " ".join(s.splitlines())
+    s = _AUTOLINK.sub(lambda m: m.group(0) + _WORD_JOINER, s)
+    s = _MD_INLINE.sub(r"\\\1", s)
+    return _MD_LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), s)
+
+
+def plot_text(text: Any) -> str:
+    """User text made safe for a plotly label (titles, legend names, hover): plotly reads a few
+    HTML tags (``<a href>``, ``<b>``...); escaped, they show as typed."""
+    return html.escape("" if text is None else str(text), quote=False)
 
 #: Summary metrics shown in tables: store key -> column label.
 KEY_METRICS = {
@@ -183,41 +230,40 @@ def fmt_time(value: Any) -> str:
     return t.strftime("%Y-%m-%d %H:%M") if t else "—"
 
 
-def run_duration(run: dict[str, Any]) -> float | None:
+def run_duration(run: RunInfo) -> float | None:
     """Seconds from a run's start to its end (or to now while it trains); None if not started."""
-    if run.get("duration_s") is not None:
-        return float(run["duration_s"])
-    start = _as_datetime(run.get("started_at"))
+    if run.duration_s is not None:
+        return float(run.duration_s)
+    start = _as_datetime(run.started_at)
     if start is None:
         return None
-    end = _as_datetime(run.get("finished_at")) or dt.datetime.now(dt.timezone.utc)
+    end = _as_datetime(run.finished_at) or dt.datetime.now(dt.timezone.utc)
     return max(0.0, (end - start).total_seconds())
 
 
 def status_label(status: str | None) -> str:
     """``"succeeded"`` -> ``"✓ succeeded"``."""
-    s = status or "unknown"
+    s = str(status or "unknown")
     return f"{STATUS_MARKS.get(s, '•')} {s}"
 
 
-def summary_of(run: dict[str, Any]) -> dict[str, Any]:
+def summary_of(run: RunInfo) -> dict[str, Any]:
     """A run's summary metrics dict (empty until it succeeds)."""
-    summary = run.get("summary") or {}
-    return summary if isinstance(summary, dict) else {}
+    return dict(run.summary or {})
 
 
 # --------------------------------------------------------------------------- tables
-def datasets_frame(datasets: Sequence[dict[str, Any]]) -> pd.DataFrame:
+def datasets_frame(datasets: Sequence[DatasetInfo]) -> pd.DataFrame:
     """The datasets as a display table (plain-word column names)."""
     rows = [
         {
-            "ID": d.get("id"),
-            "Name": d.get("name"),
-            "Format": d.get("format"),
-            "Users": d.get("n_users"),
-            "Items": d.get("n_items"),
-            "Interactions": d.get("n_interactions"),
-            "Added (UTC)": fmt_time(d.get("created_at")),
+            "ID": d.id,
+            "Name": d.name,
+            "Format": d.format,
+            "Users": d.n_users,
+            "Items": d.n_items,
+            "Interactions": d.n_interactions,
+            "Added (UTC)": fmt_time(d.created_at),
         }
         for d in datasets
     ]
@@ -225,40 +271,40 @@ def datasets_frame(datasets: Sequence[dict[str, Any]]) -> pd.DataFrame:
                                        "Interactions", "Added (UTC)"])
 
 
-def runs_frame(runs: Sequence[dict[str, Any]],
+def runs_frame(runs: Sequence[RunInfo],
                dataset_names: dict[int, str] | None = None) -> pd.DataFrame:
     """The runs as a display table: status, dataset, settings, key metrics, duration."""
     rows = []
     for r in runs:
         s = summary_of(r)
         row = {
-            "Run": r.get("id"),
-            "Status": status_label(r.get("status")),
-            "Dataset": r.get("dataset_name") or (dataset_names or {}).get(r.get("dataset_id"))
-            or f"#{r.get('dataset_id')}",
-            "Preset": r.get("preset"),
-            "Objective": r.get("objective"),
-            "Protocol": r.get("protocol"),
+            "Run": r.id,
+            "Status": status_label(r.status),
+            "Dataset": r.dataset_name or (dataset_names or {}).get(r.dataset_id)
+            or f"#{r.dataset_id}",
+            "Preset": r.preset,
+            "Objective": r.objective,
+            "Protocol": r.protocol,
         }
         for key, label in KEY_METRICS.items():
             v = s.get(key)
             row[label] = None if v is None else round(float(v), 4)
         row["Duration"] = fmt_duration(run_duration(r))
-        row["Started (UTC)"] = fmt_time(r.get("started_at") or r.get("created_at"))
+        row["Started (UTC)"] = fmt_time(r.started_at or r.created_at)
         rows.append(row)
     cols = ["Run", "Status", "Dataset", "Preset", "Objective", "Protocol",
             *KEY_METRICS.values(), "Duration", "Started (UTC)"]
     return pd.DataFrame(rows, columns=cols)
 
 
-def show_datasets(datasets: Sequence[dict[str, Any]]) -> None:
+def show_datasets(datasets: Sequence[DatasetInfo]) -> None:
     """The datasets table (counts with thousands separators)."""
     count = st.column_config.NumberColumn(format="localized")
     st.dataframe(datasets_frame(datasets), hide_index=True, placeholder="—",
                  column_config={"Users": count, "Items": count, "Interactions": count})
 
 
-def show_runs(runs: Sequence[dict[str, Any]], dataset_names: dict[int, str] | None = None,
+def show_runs(runs: Sequence[RunInfo], dataset_names: dict[int, str] | None = None,
               *, columns: Sequence[str] | None = None) -> None:
     """The runs table with metric help texts; missing metrics show as a dash.
     ``columns``: the ``runs_frame`` columns to show, in order (default all)."""
@@ -283,23 +329,23 @@ def dataset_picker(store: Any, *, key: str, label: str = "Dataset") -> int | Non
     datasets = store.list_datasets()
     if not datasets:
         return None
-    by_id = {int(d["id"]): d for d in datasets}
+    by_id = {d.id: d for d in datasets}
     ids = sorted(by_id, reverse=True)
     return st.selectbox(
         label, ids, key=key,
-        format_func=lambda i: (f"{by_id[i].get('name')} — {fmt_count(by_id[i].get('n_users'))} "
-                               f"users, {fmt_count(by_id[i].get('n_interactions'))} interactions"),
+        format_func=lambda i: (f"{by_id[i].name} — {fmt_count(by_id[i].n_users)} "
+                               f"users, {fmt_count(by_id[i].n_interactions)} interactions"),
     )
 
 
-def run_label(run: dict[str, Any], dataset_names: dict[int, str] | None = None) -> str:
-    """``"Run 3 · Demo (synthetic) · default/pointwise/T · AUC 0.781"``."""
-    name = run.get("dataset_name") or (dataset_names or {}).get(
-        run.get("dataset_id"), f"dataset {run.get('dataset_id')}")
+def run_label(run: RunInfo, dataset_names: dict[int, str] | None = None) -> str:
+    """``"Run 3 · Demo (synthetic) · default/pointwise/T · AUC 0.781"`` (plain text: for
+    option lists; wrap it in :func:`md` to put it in Markdown)."""
+    name = run.dataset_name or (dataset_names or {}).get(run.dataset_id,
+                                                         f"dataset {run.dataset_id}")
     auc = summary_of(run).get("test_auc")
-    tail = f" · test AUC {fmt_metric(auc)}" if auc is not None else f" · {run.get('status')}"
-    return (f"Run {run.get('id')} · {name} · {run.get('preset')}/{run.get('objective')}/"
-            f"{run.get('protocol')}{tail}")
+    tail = f" · test AUC {fmt_metric(auc)}" if auc is not None else f" · {run.status}"
+    return f"Run {run.id} · {name} · {run.preset}/{run.objective}/{run.protocol}{tail}"
 
 
 def run_picker(
@@ -310,10 +356,10 @@ def run_picker(
     """Pick one run (selectbox) or several (multiselect; the newest ``default_count``
     preselected) among runs with the given statuses (None = all). None / [] if there are none.
     """
-    allowed = set(statuses) if statuses is not None else None
-    runs = [r for r in store.list_runs() if allowed is None or r.get("status") in allowed]
-    names = {int(d["id"]): str(d.get("name")) for d in store.list_datasets()}
-    by_id = {int(r["id"]): r for r in runs}
+    allowed = {RunStatus(s) for s in statuses} if statuses is not None else None
+    runs = [r for r in store.list_runs() if allowed is None or r.status in allowed]
+    names = {d.id: d.name for d in store.list_datasets()}
+    by_id = {r.id: r for r in runs}
     ids = sorted(by_id, reverse=True)
     if multiple:
         return st.multiselect(label, ids, default=ids[:default_count], key=key,
@@ -339,34 +385,37 @@ def show_error(exc: BaseException, *, what: str = "That did not work") -> None:
     ``DataValidationError`` names the file, line and column; other ``ValueError``s (bad
     settings) show their message; anything else is logged with its traceback for the
     developer and shown as one line.
+
+    ``what`` is the page's own words (Markdown); every part of the message that comes from the
+    user's data or input (file names, ids, values) is shown as text.
     """
     if isinstance(exc, DataValidationError):
         where = []
         if exc.file:
-            where.append(f"file **{exc.file}**")
+            where.append(f"file **{md(exc.file)}**")
         if exc.line is not None:
             where.append(f"line **{exc.line}**")
         if exc.column:
-            where.append(f"column **{exc.column}**")
+            where.append(f"column **{md(exc.column)}**")
         head = f"{what}: the data has a problem"
         if where:
             head += " in " + ", ".join(where)
-        st.error(f"{head}.\n\n{exc}\n\nNothing was saved. Fix the file and upload it again.",
-                 icon=":material/error:")
+        st.error(f"{head}.\n\n{md(exc)}\n\nNothing was saved. Fix the file and upload it "
+                 "again.", icon=":material/error:")
     elif isinstance(exc, (ValueError, KeyError, LookupError)):
         msg = exc.args[0] if exc.args else str(exc)
-        st.error(f"{what}: {msg}", icon=":material/error:")
+        st.error(f"{what}: {md(msg)}", icon=":material/error:")
     else:
         log.exception("unexpected error in the app")
-        st.error(f"{what}: unexpected error ({type(exc).__name__}: {exc}). "
+        st.error(f"{what}: unexpected error ({type(exc).__name__}: {md(exc)}). "
                  "The details are in the server log.", icon=":material/error:")
 
 
-def show_run_error(run: dict[str, Any]) -> None:
+def show_run_error(run: RunInfo) -> None:
     """Why a run failed: the error's first lines as a message, any log excerpt as code."""
-    text = str(run.get("error") or "")
+    text = str(run.error or "")
     head, _, tail = text.partition("\nLast lines of its log:\n")
-    st.error(f"Run {run.get('id')} {run.get('status')}: {head}", icon=":material/cancel:")
+    st.error(f"Run {run.id} {run.status}: {md(head)}", icon=":material/cancel:")
     if tail:
         with st.expander("Last lines of the job's log"):
             st.code(tail, language=None)
@@ -378,9 +427,9 @@ def sidebar() -> None:
     url = db_url()
     try:
         get_store()
-    except Exception as exc:  # the store itself is unreachable: say so, run no page
+    except STORE_ERRORS as exc:  # the store itself is unreachable: say so, run no page
         log.exception("cannot open the store")
-        st.error(f"Cannot open the store at `{store_location(url)}`: {exc}\n\n"
+        st.error(f"Cannot open the store at `{store_location(url)}`: {md(exc)}\n\n"
                  "Check the `DSSM_DB_URL` setting (or the `data/` folder) and reload.",
                  icon=":material/error:")
         st.stop()
@@ -399,18 +448,18 @@ def _jobs_badge() -> None:
 
 
 # --------------------------------------------------------------------------- live progress
-def _progress_line(store: Any, run: dict[str, Any]) -> None:
-    run_id = int(run["id"])
-    status = run.get("status")
-    total = int(run.get("epochs_total") or (run.get("config") or {}).get("epochs") or 0)
+def _progress_line(store: Any, run: RunInfo) -> None:
+    run_id = run.id
+    status = run.status
+    total = int(run.epochs_total or run.config.get("epochs") or 0)
     try:
         ep = store.epochs(run_id)
     except ValueError:  # the run was deleted meanwhile
         ep = pd.DataFrame()
-    done = int(run.get("epoch") or 0)
+    done = int(run.epoch or 0)
     cols = st.columns([3, 2, 2, 2, 1.4])
     cols[0].markdown(f"**Run {run_id}** · {status_label(status)}")
-    if status in jobs.ACTIVE_STATUSES and total:
+    if run.active and total:
         text = "starting (loading data)…" if done == 0 else f"epoch {done} of {total} done"
         cols[0].progress(min(1.0, done / total), text=text)
     elif done:
@@ -426,18 +475,18 @@ def _progress_line(store: Any, run: dict[str, Any]) -> None:
                    help="Early stopping watches this figure and keeps the epoch where it was "
                         "best" + ("" if kept is None else f": epoch {int(kept['epoch'])}"))
     cols[3].metric("Elapsed", fmt_duration(run_duration(run)))
-    if status in jobs.ACTIVE_STATUSES:
+    if run.active:
         if cols[4].button("Cancel", key=f"cancel_{run_id}", help="Stop at the next batch"):
             try:
                 jobs.cancel(db_url(), run_id)
                 st.toast(f"Run {run_id}: cancel requested")
             except ValueError as exc:
                 show_error(exc, what="Cannot cancel")
-    if status == "failed" and run.get("error"):
+    if status is RunStatus.FAILED and run.error:
         show_run_error(run)
-    elif status == "cancelled":
+    elif status is RunStatus.CANCELLED:
         st.warning(f"Run {run_id} was cancelled.", icon=":material/stop_circle:")
-    elif status == "succeeded":
+    elif status is RunStatus.SUCCEEDED:
         s = summary_of(run)
         st.success(
             f"Run {run_id} finished: test AUC {fmt_metric(s.get('test_auc'))}, log loss "
@@ -452,13 +501,12 @@ def live_progress(watch: Sequence[int] = (), *, key: str = "live") -> None:
     When a run ends, the whole page reruns once so tables elsewhere catch up.
     """
     store = get_store()
-    runs = {int(r["id"]): r for r in store.list_runs()}
+    runs = {r.id: r for r in store.list_runs()}
     # A job that died while we watch (kill -9, crash) is marked failed right away.
-    if any(r.get("status") in jobs.ACTIVE_STATUSES and not jobs.is_alive(r.get("pid"))
-           for r in runs.values()):
+    if any(r.active and not jobs.is_alive(r.pid) for r in runs.values()):
         jobs.reap_orphans(store)
-        runs = {int(r["id"]): r for r in store.list_runs()}
-    active = sorted(i for i, r in runs.items() if r.get("status") in jobs.ACTIVE_STATUSES)
+        runs = {r.id: r for r in store.list_runs()}
+    active = sorted(i for i, r in runs.items() if r.active)
     state_key, seen_key = f"_live_active_{key}", f"_live_seen_{key}"
     previous = st.session_state.get(state_key)
     st.session_state[state_key] = active
@@ -496,28 +544,10 @@ def loaded_run(run_id: int) -> Any:
 
 
 def parse_id_list(data: str | bytes | None) -> list[str]:
-    """User ids from pasted text or an uploaded file, in order, without duplicates.
-
-    A file with a ``user_id`` header column (e.g. this app's CSV export) or one id per line
-    is read by ``audience.read_user_ids``; pasted text may also separate ids by commas,
-    semicolons, tabs or spaces (a leading ``user_id``/``id`` word is dropped).
-    """
+    """User ids from pasted text or an uploaded file (``audience.parse_id_text``)."""
     from dssm_core import audience
 
-    if data is None:
-        return []
-    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
-    text = text.removeprefix("\ufeff")
-    first = next((ln for ln in text.splitlines() if ln.strip()), "")
-    if "," in first and "user_id" in [c.strip().strip('"') for c in first.split(",")]:
-        return audience.read_user_ids(text)
-    for sep in (",", ";", "\t", " "):
-        text = text.replace(sep, "\n")
-    ids = [i.strip("'\"") for i in audience.read_user_ids(text)]
-    ids = [i for i in ids if i]
-    if ids and ids[0].lower() in ("user_id", "userid", "id", "user"):
-        ids = ids[1:]
-    return list(dict.fromkeys(ids))
+    return audience.parse_id_text(data)
 
 
 def selected_ids(event: Any, trace_ids: Sequence[Any]) -> list[str]:
@@ -534,22 +564,3 @@ def selected_ids(event: Any, trace_ids: Sequence[Any]) -> list[str]:
             continue
         out.append(str(trace_ids[c][i]))
     return list(dict.fromkeys(out))
-
-
-def selection_members(run: Any, user_ids: Sequence[str]) -> pd.DataFrame:
-    """Users picked on a map as audience members (``rank, user_id, score``), ranked by the
-    cosine of each one's vector to the selection's normalised centroid (ties: index order).
-    ``run`` is an ``audience.LoadedRun``; unknown ids raise ValueError naming them."""
-    import numpy as np
-
-    rows = run.index.positions(user_ids)
-    if len(rows) == 0:
-        raise ValueError("the selection holds no users")
-    vecs = run.index.matrix_[rows]                                       # (K, D)
-    centre = vecs.mean(axis=0)                                           # (D,)
-    norm = float(np.linalg.norm(centre))
-    scores = vecs @ (centre / norm) if norm > 1e-9 else np.zeros(len(rows), np.float32)  # (K,)
-    order = np.lexsort((rows, -scores))
-    return pd.DataFrame({"rank": np.arange(1, len(rows) + 1, dtype=np.int64),
-                         "user_id": run.index.ids_[rows[order]].astype(str),
-                         "score": scores[order].astype(np.float64)})

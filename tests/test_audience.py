@@ -181,7 +181,7 @@ def test_exclusions_and_filters(run: aud.LoadedRun) -> None:
     assert r.members["user_id"].tolist() == ["u1", "u5", "u6"]          # B: 0, 0, -.6
     with pytest.raises(ValueError, match="unknown user attribute 'income'; known: gender, age"):
         build(run, items=["A"], top_n=3, where={"income": ["high"]})
-    with pytest.raises(ValueError, match="no user is left"):
+    with pytest.raises(ValueError, match="No user is left"):
         build(run, items=["A"], top_n=3, exclude_seen=True, where={"gender": ["none"]})
 
 
@@ -191,7 +191,9 @@ def test_sizes_by_n_or_percent_and_clamping(run: aud.LoadedRun) -> None:
     r = build(run, items=["A"], top_n=10)                               # more than everyone
     assert r.size == 6 and r.requested == 10
     assert r.members["user_id"].tolist() == ["u1", "u2", "u6", "u3", "u4", "u5"]
-    assert r.warnings == ["Asked for 10 users but only 6 are eligible (of 6); the audience has 6"]
+    assert r.warnings[0] == "Asked for 10 users but only 6 are eligible (of 6); the audience has 6"
+    assert r.n_below_zero == 1 and r.warnings[1].startswith("The last 1 of the 6 members score "
+                                                             "below 0")
     assert aud.audience_size(AudienceRequest(items=["A"], percent=12.5), 1000) == 125
 
 
@@ -398,3 +400,106 @@ def test_postal_codes_get_an_area_that_insights_can_show() -> None:
     # few distinct codes (or a column not named like a postal code): nothing added
     few = pd.DataFrame({"zip": ["1", "2"] * 10, "code": [f"{i:05d}" for i in range(20)]})
     assert list(with_postal_areas(few).columns) == ["zip", "code"]
+
+
+# ----------------------------------------------------------------- honest sizes (issue 14 item 1)
+def test_percentile_is_within_the_eligible_pool_and_negatives_are_said(
+        run: aud.LoadedRun) -> None:
+    # A scores u1 1, u2 .8, u3 .6, u4 0, u5 -1, u6 .8; u1, u4, u6 saw A: the pool is u2 u3 u5
+    r = build(run, items=["A"], top_n=3, exclude_seen=True)
+    assert r.members["user_id"].tolist() == ["u2", "u3", "u5"] and r.eligible == 3
+    np.testing.assert_allclose(r.members["percentile"], [100.0, 200 / 3, 100 / 3])
+    assert r.n_below_zero == 1
+    assert r.warnings == ["The last 1 of the 3 members score below 0: their taste leans away "
+                          "from the query, they only fill the list. Set a similarity floor of 0 "
+                          "to leave them out"]
+    # a floor of 0 leaves u5 out, says why, and the audience is clamped to the 2 left
+    r = build(run, items=["A"], top_n=3, exclude_seen=True, min_score=0.0)
+    assert r.members["user_id"].tolist() == ["u2", "u3"] and r.n_below_zero == 0
+    assert r.excluded == {"already interacted": 3, "similarity below 0": 1}
+    np.testing.assert_allclose(r.members["percentile"], [100.0, 50.0])
+    assert r.warnings == ["Asked for 3 users but only 2 are eligible (of 6); the audience has 2"]
+    with pytest.raises(ValueError, match="min_score is a cosine"):
+        AudienceRequest(items=["A"], top_n=3, min_score=2)
+
+
+def test_seen_counts_and_range_filters(run: aud.LoadedRun) -> None:
+    assert aud.seen_count(run, ["A"]) == 3                    # u1 u4 u6
+    assert aud.seen_count(run, ["A", "B"]) == 4               # + u2 (u4 saw both)
+    assert aud.seen_count(run, []) == 0
+    import dataclasses
+    rich = dataclasses.replace(run, users=run.users.assign(
+        income=[10.0, 20.0, 30.0, 40.0, 50.0, np.nan]))
+    r = aud.build_audience(rich, AudienceRequest(items=["A"], top_n=6,
+                                                 ranges={"income": (20, 40)}))
+    assert r.members["user_id"].tolist() == ["u2", "u3", "u4"]          # .8, .6, 0
+    assert r.excluded == {"attribute filters": 3}                       # u6: no income
+    with pytest.raises(ValueError, match="'gender' is not numeric"):
+        aud.build_audience(rich, AudienceRequest(items=["A"], top_n=2, ranges={"gender": (0, 1)}))
+    with pytest.raises(ValueError, match="low <= high"):
+        AudienceRequest(items=["A"], top_n=2, ranges={"income": (5, 1)})
+    req = AudienceRequest(items=["A"], top_n=2, ranges={"income": (20, 40)}, min_score=0.1)
+    assert AudienceRequest.from_dict(req.to_dict()) == req
+    opts = aud.filter_options(rich, max_values=3)
+    assert opts.values == {"gender": ["F", "M"], "age": ["25-34", "35-44", "=cmd"],
+                           "favourite genre": ["(no history)", "Comedy", "Drama"]}
+    assert opts.ranges == {"income": (10, 50)}
+
+
+def test_saved_name_follows_the_actual_size(run: aud.LoadedRun) -> None:
+    r = build(run, items=["A"], top_n=50, exclude_seen=True)            # 3 eligible
+    assert r.default_name() == f"{HYPERLINK} – top 3"
+    assert build(run, items=["B", "A"], top_n=2).default_name() == "Normal + 1 more – top 2"
+    assert build(run, seed_users=["u1", "u4"], top_n=9).default_name() == \
+        "Lookalike of 2 users – top 4"
+
+
+def test_item_catalogue_and_search(run: aud.LoadedRun) -> None:
+    cat = aud.item_catalogue(run)
+    assert cat["item_id"].tolist() == ["A", "B", "C"]                   # 3, 2, 2 users
+    assert cat["users"].tolist() == [3, 2, 2]
+    assert cat["genres"].tolist() == [["Drama", "Romance"], ["Comedy"], ["Drama"]]
+    assert cat["year"].isna().all() and aud.catalogue_years(cat) is None
+    assert aud.catalogue_genres(cat) == ["Comedy", "Drama", "Romance"]
+    assert aud.search_items(cat, "norm")["item_id"].tolist() == ["B"]
+    assert aud.search_items(cat, "B")["item_id"].tolist() == ["B"]     # an id
+    assert aud.search_items(cat, "plus")["item_id"].tolist() == ["C"]
+    assert aud.search_items(cat, genres=["Drama"])["item_id"].tolist() == ["A", "C"]
+    cat["year"] = pd.array([1977, 1995, pd.NA], dtype="Int64")
+    assert aud.catalogue_years(cat) == (1977, 1995)
+    assert aud.search_items(cat, years=(1990, 2000))["item_id"].tolist() == ["B"]
+
+
+def test_selection_audience_ranks_by_the_centroid(run: aud.LoadedRun) -> None:
+    # u2 (.8, .6), u4 (0, 1), u5 (-1, 0): centroid direction (-.2, 1.6) / sqrt(2.6)
+    m = aud.selection_audience(run, ["u2", "u5", "u4", "u2"])
+    assert m["user_id"].tolist() == ["u4", "u2", "u5"] and m["rank"].tolist() == [1, 2, 3]
+    np.testing.assert_allclose(m["score"], np.array([1.6, .8, .2]) / np.sqrt(2.6), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown user ids: 'zz'"):
+        aud.selection_audience(run, ["u1", "zz"])
+    with pytest.raises(ValueError, match="no users"):
+        aud.selection_audience(run, [])
+
+
+def test_insights_mark_small_groups_with_an_interval() -> None:
+    attrs = pd.DataFrame({"g": ["a"] * 5 + ["b"] * 5})
+    ins = aud.insights(np.arange(4), attrs, min_group=3).set_index("value")   # 4 members, all "a"
+    z2 = 1.959964 ** 2
+    assert ins.loc["a", "index"] == pytest.approx(200.0) and not ins.loc["a", "small"]
+    # Wilson at p = 1, n = 4: [1 / (1 + z²/4), 1]; at p = 0: [0, (z²/4) / (1 + z²/4)]
+    assert ins.loc["a", "index_low"] == pytest.approx(200.0 / (1 + z2 / 4))
+    assert ins.loc["a", "index_high"] == pytest.approx(200.0)
+    assert ins.loc["b", "index"] == 0.0 and bool(ins.loc["b", "small"])
+    assert ins.loc["b", "index_high"] == pytest.approx(200.0 * (z2 / 4) / (1 + z2 / 4))
+
+
+def test_map_frame_of_users_and_items(run: aud.LoadedRun) -> None:
+    users = aud.map_frame(run, ["u3", "u1"], "user")
+    assert users.index.tolist() == ["u3", "u1"]
+    assert users["gender"].tolist() == ["F", "F"]
+    assert users["favourite genre"].tolist() == ["(no history)", "Drama"]
+    items = aud.map_frame(run, ["C", "B"], "item")
+    assert items["title"].tolist() == ["+Plus", "Normal"]
+    assert items["first genre"].tolist() == ["Drama", "Comedy"]
+    with pytest.raises(ValueError, match="kind must be"):
+        aud.map_frame(run, ["u1"], "group")

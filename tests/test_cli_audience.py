@@ -57,7 +57,8 @@ def test_runs_on_an_empty_store(tmp_path: Path, capsys) -> None:
 
 def test_audience_top_n_to_csv(db: str, tmp_path: Path, capsys) -> None:
     out = tmp_path / "a.csv"
-    assert main(["audience", "--db", db, "--item", "A", "--top", "3", "--out", str(out)]) == 0
+    assert main(["audience", "--db", db, "--item", "A", "--top", "3", "--include-seen",
+                 "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["run_id"], summary["size"], summary["population"]) == (1, 3, 6)
     rows = read_csv(out)
@@ -74,7 +75,7 @@ def test_audience_exclusions_filters_and_percent(db: str, tmp_path: Path, capsys
     assert [r[1] for r in read_csv(out)[1:]] == ["u2", "u3", "u5"]
     assert json.loads(capsys.readouterr().out)["excluded"] == {"already interacted": 3}
     assert main(["audience", "--db", db, "--item", "A", "--item", "B", "--top", "9",
-                 "--where", "gender=F", "--where", "age=25-34", "--where", "age=35-44",
+                 "--include-seen", "--where", "gender=F", "--where", "age=25-34", "--where", "age=35-44",
                  "--out", str(out)]) == 0
     assert [r[1] for r in read_csv(out)[1:]] == ["u1", "u4"]  # tie at .7071; u3 is "=cmd"
     captured = capsys.readouterr()
@@ -161,10 +162,84 @@ def test_module_entry_point_end_to_end(db: str, tmp_path: Path) -> None:
                          "--top", "2", "--out", str(out)], capture_output=True, text=True,
                         env=env, timeout=120)
     assert ok.returncode == 0, ok.stderr
-    assert [r[1] for r in read_csv(out)[1:]] == ["u4", "u3"]
+    # B scores u4 1, u3 .8, u2 .6, u1 0: u2 and u4 rated B, so by default they are left out
+    assert [r[1] for r in read_csv(out)[1:]] == ["u3", "u1"]
     bad = subprocess.run([sys.executable, "-m", "dssm_core", "audience", "--item", "Z",
                           "--top", "2", "--out", str(out)], capture_output=True, text=True,
                          env=env, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == ["error: unknown item ids in run 1: 'Z'"]
     np.testing.assert_equal(bad.stdout, "")
+
+
+# ------------------------------------------------------------- parity and manners (issue 14 item 8)
+def test_audience_excludes_seen_users_by_default_like_the_app(db: str, tmp_path: Path,
+                                                              capsys) -> None:
+    from dssm_core import audience
+
+    assert audience.DEFAULT_EXCLUDE_SEEN is True                     # the app's checkbox default
+    out = tmp_path / "d.csv"
+    assert main(["audience", "--db", db, "--item", "A", "--top", "3", "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    summary = json.loads(cap.out)
+    assert "warning: The last 1 of the 3 members score below 0" in cap.err
+    # u1, u4, u6 rated A: the pool is u2 .8, u3 .6, u5 -1; percentiles within those 3
+    assert summary["excluded"] == {"already interacted": 3} and summary["eligible"] == 3
+    assert summary["n_below_zero"] == 1
+    rows = read_csv(out)
+    assert [r[1] for r in rows[1:]] == ["u2", "u3", "u5"]
+    assert [r[3] for r in rows[1:]] == ["100.000", "66.667", "33.333"]
+    # a floor of 0 leaves u5 out; --range filters a numeric attribute (none here: age is text)
+    assert main(["audience", "--db", db, "--item", "A", "--top", "3", "--min-score", "0",
+                 "--out", str(out)]) == 0
+    assert [r[1] for r in read_csv(out)[1:]] == ["u2", "u3"]
+    capsys.readouterr()
+    assert main(["audience", "--db", db, "--item", "A", "--top", "3", "--range", "age=1:2",
+                 "--out", str(out)]) == 2
+    assert "'age' is not numeric" in capsys.readouterr().err
+    assert main(["audience", "--db", db, "--item", "A", "--top", "3", "--range", "age=1",
+                 "--out", str(out)]) == 2
+    assert "--range needs attr=low:high" in capsys.readouterr().err
+
+
+def test_help_speaks_to_a_user(capsys) -> None:
+    from dssm_core.cli import build_parser
+    from dssm_core.config import PRESETS
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "export the users most similar to an item" in text and "``" not in text
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "{" + ",".join(PRESETS) + "}" in text                       # the choices, listed
+    assert "--epochs EPOCHS most passes over the training rows" in text
+    args = build_parser().parse_args(["project"])                      # --db defaults too
+    assert args.db is None
+
+
+def test_train_reports_repairs_and_reuses_a_stored_copy(tmp_path: Path, capsys,
+                                                        monkeypatch) -> None:
+    from dssm_core import cli, pipeline
+    from dssm_core.store import Store
+
+    d = tmp_path / "ml-100k"
+    d.mkdir()
+    (d / "u.data").write_bytes(b"1\t2\t3\t4\t\t\n2\t3\t4\t5\t\t\n")
+    trained: list[int] = []
+
+    def fake_training(store, dataset_id, cfg, **kw):             # the data path, not the model
+        trained.append(int(dataset_id))
+        return store.create_run(int(dataset_id), cfg.to_dict())
+
+    monkeypatch.setattr(pipeline, "run_training", fake_training)
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    assert cli.main(["train", str(d), "--db", url, "--no-project"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "2 trailing empty column(s)" in err   # as `inspect` says
+    assert cli.main(["train", str(d), "--db", url, "--no-project"]) == 0
+    assert "already stored as dataset 1" in capsys.readouterr().err
+    store = Store(url)
+    assert trained == [1, 1] and len(store.list_datasets()) == 1
+    store.dispose()

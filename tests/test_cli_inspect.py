@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FIX = Path(__file__).resolve().parent / "fixtures"
 
 ML1M_SUMMARY = {
-    "format": "ml-1m", "n_users": 3, "n_items": 3, "n_interactions": 6,
+    "format": "ml-1m", "n_users": 3, "n_items": 3, "n_items_without_interactions": 1,
+    "n_interactions": 6,
     "user_columns": ["gender", "age", "occupation", "zip", "age_label", "occupation_label"],
     "item_columns": ["title", "genres", "year"],
     "rating_scale": [1.0, 5.0], "time_span": [978297039, 978302109],

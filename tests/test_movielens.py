@@ -64,7 +64,8 @@ def test_ml100k_fixture_folder() -> None:
     ds = load(FIX / "ml-100k")
     assert ds.format == "ml-100k" and ds.name == "ml-100k"
     assert ds.summary() == {
-        "format": "ml-100k", "n_users": 4, "n_items": 5, "n_interactions": 9,
+        "format": "ml-100k", "n_users": 4, "n_items": 5, "n_items_without_interactions": 0,
+        "n_interactions": 9,
         "user_columns": ["gender", "age", "occupation", "zip"],
         "item_columns": ["title", "genres", "year"],
         "rating_scale": [1.0, 5.0], "time_span": [874965758, 891350062],

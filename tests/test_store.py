@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from dssm_core import store as store_mod
 from dssm_core.dataset import Dataset
+from dssm_core.records import AudienceInfo, DatasetInfo, RunInfo, RunStatus
 from dssm_core.store import ORPHAN_ERROR, SCHEMA_VERSION, Store, StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,7 +171,7 @@ def test_run_lifecycle_and_list(store: Store) -> None:
                      weights=b"abc", encoders={"a": [1, 2]}, user_ids=["u1"],
                      user_vectors=np.ones((1, 2)), item_ids=["i1"], item_vectors=np.ones((1, 2)))
     rows = store.list_runs()
-    assert len(rows) == 1 and isinstance(rows[0], dict)
+    assert len(rows) == 1 and isinstance(rows[0], RunInfo) and rows[0].status is RunStatus.SUCCEEDED
     r = rows[0]
     assert (r["id"], r["status"], r["dataset_name"], r["objective"], r["protocol"]) == \
         (rid, "succeeded", "tiny", "inbatch", "L")
@@ -528,3 +529,51 @@ def test_sqlite_reader_not_blocked_by_open_writer(tmp_path: Path) -> None:
     assert len(reader.list_runs()) == 1
     writer.dispose()
     reader.dispose()
+
+
+# ----------------------------------------------------------------- typed records, one dataset once
+def test_records_are_typed_with_one_definition_of_statuses(tmp_path: Path) -> None:
+    from dssm_core import jobs, records
+
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    did = store.add_dataset(small_dataset(), name="small")
+    info = store.get_dataset(did)
+    assert isinstance(info, DatasetInfo) and (info.id, info.name) == (did, "small")
+    rid = store.create_run(did, {"epochs": 3}, preset="default")
+    run = store.get_run(rid)
+    assert isinstance(run, RunInfo) and run.status is RunStatus.QUEUED and run.active
+    assert run.status == "queued" and str(run.status) == "queued"     # plain text too
+    assert run.config == {"epochs": 3} and run.dataset_name == "small" and not run.succeeded
+    # mapping-style reads give the same values; unknown keys are KeyError / the default
+    assert run["status"] == "queued" and run.get("nothing", 7) == 7 and "config" in run
+    with pytest.raises(KeyError):
+        run["nothing"]
+    assert run.to_dict()["status"] == "queued" and type(run.to_dict()["status"]) is str
+    assert store_mod.ACTIVE_STATUSES is records.ACTIVE_STATUSES is jobs.ACTIVE_STATUSES
+    assert [str(s) for s in records.STATUSES] == ["queued", "running", "succeeded", "failed",
+                                                  "cancelled"]
+    store.fail_run(rid, "boom")
+    assert store.get_run(rid).status is RunStatus.FAILED and store.get_run(rid).status.ended
+    rid2, _, _ = finished_run(store, did)
+    aid = store.save_audience(rid2, "A", {"top_n": 1},
+                              pd.DataFrame({"user_id": ["u1"], "score": [0.5]}))
+    listed = store.list_audiences()
+    assert isinstance(listed[0], AudienceInfo) and listed[0].members is None
+    got = store.load_audience(aid)
+    assert (got.name, got.size, got.members["user_id"].tolist()) == ("A", 1, ["u1"])
+    store.dispose()
+
+
+def test_the_same_dataset_is_recognised_and_reused(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'd.db'}")
+    first = store.add_dataset(small_dataset(), name="first")
+    assert store.find_same_dataset(small_dataset()).id == first       # a fresh load of it
+    assert store.add_dataset(small_dataset(), name="again", reuse=True) == first
+    assert [d.name for d in store.list_datasets()] == ["first"]        # nothing stored twice
+    other = small_dataset()
+    other.interactions.loc[0, "rating"] = 1.0
+    assert store.find_same_dataset(other) is None
+    assert store.add_dataset(other, name="other", reuse=True) != first
+    copy = store.add_dataset(small_dataset(), name="copy")             # asked for: a copy
+    assert copy not in (first,) and len(store.list_datasets()) == 3
+    store.dispose()

@@ -152,3 +152,47 @@ def stop_server(proc: subprocess.Popen) -> None:
             except ProcessLookupError:
                 pass
             proc.wait(timeout=10)
+
+
+def plain(markdown: str) -> str:
+    """Markdown source as its text reads once rendered, for the backslash escapes the pages put
+    before user text (``pages.widgets.md``): ``u\\.data`` -> ``u.data``."""
+    import re
+
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+
+
+def screenshot(page: Any, name: str) -> None:
+    """Save ``name``.png of the whole page into ``$DSSM_E2E_SCREENSHOTS`` when it is set."""
+    folder = os.environ.get("DSSM_E2E_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+def add_random_run(store: Any, dataset_id: int, ds: Any, *, dim: int = 8, seed: int = 0) -> int:
+    """A succeeded run of ``ds`` whose user and item vectors are seeded random unit vectors."""
+    rng = np.random.default_rng(seed)
+    run_id = store.create_run(dataset_id, {"epochs": 1}, preset="default",
+                              objective="pointwise", protocol="T")
+    u = rng.normal(size=(len(ds.users), dim)).astype(np.float32)        # (N, D)
+    i = rng.normal(size=(len(ds.items), dim)).astype(np.float32)        # (M, D)
+    store.finish_run(run_id, summary={"test_auc": 0.7}, weights=b"w", encoders={},
+                     user_ids=ds.users["user_id"].to_numpy(),
+                     user_vectors=u / np.linalg.norm(u, axis=1, keepdims=True),
+                     item_ids=ds.items["item_id"].to_numpy(),
+                     item_vectors=i / np.linalg.norm(i, axis=1, keepdims=True))
+    return run_id
+
+
+def browser_store(tmp_path: Path) -> tuple[str, Any]:
+    """Skip unless Chromium and Playwright are here; else a fresh store in ``tmp_path``."""
+    import pytest
+
+    from dssm_core.store import Store
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (see .ci/browser.sh)")
+    pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    return url, Store(url)

@@ -15,6 +15,7 @@ import pytest
 
 from apphelpers import new_app
 from dssm_core import synthetic
+from pages.widgets import md
 
 PAGE = "pages/audience.py"
 N_USERS, N_ITEMS, DIM = 60, 30, 8
@@ -94,10 +95,14 @@ def test_pick_an_item_gives_n_rows_sorted_by_score_and_matching_csv(run_store, d
     at = new_app(PAGE)
     assert not at.exception
     assert "Pick one or more items" in at.info[0].value
-    # The picker shows titles; most watched item first.
+    # The picker shows titles and how many users each item has; most users first.
     labels = at.multiselect(key="aud_items").options
     title_3 = run_store["ds"].items.set_index("item_id").loc["3", "title"]
-    assert f"{title_3} · id 3" in labels
+    inter = run_store["ds"].interactions
+    users_3 = inter.loc[inter["item_id"] == "3", "user_id"].nunique()
+    assert f"{title_3} · id 3 · {users_3} users" in labels
+    counts = [int(lab.rsplit(" · ", 1)[1].split()[0]) for lab in labels]
+    assert counts == sorted(counts, reverse=True)
 
     at.checkbox(key="aud_exclude_seen").set_value(False)
     at.number_input(key="aud_top_n").set_value(10)
@@ -109,13 +114,14 @@ def test_pick_an_item_gives_n_rows_sorted_by_score_and_matching_csv(run_store, d
     assert table["score"].is_monotonic_decreasing
     expected = _expected_top(run_store, run_store["items"][2], 10)
     assert table["user_id"].tolist() == expected
-    # Scores are the cosines rounded to 3 decimals; percentile is of all 60 users: the best
-    # user scores at least as well as all 60 -> 100.0, the 10th -> (60 - 9) / 60 = 85.0.
+    # Scores are the cosines rounded to 3 decimals; percentile is within the eligible pool (all
+    # 60 users here): the best scores at least as well as all 60 -> 100.0, the 10th ->
+    # (60 - 9) / 60 = 85.0.
     best = float(run_store["users"][int(expected[0]) - 1] @ run_store["items"][2])
     assert table["score"].iloc[0] == pytest.approx(round(best, 3), abs=1e-9)
     assert table["percentile"].iloc[0] == 100.0 and table["percentile"].iloc[9] == 85.0
     # The item's title heads the result.
-    assert title_3 in at.subheader[0].value
+    assert md(title_3) in at.subheader[0].value
 
     # The download button carries the CSV of exactly these rows.
     assert at.download_button(key="aud_download").label == "⬇️ Download CSV"
@@ -175,7 +181,7 @@ def test_unknown_seed_ids_are_named(run_store):
     at.radio(key="aud_mode").set_value("Lookalike of a user list").run()
     at.text_area(key="aud_seeds_text").set_value("1\nnobody-42").run()
     assert not at.exception
-    assert "nobody-42" in at.error[0].value
+    assert md("'nobody-42'") in at.error[0].value
 
 
 def test_attribute_filter_and_insights(run_store):
@@ -285,5 +291,118 @@ def test_a_large_campaign_heading_names_two_items_and_counts_the_rest(run_store)
     titles = run_store["ds"].items.set_index("item_id")["title"]
     heading = at.subheader[0].value
     assert heading.startswith("10 users for ")
-    assert titles.loc["3"] in heading and titles.loc["7"] in heading
-    assert heading.endswith("and 3 more items") and titles.loc["15"] not in heading
+    assert md(titles.loc["3"]) in heading and md(titles.loc["7"]) in heading
+    assert heading.endswith("and 3 more items") and md(titles.loc["15"]) not in heading
+
+
+# ------------------------------------------------------------------ issue 14: honest audiences
+def _seen_by(rs: dict[str, Any], items: list[str]) -> set[str]:
+    inter = rs["ds"].interactions
+    return set(inter.loc[inter["item_id"].isin(items), "user_id"].astype(str))
+
+
+def test_exclusion_is_in_view_with_its_count_and_percentiles_are_within_the_pool(run_store):
+    at = _open(["3"], top_n=10, exclude_seen=True)                     # the default
+    assert not at.exception
+    seen = _seen_by(run_store, ["3"])
+    pool = N_USERS - len(seen)
+    captions = "\n".join(c.value for c in at.caption)
+    assert f"{len(seen)} of {N_USERS} users already interacted: left out." in captions
+    assert f"Eligible pool: {pool} of {N_USERS} users; left out: already interacted " \
+           f"{len(seen)}." in captions
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Eligible pool"] == str(pool)
+    table = _table(at)
+    assert table["user_id"].tolist() == _expected_top(run_store, run_store["items"][2], 10,
+                                                      exclude=seen)
+    # rank 1 is the best of the pool: 100; rank 10 beats or ties pool - 9 of the pool
+    assert table["percentile"].iloc[0] == 100.0
+    assert table["percentile"].iloc[9] == round((pool - 9) / pool * 100, 1)
+
+
+def test_a_pool_smaller_than_asked_says_so_and_the_floor_cuts_negatives(run_store):
+    at = _open(["3"], top_n=N_USERS, exclude_seen=True)
+    seen = _seen_by(run_store, ["3"])
+    pool = N_USERS - len(seen)
+    q = run_store["items"][2]
+    scores = {str(u): float(v @ q) for u, v in zip(run_store["user_ids"], run_store["users"])}
+    negative = [u for u, v in scores.items() if v < 0 and u not in seen]
+    assert negative, "the fixture should have users leaning away from item 3"
+    warnings = [w.value for w in at.warning]
+    assert any(f"only {pool} are eligible" in w for w in warnings)
+    assert any(md(f"The last {len(negative)} of the {pool} members score below 0") in w
+               for w in warnings)
+    assert len(_table(at)) == pool
+    at.checkbox(key="aud_floor").check().run()
+    assert not at.exception
+    table = _table(at)
+    assert len(table) == pool - len(negative) and (table["score"] >= 0).all()
+    assert "similarity below 0" in "\n".join(c.value for c in at.caption)
+
+
+def test_saved_name_follows_a_resize(run_store):
+    store = run_store["store"]
+    seen = _seen_by(run_store, ["3"])
+    pool = N_USERS - len(seen)
+    title_3 = run_store["ds"].items.set_index("item_id").loc["3", "title"]
+    at = _open(["3"], top_n=7, exclude_seen=True)
+    assert at.text_input(key="aud_save_name").value == f"{title_3} – top 7"
+    at.number_input(key="aud_top_n").set_value(N_USERS).run()           # more than the pool
+    assert at.text_input(key="aud_save_name").value == f"{title_3} – top {pool}"
+    [b for b in at.button if b.label == "Save audience"][0].click().run()
+    saved = store.list_audiences()
+    assert [(a.name, a.size) for a in saved] == [(f"{title_3} – top {pool}", pool)]
+    # a name the user typed is kept through a resize
+    at.text_input(key="aud_save_name").set_value("My fans").run()
+    at.number_input(key="aud_top_n").set_value(5).run()
+    assert at.text_input(key="aud_save_name").value == "My fans"
+
+
+def test_item_picker_has_no_select_all_and_searches_by_genre_and_year(run_store):
+    at = new_app(PAGE)
+    picker = at.multiselect(key="aud_items")
+    assert not picker.proto.select_all                                  # 30 items: it would
+    items = run_store["ds"].items
+    genre = items["genres"].explode().value_counts().index[0]
+    at.multiselect(key="aud_item_genres").set_value([genre]).run()
+    with_genre = set(items.loc[items["genres"].map(lambda g: genre in g), "item_id"])
+    got = {o.split(" · id ")[1].split(" · ")[0] for o in at.multiselect(key="aud_items").options}
+    assert got == with_genre
+    years = items["year"].dropna().astype(int)
+    lo, hi = int(years.min()), int(years.max())
+    assert at.slider(key="aud_item_years").value == (lo, hi)
+    mid = (lo + hi) // 2
+    at.slider(key="aud_item_years").set_value((lo, mid)).run()
+    keep = items[items["genres"].map(lambda g: genre in g) & items["year"].between(lo, mid)]
+    got = {o.split(" · id ")[1].split(" · ")[0] for o in at.multiselect(key="aud_items").options}
+    assert got == set(keep["item_id"])
+    assert f"{len(keep)} of {N_ITEMS} items match" in "\n".join(c.value for c in at.caption)
+
+
+def test_insights_show_the_minimum_group_size_and_mark_small_groups(run_store):
+    at = _open(["3"], top_n=20)
+    assert at.number_input(key="aud_min_group").value == 30
+    captions = "\n".join(c.value for c in at.caption)
+    assert "Minimum group size: 30 members." in captions
+    table = [d.value for d in at.dataframe if "small" in d.value.columns][0]
+    # 20 members: every value has fewer than 30, so every row is marked
+    assert table["small"].all()
+    at.number_input(key="aud_min_group").set_value(5).run()
+    table = [d.value for d in at.dataframe if "small" in d.value.columns][0]
+    assert (table["small"] == (table["audience_count"] < 5)).all()
+    assert "Minimum group size: 5 members." in "\n".join(c.value for c in at.caption)
+
+
+def test_the_cli_and_the_app_give_the_same_audience(run_store, downloads, tmp_path):
+    """One request, two front ends: the CSV the app offers equals the one the CLI writes."""
+    from dssm_core.cli import main
+
+    at = _open(["3", "7"], top_n=12, exclude_seen=True)
+    at.multiselect(key="aud_where_gender").set_value(["M"]).run()
+    assert not at.exception
+    app_csv = list(downloads.values())[-1]
+    out = tmp_path / "cli.csv"
+    assert main(["audience", "--db", run_store["store"].url, "--run",
+                 str(run_store["run_id"]), "--item", "3", "--item", "7", "--top", "12",
+                 "--where", "gender=M", "--out", str(out)]) == 0
+    assert out.read_bytes() == app_csv

@@ -94,8 +94,11 @@ def test_upload_train_one_epoch_and_see_it_succeed(server) -> None:
 
         # Runs: the run is listed as succeeded with its curves.
         page.goto(base + "/runs")
-        expect(page.get_by_test_id("stMetricValue").filter(has_text="succeeded")).to_be_visible()
-        expect(page.get_by_text("AUC per epoch").first).to_be_visible()
+        # (30 s, not expect's 5 s: the run's maps are being computed meanwhile, and on a busy
+        # two-core machine the page's first run took longer than 5 s, on main too)
+        expect(page.get_by_test_id("stMetricValue").filter(has_text="succeeded")).to_be_visible(
+            timeout=30_000)
+        expect(page.get_by_text("AUC per epoch").first).to_be_visible(timeout=30_000)
         time.sleep(1.0)  # let plotly finish drawing before the picture
         _shot(page, "5-runs")
         browser.close()

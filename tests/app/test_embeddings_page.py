@@ -197,25 +197,25 @@ def test_selected_ids_maps_curve_and_point_back_to_ids():
     assert widgets.selected_ids(None, trace_ids) == []
 
 
-def test_selection_members_rank_by_cosine_to_the_centroid():
-    from dssm_core.audience import UserIndex
+def test_selection_audience_ranks_by_cosine_to_the_centroid():
+    from dssm_core.audience import UserIndex, selection_audience
 
     # Three users: u1 = e0, u2 = e1, u3 = (e0 + e1)/sqrt2. Selection {u1, u3}: centroid
     # direction (1 + 1/sqrt2, 1/sqrt2) normalised; cos with u3 = 0.9239, with u1 = 0.9239 too
     # (the centroid bisects them) -> tie broken by index order: u1 first.
     s = 1 / np.sqrt(2)
     idx = UserIndex().index(np.array([[1, 0], [0, 1], [s, s]], np.float32), ["u1", "u2", "u3"])
-    got = widgets.selection_members(SimpleNamespace(index=idx), ["u3", "u1"])
+    got = selection_audience(SimpleNamespace(index=idx), ["u3", "u1"])
     assert got["user_id"].tolist() == ["u1", "u3"]
     assert got["rank"].tolist() == [1, 2]
     np.testing.assert_allclose(got["score"], [np.cos(np.pi / 8)] * 2, atol=1e-6)
     # Selection {u2, u3}: centroid bisects them too; {u1, u2, u3}: centroid is e0+e1 direction,
     # so u3 (cos 1) comes first, then u1 and u2 (cos 1/sqrt2) in index order.
-    got = widgets.selection_members(SimpleNamespace(index=idx), ["u2", "u1", "u3"])
+    got = selection_audience(SimpleNamespace(index=idx), ["u2", "u1", "u3"])
     assert got["user_id"].tolist() == ["u3", "u1", "u2"]
     np.testing.assert_allclose(got["score"], [1.0, s, s], atol=1e-6)
     with pytest.raises(ValueError, match="nobody"):
-        widgets.selection_members(SimpleNamespace(index=idx), ["nobody"])
+        selection_audience(SimpleNamespace(index=idx), ["nobody"])
 
 
 def test_parse_id_list():

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from apphelpers import add_finished_run, ml100k_zip, new_app, sleeper
+from apphelpers import add_finished_run, ml100k_zip, new_app, plain, sleeper
 from dssm_core import synthetic
 from dssm_core.dataset import DataValidationError
 
@@ -165,7 +165,7 @@ def test_a_failed_run_shows_its_error(app_store) -> None:
     run_id = app_store.create_run(ds_id, {"epochs": 2})
     app_store.fail_run(run_id, "could not fit: only one class in the training labels")
     at = new_app("pages/runs.py")
-    assert "could not fit: only one class in the training labels" in _texts(at)
+    assert "could not fit: only one class in the training labels" in plain(_texts(at))
     at = new_app("pages/train.py")
     assert not at.exception
     assert any("could not fit" in str(c.value) for c in at.code)
@@ -198,7 +198,7 @@ def test_train_page_rejects_bad_layer_sizes_without_starting(app_store) -> None:
     at.text_input[0].set_value("128, sixty-four")
     at.button[0].click().run()  # the form's "Start training"
     assert not at.exception
-    errors = [str(e.value) for e in at.error]
+    errors = [plain(str(e.value)) for e in at.error]
     assert any("User tower layers: write layer sizes as whole numbers" in e for e in errors)
     assert app_store.list_runs() == []
 
@@ -244,9 +244,9 @@ def test_show_error_names_file_line_and_column_without_traceback() -> None:
     at = AppTest.from_function(page).run()
     assert not at.exception
     (err,) = at.error
-    assert err.value.startswith("Could not read: the data has a problem in file **u.data**, "
+    assert err.value.startswith("Could not read: the data has a problem in file **u\\.data**, "
                                 "line **3**, column **rating**.")
-    assert "u.data, line 3, column 'rating': expected a number, found 'x'" in err.value
+    assert "u.data, line 3, column 'rating': expected a number, found 'x'" in plain(err.value)
     assert "Nothing was saved" in err.value
     assert "Traceback" not in err.value
     assert isinstance(DataValidationError("x"), ValueError)
@@ -306,7 +306,7 @@ def test_generic_csv_needs_a_mapping_and_bad_rows_save_nothing(app_store) -> Non
     next(b for b in at.button if b.label == "Preview with this mapping").click().run()
     assert not at.exception
     (err,) = at.error
-    assert "file **sales.csv**, line **3**, column **stars**" in err.value
+    assert "file **sales.csv**, line **3**, column **stars**" in plain(err.value)
     assert "found 'x'" in err.value and "Nothing was saved" in err.value
     assert not [b for b in at.button if b.label == "Save dataset"]
     assert app_store.list_datasets() == []
@@ -462,3 +462,71 @@ def test_an_unreachable_store_is_a_message_not_a_traceback(tmp_path, monkeypatch
     assert err.value.startswith(f"Cannot open the store at `sqlite:///{tmp_path}/store.db`")
     assert "Traceback" not in err.value
     assert not at.title                                 # no page ran
+
+
+# --------------------------------------------------------------- issue 14: one dataset, one copy
+def _zip_with_an_unrated_item() -> bytes:
+    """The tiny ML-100K zip plus item 99 in u.item that nobody rated."""
+    import io
+    import zipfile
+
+    src = zipfile.ZipFile(io.BytesIO(ml100k_zip()))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("u.item"):
+                data += ("99|Nobody Saw It (1990)|01-Jan-1990||http://x|" + "|".join("0" * 19)
+                         + "\n").encode("latin-1")
+            z.writestr(info.filename, data)
+    return out.getvalue()
+
+
+def test_saving_the_same_data_twice_asks_first(app_store) -> None:
+    data = _zip_with_an_unrated_item()
+    at = new_app("pages/data.py")
+    at.file_uploader(key="upload").upload("ml-100k.zip", data, "application/zip").run()
+    assert not at.exception
+    # 16 items rated, 1 more listed: the preview says why runs will count 17
+    assert {m.label: m.value for m in at.metric}["Items"] == "16"
+    assert ("Items counts the 16 items with at least one interaction. The items table lists 1 "
+            "more with none: a run gives them vectors too (from their attributes), so its item "
+            "count is 17.") in _texts(at)
+    next(b for b in at.button if b.label == "Save dataset").click().run()
+    (first,) = app_store.list_datasets()
+    # the same file again: nothing is stored until the user says what they want
+    at = new_app("pages/data.py")
+    at.file_uploader(key="upload").upload("ml-100k.zip", data, "application/zip").run()
+    next(t for t in at.text_input if t.label == "Dataset name").set_value("Again")
+    next(b for b in at.button if b.label == "Save dataset").click().run()
+    assert not at.exception
+    assert [d.id for d in app_store.list_datasets()] == [first.id]
+    warning = plain(" ".join(w.value for w in at.warning))
+    assert f"This data is already stored as “ml-100k” (id {first.id}" in warning
+    at.button(key="data_dup_use").click().run()
+    assert [d.id for d in app_store.list_datasets()] == [first.id]
+    assert f"Nothing new stored: “ml-100k” (id {first.id}) already holds this data" in \
+        plain(_texts(at))
+    # ... or a second copy, on purpose
+    at = new_app("pages/data.py")
+    at.file_uploader(key="upload").upload("ml-100k.zip", data, "application/zip").run()
+    next(t for t in at.text_input if t.label == "Dataset name").set_value("Copy")
+    next(b for b in at.button if b.label == "Save dataset").click().run()
+    at.button(key="data_dup_copy").click().run()
+    assert not at.exception
+    assert [d.name for d in app_store.list_datasets()] == ["Copy", "ml-100k"]
+    assert "as another copy" in plain(_texts(at))
+
+
+def test_user_text_is_made_literal_for_markdown_and_plotly() -> None:
+    from pages import widgets
+
+    wj = "\u2060"                                    # breaks remark-gfm's bare-URL autolinks
+    assert widgets.md("![t](http://x.y/i.png)") == f"\\!\\[t\\]\\(http\\:{wj}//x\\.y/i\\.png\\)"
+    assert widgets.md("<img src=x> **b** :red[c] $x$") == \
+        "\\<img src=x\\> \\*\\*b\\*\\* \\:red\\[c\\] \\$x\\$"
+    assert widgets.md("# head") == "\\# head" and widgets.md("- item") == "\\- item"
+    assert widgets.md("1. one") == "1\\. one"
+    assert widgets.md("www.a.b and c@d.e") == f"www{wj}\\.a\\.b and c@{wj}d\\.e"
+    assert widgets.md("two\nlines") == "two lines" and widgets.md(None) == ""
+    assert widgets.plot_text('<a href="x">y</a> & b') == '&lt;a href="x"&gt;y&lt;/a&gt; &amp; b'
