@@ -4,10 +4,11 @@ A regular package (not a namespace one) so ``from pages import widgets`` resolve
 whatever the process's ``sys.path`` holds.
 
 The menu lives here, not in ``widgets``, because it must be on screen before anything heavy is
-imported: on a server's first request Streamlit lists every file of ``pages/`` (``widgets``
-included) in the sidebar until the main script calls ``st.navigation``, and importing
-``widgets`` (pandas, SQLAlchemy, the store) took from half a second to several seconds on a
-fresh clone. ``app.py`` imports only this (streamlit, nothing else) before declaring the menu.
+imported: on a server's first request Streamlit would list every file of ``pages/``
+(``widgets`` included) in the sidebar until the main script calls ``st.navigation`` (see
+:func:`app_navigation` for how that list is kept hidden), and importing ``widgets`` (pandas,
+SQLAlchemy, the store) takes from half a second to several seconds on a fresh clone. ``app.py``
+imports only this (streamlit, nothing else) before declaring the menu.
 """
 from __future__ import annotations
 
@@ -39,7 +40,16 @@ ROUTED_KEY = "_dssm_routed"
 
 
 def app_navigation() -> Any:
-    """The app's ``st.navigation`` over every page (``app.py`` runs what it returns)."""
+    """The app's ``st.navigation`` over every page (``app.py`` runs what it returns).
+
+    ``.streamlit/config.toml`` sets ``client.showSidebarNavigation = false``: that hides the
+    list of ``pages/`` files Streamlit sends on a server's first request, before any of our
+    code runs (declaring the menu first was not enough: under load the list was painted
+    between the two messages). The option also hides ``st.navigation``'s sidebar menu, so it
+    is switched back on here, just before the menu is declared (it is scriptable, and the
+    automatic list never comes again once ``st.navigation`` has run in the process).
+    """
+    st.set_option("client.showSidebarNavigation", True)
     st.session_state[ROUTED_KEY] = True
     return st.navigation([
         st.Page(PAGES[key], title=title, icon=icon, default=(key == "home"))

@@ -54,6 +54,11 @@ def test_config_watches_no_folder_recursively() -> None:
     assert {".venv", "venv", "data"} <= blacklist
 
 
+def test_config_hides_the_automatic_page_list() -> None:
+    # pages.app_navigation switches it back on for the app's own menu
+    assert _config()["client"]["showSidebarNavigation"] is False
+
+
 def _start(tmp_path: Path) -> tuple[subprocess.Popen, str, Path]:
     """``streamlit run app.py`` as the README says, only the port and the store are ours."""
     port = free_port()
