@@ -655,6 +655,26 @@ def peer_verdict(summary: dict[str, Any], k: int = 50) -> list[str]:
     return out
 
 
+def peer_standing(summary: dict[str, Any], k: int = 50) -> str | None:
+    """One short phrase for a runs table: "beats popularity and EASE", or which peers beat
+    it (any direction, recall@``k``); None when the run measured no retrieval."""
+    if summary.get(f"i2u_recall@{k}") is None and summary.get(f"u2i_recall@{k}") is None:
+        return None
+    losers = []
+    for peer, pname in PEER_NAMES.items():
+        for d in DIRECTION_NAMES:
+            mine, theirs = summary.get(f"{d}_recall@{k}"), summary.get(
+                f"baseline_{peer}_{d}_recall@{k}")
+            if mine is not None and theirs is not None and float(theirs) > float(mine):
+                losers.append(pname)
+                break
+    measured = [p for peer, p in PEER_NAMES.items()
+                if summary.get(f"baseline_{peer}_i2u_recall@{k}") is not None]
+    if losers:
+        return "⚠ loses to " + " and ".join(losers)
+    return "beats " + " and ".join(measured) if measured else None
+
+
 def peer_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """The run's headline test figures beside its peers on the same split, in plain words:
     one row per figure with ``Metric``, ``Model``, ``Popularity``, ``EASE``, ``Item mean``

@@ -449,6 +449,7 @@ except widgets.CORE_ERRORS as exc:  # a run whose data is gone or unreadable: ke
     st.stop()
 population = run.index.size
 url = widgets.db_url()
+widgets.show_peer_verdict(store.get_run(run_id).summary or {})
 
 mode = st.radio("Find", [MODE_ITEMS, MODE_LOOKALIKE], key="aud_mode", horizontal=True)
 request_args: dict[str, Any] = {}

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dssm_core.records import RunInfo
+from dssm_core.pipeline import peer_table
 from pages import widgets
 
 widgets.route_through_app()
@@ -44,27 +45,6 @@ def curve_figure(curves: dict[int, pd.DataFrame], labels: dict[int, str], metric
         yaxis={"title": {"text": y_title}},
     )
     return fig
-
-
-def summary_table(summary: dict[str, Any]) -> pd.DataFrame:
-    """The run's headline numbers next to their baselines, in plain words.
-
-    Baselines: each item's average like-rate for AUC/log loss; popularity for recall.
-    """
-    rows = [("Test AUC (higher is better)", summary.get("test_auc"),
-             summary.get("baseline_item_mean_test_auc"), "item's average like-rate"),
-            ("Test log loss (lower is better)", summary.get("test_logloss"),
-             summary.get("baseline_item_mean_test_logloss"), "item's average like-rate")]
-    for code, label in (("i2u", "Item→user"), ("u2i", "User→item")):
-        for k in (10, 50, 100):
-            if f"{code}_recall@{k}" in summary:
-                rows.append((f"{label} recall@{k}", summary.get(f"{code}_recall@{k}"),
-                             summary.get(f"baseline_popularity_{code}_recall@{k}"),
-                             "most popular / most active"))
-    return pd.DataFrame(
-        [{"Metric": m, "Model": v, "Baseline": b, "Baseline is": how} for m, v, b, how in rows
-         if v is not None],
-        columns=["Metric", "Model", "Baseline", "Baseline is"])
 
 
 st.title("Runs")
@@ -126,9 +106,18 @@ if run.error:
     widgets.show_run_error(run)
 summary = widgets.summary_of(run)
 if summary:
-    st.dataframe(summary_table(summary), hide_index=True, placeholder="—",
-                 column_config={"Model": st.column_config.NumberColumn(format="%.3f"),
-                                "Baseline": st.column_config.NumberColumn(format="%.3f")})
+    widgets.show_peer_verdict(summary)
+    num = st.column_config.NumberColumn(format="%.3f")
+    st.dataframe(pd.DataFrame(peer_table(summary)), hide_index=True, placeholder="—",
+                 column_config={"Model": num, "Popularity": num, "EASE": num,
+                                "Item mean": num,
+                                "Best": st.column_config.TextColumn(help="Who is best on "
+                                                                     "this figure")})
+    st.caption("Peers are fitted on the same split as the model: popularity (most active "
+               "users, most popular items), EASE (item-item closed form, its strength chosen "
+               "on validation" + (f": λ = {summary['ease_lambda']:g}" if summary.get(
+                   "ease_lambda") else "") + ") and each item's average like-rate (AUC, log "
+               "loss)." + (f" {summary['ease_note']}." if summary.get("ease_note") else ""))
     facts = []
     if summary.get("n_train") is not None:
         facts.append(f"trained on {widgets.fmt_count(summary.get('n_train'))} events, "

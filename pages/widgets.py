@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dssm_core import jobs
 from dssm_core.config import MONITOR_LABELS, kept_epoch
+from dssm_core.pipeline import peer_standing, peer_verdict
 from dssm_core.dataset import DataValidationError
 from dssm_core.records import DatasetInfo, RunInfo, RunStatus
 from dssm_core.store import StoreError
@@ -289,11 +290,12 @@ def runs_frame(runs: Sequence[RunInfo],
         for key, label in KEY_METRICS.items():
             v = s.get(key)
             row[label] = None if v is None else round(float(v), 4)
+        row["Against peers"] = peer_standing(s)
         row["Duration"] = fmt_duration(run_duration(r))
         row["Started (UTC)"] = fmt_time(r.started_at or r.created_at)
         rows.append(row)
     cols = ["Run", "Status", "Dataset", "Preset", "Objective", "Protocol",
-            *KEY_METRICS.values(), "Duration", "Started (UTC)"]
+            *KEY_METRICS.values(), "Against peers", "Duration", "Started (UTC)"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -319,6 +321,9 @@ def show_runs(runs: Sequence[RunInfo], dataset_names: dict[int, str] | None = No
             "Item→user recall@50": st.column_config.NumberColumn(
                 format="%.3f",
                 help="Share of test likes whose user is among the item's top 50 users"),
+            "Against peers": st.column_config.TextColumn(
+                help="Recall@50 on the run's own test beside popularity and EASE fitted on the "
+                     "same split: a model that loses to one of them says so"),
         },
     )
 
@@ -564,3 +569,12 @@ def selected_ids(event: Any, trace_ids: Sequence[Any]) -> list[str]:
             continue
         out.append(str(trace_ids[c][i]))
     return list(dict.fromkeys(out))
+
+
+def show_peer_verdict(summary: dict[str, Any]) -> None:
+    """A plain warning per direction and peer where a simple peer beat the run's model on its
+    own test (nothing when it wins everywhere)."""
+    for sentence in peer_verdict(summary):
+        st.warning(sentence + " Consider that peer's audience, or more data and epochs.",
+                   icon=":material/warning:")
+

@@ -142,7 +142,10 @@ def test_runs_page_table_and_learning_curves(app_store) -> None:
     assert list(details["Metric"]) == ["Test AUC (higher is better)",
                                        "Test log loss (lower is better)", "Item→user recall@50"]
     assert list(details["Model"]) == [0.75314, 0.60049, 0.41275]
-    assert details["Baseline"].isna().all()           # this summary has no baselines
+    for peer in ("Popularity", "EASE", "Item mean"):   # this summary has no baselines
+        assert details[peer].isna().all()
+    assert list(details["Best"]) == ["Model"] * 3
+    assert not at.warning or all("beats this model" not in w.value for w in at.warning)
     assert {m.label: m.value for m in at.metric}["Epochs trained"] == "3"
 
 
@@ -182,7 +185,9 @@ def test_train_page_cancel_button_flags_the_running_job(app_store) -> None:
         at = new_app("pages/train.py")
         assert not at.exception
         metrics = {m.label: m.value for m in at.metric}
-        assert metrics["Train loss"] == "0.690" and metrics["Validation AUC"] == "0.600"
+        # the watched figure at the kept (best so far) epoch: AUC for this run's records
+        assert metrics["Train loss"] == "0.690"
+        assert metrics["Validation AUC (kept epoch)"] == "0.600"
         assert "epoch 1 of 5 done" in [p.proto.text for p in at.get("progress")]
         at.button(key=f"cancel_{run_id}").click().run()
         assert not at.exception
@@ -416,7 +421,9 @@ def test_launching_a_one_epoch_training_ends_in_a_succeeded_run(app_store) -> No
         time.sleep(0.5)
     done = app_store.get_run(run["id"])
     assert done["status"] == "succeeded", done.get("error")
-    assert list(app_store.epochs(run["id"])["epoch"]) == [1]
+    # the audience preset tries two settings on validation: one epoch each, numbered on
+    epochs = app_store.epochs(run["id"])
+    assert list(epochs["epoch"]) == [1, 2] and list(epochs["trial"]) == [1, 2]
     at.run()                               # the page, rerun, reports the finished run
     assert not at.exception
     auc = widgets_fmt(done["summary"]["test_auc"])
@@ -530,3 +537,22 @@ def test_user_text_is_made_literal_for_markdown_and_plotly() -> None:
     assert widgets.md("www.a.b and c@d.e") == f"www{wj}\\.a\\.b and c@{wj}d\\.e"
     assert widgets.md("two\nlines") == "two lines" and widgets.md(None) == ""
     assert widgets.plot_text('<a href="x">y</a> & b') == '&lt;a href="x"&gt;y&lt;/a&gt; &amp; b'
+
+
+def test_runs_and_audience_pages_say_plainly_when_a_peer_wins(app_store) -> None:
+    ds_id = _tiny(app_store)
+    losing = dict(SUMMARY, **{"baseline_ease_i2u_recall@50": 0.52,
+                              "baseline_popularity_i2u_recall@50": 0.10, "ease_lambda": 400.0})
+    add_finished_run(app_store, ds_id, HISTORY, losing)
+    at = new_app("pages/runs.py")
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert table["Against peers"].iloc[0] == "⚠ loses to EASE"
+    said = [w.value for w in at.warning]
+    assert any("EASE beats this model item→user" in w and "0.520" in w for w in said)
+    details = at.dataframe[1].value
+    row = details[details["Metric"] == "Item→user recall@50"].iloc[0]
+    assert (row["EASE"], row["Popularity"], row["Best"]) == (0.52, 0.10, "EASE")
+    aud = new_app("pages/audience.py")
+    assert not aud.exception
+    assert any("EASE beats this model item→user" in w.value for w in aud.warning)
