@@ -226,7 +226,9 @@ def test_train_reports_repairs_and_reuses_a_stored_copy(tmp_path: Path, capsys,
 
     d = tmp_path / "ml-100k"
     d.mkdir()
-    (d / "u.data").write_bytes(b"1\t2\t3\t4\t\t\n2\t3\t4\t5\t\t\n")
+    # 12 rows (enough to split: train checks the config on the data before storing it)
+    (d / "u.data").write_bytes(b"".join(f"{1 + k % 3}\t{2 + k % 4}\t{1 + k % 5}\t{k}\t\t\n"
+                                        .encode() for k in range(12)))
     trained: list[int] = []
 
     def fake_training(store, dataset_id, cfg, **kw):             # the data path, not the model

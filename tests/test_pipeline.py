@@ -260,7 +260,8 @@ def test_run_that_cannot_start_is_left_alone_and_interrupt_is_a_cancel(store, ti
 
 def test_audience_preset_learns_who_interacts(tiny_synthetic) -> None:
     cfg = preset("audience", epochs=1, batch_size=256, embedding_dim=8,
-                 user_hidden=(32, 16), item_hidden=(32, 16), history_len=10)
+                 user_hidden=(32, 16), item_hidden=(32, 16), history_len=10,
+                 tune="none")                    # item negatives only (no random pairs)
     assert cfg.label_threshold == 0.0 and cfg.explicit_negatives == 4
     s = pipeline.train(tiny_synthetic, cfg).summary
     # every rated test row is a positive; each gets up to 4 sampled unseen items (fewer only

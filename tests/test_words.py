@@ -73,6 +73,6 @@ def test_audience_warnings_start_like_sentences(tmp_path: Path) -> None:
         seed_users=("u1",), top_n=9, exclude_seen=True, exclude_users=("ghost",)))
     assert res.warnings[0] == ("Excluding users who already interacted applies to item "
                                "audiences only; ignored for a lookalike")
-    assert len(res.warnings) == 3
+    assert len(res.warnings) == 4          # + the members scoring below 0
     _assert_sentences(res.warnings)
     store.dispose()
