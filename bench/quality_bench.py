@@ -24,7 +24,6 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -37,6 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 from dssm_core import movielens, pipeline, synthetic  # noqa: E402
 from dssm_core.config import preset  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from machine import cpu_model  # noqa: E402
 
 torch.set_num_threads(1)
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
@@ -54,16 +56,6 @@ CANDIDATES = {
         "refit": True},
 }
 FIGS = ("i2u_recall@50", "u2i_recall@50")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _datasets(names: list[str]):
@@ -97,7 +89,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "quality_bench.json"))
     args = ap.parse_args()
 
-    env = {"cpu": _cpu(), "threads": 1, "loadavg_start": os.getloadavg(),
+    env = {"cpu": cpu_model(), "threads": 1, "loadavg_start": os.getloadavg(),
            "torch": torch.__version__}
     results = []
     for ds_name, ds in _datasets(args.datasets):
