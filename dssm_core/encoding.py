@@ -14,7 +14,11 @@ count. The statistics (rated data; implicit data has the counts only):
 - ``user_stats``: smoothed mean rating, like-rate, log activity count, **bias** (the smoothed
   mean of ``rating - the item's mean rating as of that rating``: does this user rate above what
   others gave the same movies?) and the mean of the **last RECENT_WINDOW ratings** (mood drifts
-  within a session);
+  within a session) and **recency**, log(1 + days since the user's previous event; for a user
+  with none, since the pool's first event). "As of the end of the data" means just after the
+  pool's last event, so audience vectors measure recency from the data's last day and
+  evaluation vectors from the split. Who is still around is most of who will act next when
+  users come and go over years (BENCHMARKS.md, "many-short");
 - ``item_stats``: smoothed mean rating, like-rate, log popularity and **bias** (the smoothed
   mean of ``rating - the rater's mean as of that rating``: is it liked by people who are hard
   to please?);
@@ -72,9 +76,11 @@ _MAX_NUMERIC_CATEGORIES = 16
 #: Item columns never used as categorical features.
 _ITEM_SKIP = frozenset({"item_id", "title", "genres"})
 _YEAR_COLUMNS = ("year", "release_year")
-#: Version 2 added user/item bias, the recent mean and ``genre_affinity``; a version-1 document
-#: (a run stored before) still transforms with the statistics it was trained on.
-_JSON_VERSION = 2
+#: Version 2 added user/item bias, the recent mean and ``genre_affinity``; version 3 the user's
+#: recency. An older document (a run stored before) still transforms with the statistics it was
+#: trained on.
+_JSON_VERSION = 3
+_SECONDS_PER_DAY = 86400.0
 #: The user's mean of this many most recent ratings is one of ``user_stats``.
 RECENT_WINDOW = 10
 
@@ -467,8 +473,8 @@ class FeatureEncoder:
         icode = ctx.item_codes(as_str_array(inter["item_id"].iloc[rows]))
         ts = inter["timestamp"].to_numpy(dtype=np.int64)[rows]
         r_user = ctx.ranks(ts)
-        out = {"user_stats": self._stats(ctx, "user", ucode, r_user),
-               "item_stats": self._stats(ctx, "item", icode, r_user)}
+        out = {"user_stats": self._stats(ctx, "user", ucode, ts),
+               "item_stats": self._stats(ctx, "item", icode, ts)}
         if self._has_affinity():
             out["genre_affinity"] = ctx.genre_affinity(ucode, r_user)
         return out
@@ -477,16 +483,19 @@ class FeatureEncoder:
         return bool(self.genre_vocab_) and self.stats_version_ >= 2
 
     def _stats(self, ctx: "_Context", kind: str, codes: np.ndarray,
-               ranks: np.ndarray) -> np.ndarray:
+               times: np.ndarray) -> np.ndarray:
         """Raw (unscaled) statistics of users or items before each query's time
         -> (N, n_stats) float64 (see the module docstring for the columns)."""
+        ranks = ctx.ranks(times)
         index = ctx.by_user if kind == "user" else ctx.by_item
         valid = codes >= 0
         start, end = index.bounds(np.maximum(codes, 0), ranks)
         start, end = np.where(valid, start, 0), np.where(valid, end, 0)
         n = (end - start).astype(np.float64)
+        recency = (ctx.recency(index, start, end, times)[:, None]
+                   if kind == "user" and self.stats_version_ >= 3 else np.empty((len(n), 0)))
         if self.implicit_:
-            return np.log1p(n)[:, None]
+            return np.concatenate([np.log1p(n)[:, None], recency], axis=1)
         k = float(self.smoothing)
         denom = np.maximum(n + k, 1e-12)
         mean = np.where(n + k > 0, (index.sums("rating", start, end)
@@ -503,7 +512,7 @@ class FeatureEncoder:
                 n_recent = (end - first).astype(np.float64)
                 cols.append((index.sums("rating", first, end) + 2.0 * self.global_mean_rating_)
                             / (n_recent + 2.0))
-        return np.stack(cols, axis=1)
+        return np.concatenate([np.stack(cols, axis=1), recency], axis=1)
 
     def _scaled(self, name: str, x: np.ndarray) -> np.ndarray:
         mean = np.asarray(self.dense_mean_[name], dtype=np.float64)
@@ -522,7 +531,7 @@ class FeatureEncoder:
             codes = ctx.user_attr_codes[a["name"]]
             out[a["name"]] = np.where(valid, codes[safe] if len(codes) else 0, 0).astype(np.int64)
         out["hist"] = ctx.history(safe, ranks, valid, int(self.history_len))
-        out["user_stats"] = self._scaled("user_stats", self._stats(ctx, "user", ucode, ranks))
+        out["user_stats"] = self._scaled("user_stats", self._stats(ctx, "user", ucode, times))
         if self._has_affinity():
             out["genre_affinity"] = self._scaled("genre_affinity",
                                                  ctx.genre_affinity(ucode, ranks))
@@ -530,7 +539,6 @@ class FeatureEncoder:
 
     def _item_features(self, ctx: "_Context", icode: np.ndarray,
                        times: np.ndarray) -> dict[str, np.ndarray]:
-        ranks = ctx.ranks(times)
         valid = icode >= 0
         safe = np.maximum(icode, 0)
         out: dict[str, np.ndarray] = {
@@ -543,7 +551,7 @@ class FeatureEncoder:
         for a in self.item_attrs_:
             codes = ctx.item_attr_codes[a["name"]]
             out[a["name"]] = np.where(valid, codes[safe] if len(codes) else 0, 0).astype(np.int64)
-        out["item_stats"] = self._scaled("item_stats", self._stats(ctx, "item", icode, ranks))
+        out["item_stats"] = self._scaled("item_stats", self._stats(ctx, "item", icode, times))
         if self.year_ is not None:
             y = ctx.item_years[safe] if len(ctx.item_years) else np.full(len(icode), np.nan)
             y = np.where(valid, y, np.nan)
@@ -718,7 +726,7 @@ class FeatureEncoder:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "FeatureEncoder":
         """Rebuild a fitted encoder from ``to_json()`` output."""
-        if not isinstance(d, dict) or d.get("version") not in (1, _JSON_VERSION):
+        if not isinstance(d, dict) or d.get("version") not in (1, 2, _JSON_VERSION):
             raise ValueError("not a FeatureEncoder JSON document (or an unknown version)")
         enc = cls(**d["params"])
         enc.stats_version_ = int(d["version"])
@@ -827,6 +835,21 @@ class _Context:
         else:
             out = s / ((en - st).reshape(-1, n_g) + k)
         return np.where(valid[:, None], out, 0.0)
+
+    def recency(self, index: _EventIndex, start: np.ndarray, end: np.ndarray,
+                times: np.ndarray) -> np.ndarray:
+        """log(1 + days) from each query's entity's last event in ``[start, end)`` of ``index``
+        (or, with none, from the pool's first event) to the query's time; a query "as of the
+        end of the data" (END_OF_TIME) is measured just after the pool's last event."""
+        t = np.asarray(times, dtype=np.int64)
+        if len(self.times) == 0:
+            return np.zeros(len(t))
+        t = np.where(t == END_OF_TIME, self.times[-1] + 1, t)
+        last_rank = np.where(end > start, index.key[np.maximum(end - 1, 0)] % index.stride, 0)
+        last = np.where(end > start, self.times[np.minimum(last_rank, len(self.times) - 1)],
+                        self.times[0])
+        days = np.maximum(t - last, 0).astype(np.float64) / _SECONDS_PER_DAY
+        return np.log1p(days)
 
     def ranks(self, times: np.ndarray) -> np.ndarray:
         """Number of distinct pool seconds strictly before each time."""

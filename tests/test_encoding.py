@@ -78,7 +78,7 @@ def test_vocabularies_and_specs_are_sized_from_training_rows() -> None:
     assert by_name["user_id"] == SparseFeature("user_id", 3, 8)
     # user: mean, like-rate, log count, bias, recent mean; item: mean, like-rate, log count,
     # bias; one affinity per genre
-    assert by_name["user_stats"] == DenseFeature("user_stats", 5)
+    assert by_name["user_stats"] == DenseFeature("user_stats", 6)
     assert by_name["item_stats"] == DenseFeature("item_stats", 4)
     assert by_name["genre_affinity"] == DenseFeature("genre_affinity", 4)
     assert by_name["year"] == DenseFeature("year", 2)
@@ -110,12 +110,17 @@ def test_history_and_statistics_as_of_event_time() -> None:
     #   row 0 (a@100, nothing before): 5 - 25/6 = 5/6; row 1 (b@200, nothing): 2 - 25/6 = -13/6
     #   bias = (5/6 - 13/6) / (2 + 5) = -4/21 = -0.190476 (prior 0)
     # recent mean of the last 10 ratings with 2 pseudo-counts: (7 + 2 * 25/6) / 4 = 23/6
+    # recency: u1's last event before 300 is at 200: log1p(100 s in days)
     raw = _unscale(enc, "user_stats", x["user_stats"][3])
-    np.testing.assert_allclose(raw, [3.976190, 0.738095, math.log1p(2), -4 / 21, 23 / 6],
-                               atol=1e-5)
-    # row 0 has no past: the priors themselves and log1p(0) = 0
+    np.testing.assert_allclose(raw, [3.976190, 0.738095, math.log1p(2), -4 / 21, 23 / 6,
+                                     math.log1p(100 / 86400)], atol=1e-5)
+    # row 0 has no past: the priors themselves, log1p(0) = 0, and recency from the pool's
+    # first event (t=100, the row's own time): 0
     np.testing.assert_allclose(_unscale(enc, "user_stats", x["user_stats"][0]),
-                               [25 / 6, 5 / 6, 0.0, 0.0, 25 / 6], atol=1e-5)
+                               [25 / 6, 5 / 6, 0.0, 0.0, 25 / 6, 0.0], atol=1e-5)
+    # row 7 (u2 at 500): last event before it at 300
+    assert _unscale(enc, "user_stats", x["user_stats"][7])[5] == pytest.approx(
+        math.log1p(200 / 86400), abs=1e-6)
     # item statistics of row 6 (item a before 400: ratings 5 by u1@100, 4 by u2@200)
     #   mean = (9 + 5 * 25/6) / 7 = 4.261905; rate = (2 + 5 * 5/6) / 7 = 0.880952
     #   bias: rating minus the rater's mean before it (neither had rated): 5 - 25/6 = 5/6 and
@@ -160,6 +165,15 @@ def test_user_and_item_tables_as_of_a_time() -> None:
     np.testing.assert_array_equal(t["hist"], [[1, 0, 0], [1, 0, 0], [0, 0, 0]])
     ids, t = enc.user_table(ds, None)                          # after every event
     np.testing.assert_array_equal(t["hist"], [[4, 3, 1], [2, 1, 0], [1, 0, 0]])
+    # recency "as of the end of the data" is measured just after the pool's last event (500):
+    # u1 last at 300, u2 at 500, u3 at 400
+    np.testing.assert_allclose(_unscale(enc, "user_stats", t["user_stats"])[:, 5],
+                               np.log1p(np.array([201, 1, 101]) / 86400), atol=1e-6)
+    # ... and with the training rows as the pool, just after their last event (300); u3 has
+    # no event there: since the pool's first (100)
+    _, t = enc.user_table(ds, None, pool=TRAIN)
+    np.testing.assert_allclose(_unscale(enc, "user_stats", t["user_stats"])[:, 5],
+                               np.log1p(np.array([1, 1, 201]) / 86400), atol=1e-6)
     # one time per user
     _, t = enc.user_table(ds, np.array([150, 250, 0]))
     np.testing.assert_array_equal(t["hist"][:, 0], [1, 1, 0])
@@ -291,8 +305,20 @@ def test_an_encoder_stored_before_the_bias_statistics_still_transforms() -> None
     model was trained on."""
     ds = _tiny()
     d = FeatureEncoder(history_len=3, embedding_dim=4).fit(ds, TRAIN).to_json()
-    assert d["version"] == 2
+    assert d["version"] == 3
     d = json.loads(json.dumps(d))
+    # a version-2 document (before recency): 5 user statistics, the same first five
+    v2 = json.loads(json.dumps(d))
+    v2["version"] = 2
+    v2["dense_mean"]["user_stats"] = v2["dense_mean"]["user_stats"][:5]
+    v2["dense_scale"]["user_stats"] = v2["dense_scale"]["user_stats"][:5]
+    for s in v2["user_specs"]:
+        if s["name"] == "user_stats":
+            s["dim"] = 5
+    new = FeatureEncoder.from_json(d).transform_events(ds, np.arange(8))["user_stats"]
+    x2 = FeatureEncoder.from_json(v2).transform_events(ds, np.arange(8))["user_stats"]
+    assert x2.shape == (8, 5)
+    np.testing.assert_allclose(x2, new[:, :5], atol=1e-6)
     d["version"] = 1
     for name in ("user_stats", "item_stats"):
         d["dense_mean"][name] = d["dense_mean"][name][:3]
