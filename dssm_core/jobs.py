@@ -35,6 +35,7 @@ from sqlalchemy.engine import make_url
 
 from .config import PRESETS, TrainConfig
 from .records import ACTIVE_STATUSES  # run statuses: one definition, records.RunStatus
+from .urls import masked_url
 
 log = logging.getLogger(__name__)
 
@@ -304,8 +305,8 @@ def ensure_projector(db_url: str, *, idle_s: float | None = None,
         cmd.append("--no-warm-up")
     logfile = projector.worker_log_path(db_url)
     proc = _spawn(cmd, logfile, threads=1, extra_env=secret_env)
-    log.info("projection worker %d started for %s (log %s)", proc.pid,
-             make_url(db_url).render_as_string(hide_password=True), logfile)
+    log.info("projection worker %d started for %s (log %s)", proc.pid, masked_url(db_url),
+             logfile)
     return proc
 
 
