@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .dataset import DataValidationError, shorten
+from .dataset import Dataset, DataValidationError, shorten
 
 if TYPE_CHECKING:  # the store is only needed by the functions that read from it
     from .store import Store
@@ -410,8 +410,17 @@ def load_run(store: "Store", run_id: int | None = None, *,
         raise ValueError(f"run {run_id} is {run.status}; audiences need a succeeded run")
     user_ids, user_vecs = store.load_embeddings(run_id, "user")
     item_ids, item_vecs = store.load_embeddings(run_id, "item")
+    return run_from_parts(int(run_id), int(run.dataset_id), user_ids, user_vecs, item_ids,
+                          item_vecs, store.load_dataset(run.dataset_id), block_rows=block_rows)
+
+
+def run_from_parts(run_id: int, dataset_id: int, user_ids: Any, user_vecs: Any, item_ids: Any,
+                   item_vecs: Any, ds: Dataset, *,
+                   block_rows: int = DEFAULT_BLOCK_ROWS) -> LoadedRun:
+    """A :class:`LoadedRun` from a run's raw vectors (user (N, D), item (M, D)) and its
+    dataset (``interactions`` needs only ``user_id`` and ``item_id``): what :func:`load_run`
+    builds from the store, and ``serving.load_run`` from Redis."""
     index = UserIndex(block_rows).index(user_vecs, user_ids)
-    ds = store.load_dataset(run.dataset_id)
     users = ds.users.copy()
     users["user_id"] = users["user_id"].astype(str)
     users = users.drop_duplicates("user_id").set_index("user_id").reindex(index.ids_)
@@ -422,7 +431,7 @@ def load_run(store: "Store", run_id: int | None = None, *,
     seen = pd.DataFrame({"user_id": ds.interactions["user_id"].astype(str).to_numpy(),
                          "item_id": ds.interactions["item_id"].astype(str).to_numpy()})
     fav = favourite_genres(ds.interactions, ds.items, index.ids_)
-    return LoadedRun(run_id=int(run_id), dataset_id=run.dataset_id, index=index,
+    return LoadedRun(run_id=int(run_id), dataset_id=int(dataset_id), index=index,
                      item_ids=np.asarray(item_ids).astype(str),
                      item_vectors=_l2_normalise(item_vecs, "item", np.asarray(item_ids)),
                      users=users, items=items, seen=seen, favourite_genre=fav)

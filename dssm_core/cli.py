@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
@@ -287,24 +286,17 @@ def _add_train_parser(sub) -> None:  # sub: argparse._SubParsersAction
 
 # --- runs / audience / lookalike (stored runs and audiences) ---------------------------------
 def _masked(url: str) -> str:
-    """``url`` with any password hidden (also when SQLAlchemy cannot parse it)."""
-    from sqlalchemy.engine import make_url
+    """``url`` with any password hidden (``urls.masked_url``)."""
+    from .urls import masked_url
 
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy knows: hide what looks like user:password@
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return masked_url(url)
 
 
 def _scrubbed(text: str, url: str) -> str:
     """``text`` with the password of ``url`` (if any) replaced by ***."""
-    from sqlalchemy.engine import make_url
+    from .urls import scrubbed, url_password
 
-    try:
-        password = make_url(url).password
-    except Exception:
-        password = None
-    return text.replace(str(password), "***") if password else text
+    return scrubbed(text, url_password(url))
 
 
 def _require_store(url: str) -> None:
@@ -419,8 +411,14 @@ def _write_audience(args: argparse.Namespace, request) -> int:  # request: Audie
     from . import audience
 
     _check_writable(args.out, "--out")
-    store = _open_store(args.db, must_exist=True)
-    result = audience.audience_for(store, args.run, request)
+    if getattr(args, "redis", None):
+        from . import serving
+
+        result = serving.audience_for(serving.connect(args.redis), args.run, request,
+                                      namespace=args.namespace)
+    else:
+        store = _open_store(args.db, must_exist=True)
+        result = audience.audience_for(store, args.run, request)
     data = result.to_csv_bytes()
     with open(args.out, "wb") as fh:
         fh.write(data)
@@ -464,8 +462,28 @@ def _cmd_lookalike(args: argparse.Namespace) -> int:
 DB_HELP = "store URL (default: $DSSM_DB_URL or data/dssm.db)"
 
 
+def _cmd_publish(args: argparse.Namespace) -> int:
+    """Publish a run's vectors (and with --audiences its saved audiences) to Redis."""
+    from . import serving
+
+    client = serving.connect(args.redis)
+    store = _open_store(args.db, must_exist=True)
+    report = serving.publish_run(store, client, args.run, audiences=args.audiences,
+                                 namespace=args.namespace)
+    print(json.dumps({**report.to_dict(), "redis": _masked(args.redis)}))
+    return 0
+
+
+REDIS_HELP = ("Redis URL, e.g. redis://localhost:6379/0 (password: in the URL or "
+              "$DSSM_REDIS_PASSWORD / $REDISCLI_AUTH; never printed)")
+
+
 def _add_audience_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--db", default=None, help=DB_HELP)
+    sp.add_argument("--redis", default=None, metavar="URL",
+                    help="answer from the run's vectors published in Redis instead of the "
+                         "store (`publish`); " + REDIS_HELP)
+    sp.add_argument("--namespace", default="dssm", help="Redis key namespace (default dssm)")
     sp.add_argument("--run", type=int, default=None, help="run id (default: newest succeeded)")
     size = sp.add_mutually_exclusive_group(required=True)
     size.add_argument("--top", type=int, help="audience size N (clamped to the eligible users)")
@@ -519,6 +537,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", type=int, default=None, help="only runs of this dataset id")
     sp.add_argument("--json", action="store_true", help="one JSON object per run")
     sp.set_defaults(func=_cmd_runs)
+
+    sp = sub.add_parser("publish", help="write a run's user and item vectors (and saved "
+                        "audiences) to Redis for serving")
+    sp.add_argument("--redis", required=True, metavar="URL", help=REDIS_HELP)
+    sp.add_argument("--db", default=None, help=DB_HELP)
+    sp.add_argument("--run", type=int, default=None, help="run id (default: newest succeeded)")
+    sp.add_argument("--audiences", action="store_true", help="also the run's saved audiences")
+    sp.add_argument("--namespace", default="dssm", help="Redis key namespace (default dssm)")
+    sp.set_defaults(func=_cmd_publish)
 
     sp = sub.add_parser("audience", help="top users for one item or several, as CSV")
     sp.add_argument("--item", action="append", required=True, help="item id (repeat for several)")

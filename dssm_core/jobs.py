@@ -8,6 +8,12 @@ runs can train at once, and a server restart does not lose them. :func:`cancel` 
 run's cancel flag (the trainer checks it between batches); :func:`reap_orphans` marks runs
 whose process died without finishing (kill -9, machine reboot) as failed.
 
+Jobs know their host: a run records the host name and pid of its training process, and that
+process stamps a heartbeat in the store every :data:`HEARTBEAT_S` seconds (:class:`Heartbeat`,
+a daemon thread). A run is reaped only when its heartbeat is older than
+:data:`HEARTBEAT_STALE_S` and, when it runs on this host, its pid is gone too; the pid of a run
+on another host (another machine on a shared PostgreSQL store, a container) is never judged.
+
 No module-level mutable state: everything lives in the store and in the OS.
 """
 from __future__ import annotations
@@ -15,8 +21,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import hashlib
+import re
+import socket
 import subprocess
 import sys
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,6 +35,7 @@ from sqlalchemy.engine import make_url
 
 from .config import PRESETS, TrainConfig
 from .records import ACTIVE_STATUSES  # run statuses: one definition, records.RunStatus
+from .urls import masked_url
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +45,14 @@ DEMO_NAME = "Demo (synthetic)"
 LOG_TAIL_LINES = 15
 #: A run still queued with no process after this many seconds is considered abandoned.
 QUEUED_GRACE_S = 300.0
+#: Seconds between two heartbeats of a training process (``$DSSM_HEARTBEAT_S`` overrides).
+HEARTBEAT_S = 5.0
+#: A run whose heartbeat is older than this is presumed dead (then, on its own host, its pid
+#: is checked too). Several heartbeats long, so a loaded machine does not lose a live run.
+HEARTBEAT_STALE_S = 30.0
+#: Env: the host name a training process records (default ``socket.gethostname()``); set it
+#: where several containers share one host name.
+HOST_ENV = "DSSM_HOST"
 #: The repository root (parent of the ``dssm_core`` package), put on the child's PYTHONPATH.
 _ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,9 +78,81 @@ def data_dir(db_url: str) -> Path:
     return Path(os.environ.get("DSSM_DATA_DIR", "data")).resolve()
 
 
+def store_key(db_url: str) -> str:
+    """A folder name unique to one store: a readable stem (the SQLite file's name or the
+    database's) and 10 hex digits of the URL's SHA-256 (the password left out). Two stores
+    that share a data folder (several SQLite files in one folder, several PostgreSQL
+    databases under one ``$DSSM_DATA_DIR``) never share a log."""
+    url = make_url(absolute_db_url(db_url))
+    bare = url._replace(password=None).render_as_string(hide_password=False)
+    digest = hashlib.sha256(bare.encode("utf-8")).hexdigest()[:10]
+    name = Path(url.database or url.get_backend_name()).stem or url.get_backend_name()
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40].strip("._") or "store"
+    return f"{stem}-{digest}"
+
+
 def log_path(db_url: str, run_id: int) -> Path:
-    """The file the training process of ``run_id`` writes its stdout and stderr to."""
-    return data_dir(db_url) / "logs" / f"run-{int(run_id)}.log"
+    """The file the training process of ``run_id`` writes its stdout and stderr to:
+    ``<data dir>/logs/<store key>/run-R.log`` (see :func:`store_key`)."""
+    return data_dir(db_url) / "logs" / store_key(db_url) / f"run-{int(run_id)}.log"
+
+
+def host_name() -> str:
+    """The host name a training process records: ``$DSSM_HOST``, else the machine's name."""
+    return os.environ.get(HOST_ENV, "").strip() or socket.gethostname()
+
+
+def heartbeat_interval() -> float:
+    """Seconds between heartbeats: ``$DSSM_HEARTBEAT_S`` if a positive number, else
+    :data:`HEARTBEAT_S`."""
+    try:
+        value = float(os.environ.get("DSSM_HEARTBEAT_S", ""))
+    except ValueError:
+        return HEARTBEAT_S
+    return value if value > 0 else HEARTBEAT_S
+
+
+class Heartbeat:
+    """A daemon thread that calls ``store.heartbeat(run_id)`` every ``interval_s`` seconds
+    while the context is open (and stops by itself once the run has ended). A failed write
+    is logged and retried at the next beat: the heartbeat never fails a training."""
+
+    def __init__(self, store: Any, run_id: int, interval_s: float | None = None) -> None:
+        self.store = store
+        self.run_id = int(run_id)
+        self.interval_s = float(interval_s if interval_s is not None else heartbeat_interval())
+        if not self.interval_s > 0:
+            raise ValueError(f"interval_s must be > 0, got {interval_s}")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                if not self.store.heartbeat(self.run_id):
+                    return  # the run has ended
+            except Exception as exc:  # noqa: BLE001 - a busy or lost database: try again
+                log.warning("run %d: heartbeat not written: %s", self.run_id, exc)
+
+    def start(self) -> "Heartbeat":
+        """Start beating (idempotent); returns self."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, daemon=True,
+                                            name=f"heartbeat-run-{self.run_id}")
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop beating and wait for the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(5.0, 2 * self.interval_s))
+
+    def __enter__(self) -> "Heartbeat":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
 
 
 def store_url(store: Any) -> str:
@@ -214,7 +305,8 @@ def ensure_projector(db_url: str, *, idle_s: float | None = None,
         cmd.append("--no-warm-up")
     logfile = projector.worker_log_path(db_url)
     proc = _spawn(cmd, logfile, threads=1, extra_env=secret_env)
-    log.info("projection worker %d started for %s (log %s)", proc.pid, db_url, logfile)
+    log.info("projection worker %d started for %s (log %s)", proc.pid, masked_url(db_url),
+             logfile)
     return proc
 
 
@@ -260,7 +352,7 @@ def start_training(db_url: str, dataset_id: int, cfg: TrainConfig) -> int:
         # Record the pid at once so reap_orphans can tell a dead job from one still starting.
         # The child marks itself running with the same pid once its imports are done.
         try:
-            store.mark_running(run_id, proc.pid)
+            store.mark_running(run_id, proc.pid, host=host_name())
         except ValueError:  # the child already ended the run (it failed fast, or finished)
             log.info("run %d ended before its pid was recorded", run_id)
         log.info("run %d: training process %d started (log %s)", run_id, proc.pid, logfile)
@@ -282,14 +374,18 @@ def cancel(db_url: str, run_id: int) -> None:
             raise ValueError(
                 f"run {run_id} has already ended ({run.get('status')}); nothing to cancel")
         store.request_cancel(int(run_id))
-        if not is_alive(run.get("pid")):
+        if run.get("host") in (None, host_name()) and not is_alive(run.get("pid")):
             store.fail_run(int(run_id), "cancelled before its process ran", status="cancelled")
     finally:
         store.dispose()
 
 
-def reap_orphans(store: Any, *, queued_grace_s: float = QUEUED_GRACE_S) -> list[int]:
-    """Mark queued/running runs whose process is dead as failed; returns their ids.
+def reap_orphans(store: Any, *, queued_grace_s: float = QUEUED_GRACE_S,
+                 stale_after_s: float = HEARTBEAT_STALE_S) -> list[int]:
+    """Mark queued/running runs whose process is gone as failed; returns their ids.
+
+    Gone: the heartbeat is older than ``stale_after_s`` seconds and, for a run of this host
+    (:func:`host_name`), its pid is dead as well (see ``Store.mark_orphans_failed``).
 
     Called when the app starts (and whenever the progress view sees a dead job): jobs killed
     with the server or by kill -9 would otherwise show "running" for ever. The store re-checks
@@ -299,7 +395,8 @@ def reap_orphans(store: Any, *, queued_grace_s: float = QUEUED_GRACE_S) -> list[
     it and starting the process) is failed too.
     """
     url = store_url(store)
-    reaped = [int(r) for r in store.mark_orphans_failed(is_alive)]
+    reaped = [int(r) for r in store.mark_orphans_failed(
+        is_alive, stale_after_s=stale_after_s, host=host_name())]
     now = datetime.now(timezone.utc)
     for run in store.list_runs():
         created = run.get("created_at")
@@ -314,10 +411,13 @@ def reap_orphans(store: Any, *, queued_grace_s: float = QUEUED_GRACE_S) -> list[
     for run_id in reaped:
         tail = _log_tail(log_path(url, run_id))
         run = store.get_run(run_id)
-        if tail and run.get("status") == "failed":
-            text = (f"{run.get('error') or 'the training process stopped unexpectedly'} "
-                    f"(pid {run.get('pid')}: killed, crashed, or the server stopped).\n"
-                    f"Last lines of its log:\n{tail}")
+        if run.get("status") == "failed" and (tail or run.get("pid") is not None):
+            text = f"{run.get('error') or 'the training process stopped unexpectedly'}"
+            if run.get("pid") is not None:
+                text += (f" (pid {run.get('pid')} on {run.get('host') or 'this host'}: no "
+                         "heartbeat; killed, crashed, or its machine or server stopped)")
+            if tail:
+                text += f".\nLast lines of its log:\n{tail}"
             try:
                 store.fail_run(run_id, text)
             except ValueError:

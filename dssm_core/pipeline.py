@@ -740,7 +740,10 @@ def run_training(
                                       objective=cfg.objective, protocol=cfg.protocol))
     run_id = int(run_id)
     # a run that cannot start (unknown, or already ended) is left as it is
-    store.mark_running(run_id, os.getpid())
+    from .jobs import Heartbeat, host_name
+
+    store.mark_running(run_id, os.getpid(), host=host_name())
+    heartbeat = Heartbeat(store, run_id).start()  # the reaper's sign of life, every few s
     try:
         dataset = store.load_dataset(int(dataset_id))
 
@@ -773,6 +776,8 @@ def run_training(
     except BaseException as exc:
         _safe_fail(store, run_id, f"{type(exc).__name__}: {exc}", "failed")
         raise
+    finally:
+        heartbeat.stop()
     if project:
         try:
             from . import projector

@@ -110,6 +110,9 @@ class RunInfo(_Record):
     protocol: str | None
     config: dict[str, Any] = field(default_factory=dict)
     pid: int | None = None
+    #: Host name of the training process; ``heartbeat_at`` its last sign of life.
+    host: str | None = None
+    heartbeat_at: datetime | None = None
     cancel_requested: bool = False
     created_at: datetime | None = None
     started_at: datetime | None = None

@@ -28,6 +28,7 @@ import io
 import logging
 import math
 import os
+import socket
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,7 +64,9 @@ from .records import ACTIVE_STATUSES, STATUSES, AudienceInfo, DatasetInfo, RunIn
 log = logging.getLogger(__name__)
 
 #: Version of the schema this code writes. A database with a newer version is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Schema history: 1 = the first store; 2 = ``runs.host`` and ``runs.heartbeat_at`` (jobs that
+#: know their host; :func:`_migrate_v1_to_v2`).
 #: Rows of an embedding matrix per stored chunk (d=64: 4 MiB a chunk; 1M rows: 62 chunks).
 CHUNK_ROWS = 16_384
 #: Run states (``records.RunStatus``; re-exported here). A run is "active" while queued or
@@ -139,6 +142,11 @@ class RunRow(Base):
     protocol: Mapped[str] = mapped_column(String(8))
     status: Mapped[str] = mapped_column(String(16), index=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: Host name of the training process (its pid means something only there); schema 2.
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    #: Last time the training process said it is alive (``Store.heartbeat``); schema 2.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                          nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -467,6 +475,45 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Schema migrations (one function a step; each is idempotent and runs inside the transaction
+# that bumps ``schema_version``, so a store is never left half-migrated)
+# --------------------------------------------------------------------------------------------
+def _add_missing_columns(s: Session, table: Any, names: Sequence[str]) -> list[str]:
+    """``ALTER TABLE ... ADD COLUMN`` for each of ``names`` (columns of the declarative
+    ``table``) that the database's table lacks; returns those added. Names and types come
+    from the schema above, never from input, so the DDL text holds no user value."""
+    from sqlalchemy import inspect, text
+
+    conn = s.connection()
+    have = {c["name"] for c in inspect(conn).get_columns(table.name)}
+    added = []
+    for name in names:
+        if name in have:
+            continue
+        col = table.c[name]
+        ddl = col.type.compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {name} {ddl}"))
+        added.append(name)
+    return added
+
+
+def _migrate_v1_to_v2(s: Session) -> None:
+    """Schema 1 -> 2: ``runs.host`` and ``runs.heartbeat_at`` (both NULL on existing runs:
+    a run without a heartbeat is judged by its pid on this host, as schema 1 did)."""
+    _add_missing_columns(s, RunRow.__table__, ("host", "heartbeat_at"))
+
+
+#: ``from_version -> step`` of each migration, applied in order up to ``SCHEMA_VERSION``.
+_MIGRATIONS: dict[int, Callable[[Session], None]] = {1: _migrate_v1_to_v2}
+
+
+def _migrate(s: Session, from_version: int) -> None:
+    """Apply every migration step from ``from_version`` up to :data:`SCHEMA_VERSION`."""
+    for version in range(int(from_version), SCHEMA_VERSION):
+        _MIGRATIONS[version](s)
+
+
+# --------------------------------------------------------------------------------------------
 # The repository
 # --------------------------------------------------------------------------------------------
 class Store:
@@ -513,8 +560,9 @@ class Store:
     def _init_schema(self) -> None:
         Base.metadata.create_all(self.engine, checkfirst=True)
         with self._session(write=True) as s:
-            row = s.get(SchemaVersion, 1)
+            row = s.get(SchemaVersion, 1, with_for_update=True)
             if row is None:
+                _migrate(s, 1)  # tables that predate the version row: bring them up too
                 s.add(SchemaVersion(id=1, version=SCHEMA_VERSION))
             elif row.version > SCHEMA_VERSION:
                 raise StoreError(
@@ -522,6 +570,12 @@ class Store:
                     f"this program supports ({SCHEMA_VERSION}); upgrade dssm_core or use "
                     "another database"
                 )
+            elif row.version < SCHEMA_VERSION:
+                old = int(row.version)
+                _migrate(s, old)
+                row.version = SCHEMA_VERSION
+                log.info("store at %s migrated from schema %d to %d", self.url, old,
+                         SCHEMA_VERSION)
 
     # -- datasets ------------------------------------------------------------------------------
     def add_dataset(self, ds: Dataset, name: str | None = None, *, reuse: bool = False) -> int:
@@ -645,15 +699,27 @@ class Store:
             raise StoreError(f"no run with id {run_id}")
         return r
 
-    def mark_running(self, run_id: int, pid: int | None = None) -> None:
-        """Queued -> running, recording the training process id and the start time."""
+    def mark_running(self, run_id: int, pid: int | None = None, *,
+                     host: str | None = None) -> None:
+        """Queued -> running, recording the training process id, its host (default: this
+        machine's name), the start time and a first heartbeat."""
         with self._session(write=True) as s:
             r = self._run(s, run_id, lock=True)
             if r.status not in ACTIVE_STATUSES:
                 raise StoreError(f"run {run_id} is {r.status}; it cannot start")
             r.status = "running"
             r.pid = int(pid) if pid is not None else os.getpid()
-            r.started_at = _now()
+            r.host = str(host if host is not None else socket.gethostname())[:255]
+            r.started_at = r.heartbeat_at = _now()
+
+    def heartbeat(self, run_id: int) -> bool:
+        """The training process of ``run_id`` is alive: stamp ``heartbeat_at`` with now.
+        Returns False (and writes nothing) once the run has ended."""
+        with self._session(write=True) as s:
+            res = s.execute(update(RunRow).where(RunRow.id == int(run_id),
+                                                 RunRow.status.in_(ACTIVE_STATUSES))
+                            .values(heartbeat_at=_now()))
+            return bool(res.rowcount)
 
     def add_epoch(self, run_id: int, metrics: dict[str, Any]) -> None:
         """Record one epoch's metrics (``metrics["epoch"]``, else the next number)."""
@@ -751,7 +817,8 @@ class Store:
         return RunInfo(
             id=int(r.id), dataset_id=int(r.dataset_id), dataset_name=dataset_name,
             status=RunStatus(r.status), preset=r.preset, objective=r.objective,
-            protocol=r.protocol, config=dict(r.config or {}), pid=r.pid,
+            protocol=r.protocol, config=dict(r.config or {}), pid=r.pid, host=r.host,
+            heartbeat_at=_utc(r.heartbeat_at),
             cancel_requested=bool(r.cancel_requested), created_at=_utc(r.created_at),
             started_at=started, finished_at=finished, duration_s=duration,
             error=r.error, summary=dict(r.summary) if r.summary else {},
@@ -901,17 +968,36 @@ class Store:
             self._run(s, run_id)
             s.execute(delete(RunRow).where(RunRow.id == int(run_id)))
 
-    def mark_orphans_failed(self, is_alive: Callable[[int], bool]) -> list[int]:
-        """Queued/running runs whose recorded process is dead become ``failed``.
+    def mark_orphans_failed(self, is_alive: Callable[[int], bool], *,
+                            stale_after_s: float | None = None,
+                            host: str | None = None) -> list[int]:
+        """Queued/running runs whose training process is gone become ``failed``.
 
-        ``is_alive(pid)`` says whether a process still runs. Runs without a pid (queued and not
-        yet picked up) are left alone. Returns the ids marked failed.
+        A run is gone when its heartbeat is older than ``stale_after_s`` seconds (``None``:
+        heartbeats are not looked at) and, when it runs on this host (``host``, default this
+        machine's name; a run without a host counts as local), ``is_alive(pid)`` is False as
+        well. A pid of another host is never judged: there only the heartbeat counts. A run
+        with no heartbeat (written by schema 1) is judged by its pid alone. Runs without a
+        pid (queued, not yet picked up) are left alone. Returns the ids marked failed.
         """
+        here = host if host is not None else socket.gethostname()
+        now = _now()
         with self._session() as s:
-            cands = s.execute(select(RunRow.id, RunRow.pid)
+            cands = s.execute(select(RunRow.id, RunRow.pid, RunRow.host, RunRow.heartbeat_at)
                               .where(RunRow.status.in_(ACTIVE_STATUSES),
                                      RunRow.pid.is_not(None))).all()
-        dead = [rid for rid, pid in cands if not is_alive(int(pid))]
+
+        def gone(pid: int, run_host: str | None, beat: datetime | None) -> bool:
+            if beat is not None and stale_after_s is not None:
+                if (now - _utc(beat)).total_seconds() <= float(stale_after_s):
+                    return False  # fresh heartbeat: alive wherever it runs
+                if run_host is not None and run_host != here:
+                    return True   # stale, on another host: its pid means nothing here
+            elif run_host is not None and run_host != here:
+                return False      # no heartbeat to judge by, and not our pid to check
+            return not is_alive(int(pid))
+
+        dead = [rid for rid, pid, h, beat in cands if gone(pid, h, beat)]
         marked: list[int] = []
         for rid in dead:
             with self._session(write=True) as s:

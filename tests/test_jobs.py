@@ -80,7 +80,8 @@ def test_absolute_db_url_resolves_relative_sqlite_only(tmp_path: Path, monkeypat
 def test_data_dir_and_log_path(tmp_path: Path, monkeypatch) -> None:
     url = f"sqlite:///{tmp_path}/sub/store.db"
     assert jobs.data_dir(url) == tmp_path / "sub"
-    assert jobs.log_path(url, 7) == tmp_path / "sub" / "logs" / "run-7.log"
+    assert jobs.log_path(url, 7) == (tmp_path / "sub" / "logs" / jobs.store_key(url)
+                                    / "run-7.log")
     monkeypatch.setenv("DSSM_DATA_DIR", str(tmp_path / "pgdata"))
     assert jobs.data_dir("postgresql+psycopg://u@h/db") == tmp_path / "pgdata"
 
@@ -146,7 +147,7 @@ def test_reap_orphans_fails_only_dead_jobs(store_ds) -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("loading data\nepoch 1 loss 0.69\nKilled\n")
 
-        assert jobs.reap_orphans(store) == [r_dead]
+        assert jobs.reap_orphans(store, stale_after_s=0) == [r_dead]
         failed = store.get_run(r_dead)
         assert failed["status"] == "failed"
         assert "stopped unexpectedly" in failed["error"]
@@ -154,7 +155,7 @@ def test_reap_orphans_fails_only_dead_jobs(store_ds) -> None:
         assert store.get_run(r_live)["status"] == "running"
         assert store.get_run(r_new)["status"] == "queued"
         # A queued run never picked up is abandoned once past the grace period.
-        assert jobs.reap_orphans(store, queued_grace_s=0.0) == [r_new]
+        assert jobs.reap_orphans(store, queued_grace_s=0.0, stale_after_s=0) == [r_new]
         assert store.get_run(r_new)["error"] == "the training process never started"
         assert store.get_run(r_live)["status"] == "running"
     finally:
@@ -200,7 +201,7 @@ def test_start_training_records_pid_and_a_crash_shows_its_log(store_ds, monkeypa
     assert run["config"] == SMALL.to_dict()
     assert (run["preset"], run["objective"], run["protocol"]) == ("default", "pointwise", "T")
     wait_dead(run["pid"])
-    assert jobs.reap_orphans(store) == [run_id]
+    assert jobs.reap_orphans(store, stale_after_s=0) == [run_id]
     error = store.get_run(run_id)["error"]
     assert error.endswith("loading\nboom: bad things")
     with pytest.raises(ValueError, match="no dataset with id 12345"):
@@ -251,7 +252,7 @@ def test_kill_9_marks_the_job_failed_and_keeps_earlier_runs(two_runs) -> None:
     run = _wait_status(store, run_id, ("running",), min_epoch=1)
     os.killpg(int(run["pid"]), signal.SIGKILL)
     wait_dead(int(run["pid"]))
-    assert jobs.reap_orphans(store) == [run_id]
+    assert jobs.reap_orphans(store, stale_after_s=0) == [run_id]
     dead = store.get_run(run_id)
     assert dead["status"] == "failed"
     assert "stopped unexpectedly" in dead["error"]

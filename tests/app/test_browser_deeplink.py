@@ -28,7 +28,9 @@ def test_deep_link_first_request_uses_the_app_navigation(tmp_path: Path) -> None
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(60_000)
             page.goto(base + "/audience")  # the very first request this server sees
-            sync_api.expect(page.get_by_role("heading", name="Audience")).to_be_visible()
+            # 30 s: expect's 5 s default timed out at load average 10 (on main as well)
+            sync_api.expect(page.get_by_role("heading", name="Audience")).to_be_visible(
+                timeout=30_000)
             nav = page.get_by_test_id("stSidebarNav")
             sync_api.expect(nav.get_by_text("Embedding maps")).to_be_visible()
             sync_api.expect(nav.get_by_text("Home", exact=True).first).to_be_visible()
