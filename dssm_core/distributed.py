@@ -18,12 +18,26 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
-from typing import Mapping
+import sys
+from typing import Mapping, Sequence
 
 import torch
 
 FAIL_ENV = "DSSM_DIST_FAIL_RANK"          # test hook: "RANK:BATCHES" makes RANK exit mid-epoch
 DEFAULT_TIMEOUT_S = 60.0
+
+
+class RankFailed(RuntimeError):
+    """A collective failed: another rank died, or did not answer within the group timeout."""
+
+
+def _collective(fn, *args, **kwargs):  # fn: a torch.distributed collective
+    try:
+        return fn(*args, **kwargs)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RankFailed("another training process stopped or stopped answering "
+                         f"({first[:200]})") from exc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +80,7 @@ class DistContext:
 
         with torch.no_grad():
             for t in list(module.parameters()) + list(module.buffers()):
-                td.broadcast(t.data, src=0)
+                _collective(td.broadcast, t.data, src=0)
 
     def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
         """Replace every gradient by its mean over the ranks (sparse ones stay sparse)."""
@@ -77,7 +91,7 @@ class DistContext:
         dense = [p.grad for p in params if p.grad is not None and not p.grad.is_sparse]
         if dense:
             flat = torch.cat([g.reshape(-1) for g in dense])
-            td.all_reduce(flat)
+            _collective(td.all_reduce, flat)
             flat /= self.world_size
             offset = 0
             for g in dense:
@@ -86,7 +100,7 @@ class DistContext:
         for p in params:
             if p.grad is not None and p.grad.is_sparse:
                 g = p.grad.coalesce()
-                td.all_reduce(g)
+                _collective(td.all_reduce, g)
                 p.grad = g.coalesce() / self.world_size
 
     def sum_floats(self, *values: float) -> list[float]:
@@ -96,7 +110,7 @@ class DistContext:
         import torch.distributed as td
 
         t = torch.tensor([float(v) for v in values], dtype=torch.float64)
-        td.all_reduce(t)
+        _collective(td.all_reduce, t)
         return [float(v) for v in t]
 
     def broadcast_decision(self, *values: int) -> list[int]:
@@ -106,8 +120,16 @@ class DistContext:
         import torch.distributed as td
 
         t = torch.tensor([int(v) for v in values], dtype=torch.int64)
-        td.broadcast(t, src=0)
+        _collective(td.broadcast, t, src=0)
         return [int(v) for v in t]
+
+    def barrier(self) -> None:
+        """Wait for every rank (before leaving the group after a success: a rank that left
+        first would make the others' transport abort)."""
+        if self.active:
+            import torch.distributed as td
+
+            _collective(td.barrier)
 
     def maybe_fail(self, batches_done: int) -> None:
         """The test hook: this rank dies (exit status 17) after ``fail_after_batches``."""
@@ -176,3 +198,25 @@ def teardown(ctx: DistContext) -> None:
     if td.is_initialized():
         td.destroy_process_group()
 
+
+
+def torchrun_command(nproc: int, cli_argv: Sequence[str]) -> list[str]:
+    """The command that runs ``python -m dssm_core CLI_ARGV`` as ``nproc`` local ranks."""
+    if nproc < 1:
+        raise ValueError(f"nproc must be >= 1, got {nproc}")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={int(nproc)}", "-m", "dssm_core", *cli_argv]
+
+
+def without_workers(argv: Sequence[str]) -> list[str]:
+    """``argv`` less its ``--workers N`` / ``--workers=N`` (what each rank is given)."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        elif not a.startswith("--workers="):
+            out.append(a)
+    return out

@@ -84,6 +84,7 @@ def main() -> int:
             result["world_size"] = ctx.world_size
             with open(out, "w", encoding="utf-8") as fh:
                 json.dump(result, fh)
+        ctx.barrier()
     finally:
         distributed.teardown(ctx)
     return 0

@@ -97,3 +97,62 @@ def test_a_rank_that_dies_fails_the_run_promptly(tmp_path) -> None:
     assert proc.returncode != 0
     assert result is None                 # rank 0 wrote nothing that looks finished
     assert elapsed < 60                   # the group timeout is 20 s in the worker
+
+
+
+
+def _cli(tmp_path: Path, db: str, *extra: str, **env: str) -> subprocess.CompletedProcess:
+    data = Path("/work/shared/data/movielens_sample.txt")
+    if not data.exists():
+        pytest.skip("the shared MovieLens sample is not on this machine")
+    cmd = [sys.executable, "-m", "dssm_core", "train", str(data), "--epochs", "2",
+           "--db", db, "--no-project", "--workers", "2", *extra]
+    return subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+
+
+def _runs(db: str) -> list[tuple]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(db)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(sa.text(
+                "SELECT id, status, error FROM runs ORDER BY id"))]
+    finally:
+        engine.dispose()
+
+
+def test_cli_workers_stores_one_run_from_rank_zero(tmp_path) -> None:
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    proc = _cli(tmp_path, db)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["run_id"] == 1
+    runs = _runs(db)
+    assert [(r[0], r[1]) for r in runs] == [(1, "succeeded")]     # one run, not one per rank
+
+
+def test_cli_workers_a_dying_rank_leaves_the_run_failed(tmp_path) -> None:
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    t0 = time.monotonic()
+    proc = _cli(tmp_path, db, **{distributed.FAIL_ENV: "1:3"})
+    assert proc.returncode != 0
+    assert time.monotonic() - t0 < 60
+    (run_id, status, error), = _runs(db)
+    assert status == "failed"
+    assert "another training process stopped" in error
+
+
+def test_job_command_asks_for_workers_only_above_one() -> None:
+    from dssm_core import jobs
+    from dssm_core.config import TrainConfig
+
+    cfg = TrainConfig()
+    one = jobs.build_command("sqlite:///x.db", 3, 7, cfg)
+    assert "--workers" not in one
+    assert jobs.build_command("sqlite:///x.db", 3, 7, cfg, workers=2)[-2:] == ["--workers", "2"]
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        jobs.build_command("sqlite:///x.db", 3, 7, cfg, workers=0)
+    assert distributed.without_workers(["train", "--workers", "2", "--workers=3", "x"]) == \
+        ["train", "x"]
