@@ -221,9 +221,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         signal.signal(signal.SIGTERM, _terminated)
     try:
-        rc = _train_ranked(args, dist)
-        dist.barrier()
-        return rc
+        return _train_ranked(args, dist)
     finally:
         distributed.teardown(dist)
 
@@ -242,6 +240,7 @@ def _train_ranked(args: argparse.Namespace, dist) -> int:  # dist: distributed.D
             pipeline.train(dataset, cfg, dist=dist)
         except pipeline.TrainingCancelled:
             return 3
+        dist.barrier()          # rank 0 has stored the run
         return 0
 
     def on_epoch(rec: dict) -> None:
@@ -265,9 +264,19 @@ def _train_ranked(args: argparse.Namespace, dist) -> int:  # dist: distributed.D
         if args.db:
             store, dataset_id = _train_target(args, cfg)
             dist.broadcast_decision(int(dataset_id))       # the helper ranks load it too
-            run_id = pipeline.run_training(store, int(dataset_id), cfg, run_id=args.run_id,
-                                           on_epoch_end=on_epoch, project=not args.no_project,
-                                           dist=dist)
+            run_id = pipeline.run_training(
+                store, int(dataset_id), cfg, run_id=args.run_id, on_epoch_end=on_epoch,
+                project=not args.no_project and not dist.active, dist=dist)
+            if dist.active:     # release the helper ranks before the maps, then draw them
+                dist.barrier()
+                if not args.no_project:
+                    from . import projector
+
+                    try:
+                        projector.project(store, run_id)
+                    except Exception:  # noqa: BLE001 - maps are optional, the run stands
+                        logging.getLogger(__name__).exception(
+                            "run %d: computing the embedding maps failed", run_id)
             summary = store.get_run(run_id).summary
             out = {"run_id": run_id, "dataset_id": int(dataset_id), **summary}
         else:
@@ -275,6 +284,7 @@ def _train_ranked(args: argparse.Namespace, dist) -> int:  # dist: distributed.D
                 raise CliError("--dataset-id and --run-id need --db")
             result = pipeline.train(_train_dataset(args), cfg, on_epoch_end=on_epoch,
                                     dist=dist)
+            dist.barrier()
             run_id, summary = None, result.summary
             out = {"run_id": None, **summary}
     except pipeline.TrainingCancelled:
