@@ -201,9 +201,46 @@ def _train_target(args: argparse.Namespace, cfg):  # -> (Store, dataset id)
 
 def _cmd_train(args: argparse.Namespace) -> int:
     """Train a DSSM; one progress line per epoch on stderr, the summary JSON on stdout."""
+    from . import distributed
+
+    if args.workers < 1:
+        raise CliError("--workers must be >= 1")
+    if args.workers > 1 and distributed.env_world() is None:   # launch the ranks
+        import subprocess
+
+        cmd = distributed.torchrun_command(args.workers, distributed.without_workers(args.argv))
+        return subprocess.call(cmd)
+    dist = distributed.init()
+    if dist.active:     # torchrun stops the other ranks with SIGTERM: fail the run, cleanly
+        import signal
+
+        def _terminated(signum: int, frame: object) -> None:
+            raise SystemExit(f"training rank {dist.rank} stopped by signal {signum} "
+                             "(another rank failed)")
+
+        signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _train_ranked(args, dist)
+    finally:
+        distributed.teardown(dist)
+
+
+def _train_ranked(args: argparse.Namespace, dist) -> int:  # dist: distributed.DistContext
     from . import pipeline
 
     cfg = _train_config(args)
+    if not dist.is_main:    # a helper rank: train its slices, store and print nothing
+        if args.db:
+            dataset_id = dist.broadcast_decision(0)[0]
+            dataset = _open_store(args.db, must_exist=True).load_dataset(dataset_id)
+        else:
+            dataset = _train_dataset(args)
+        try:
+            pipeline.train(dataset, cfg, dist=dist)
+        except pipeline.TrainingCancelled:
+            return 3
+        dist.barrier()          # rank 0 has stored the run
+        return 0
 
     def on_epoch(rec: dict) -> None:
         def f(key: str) -> str:
@@ -225,14 +262,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
             _check_writable(args.report, "--report")
         if args.db:
             store, dataset_id = _train_target(args, cfg)
-            run_id = pipeline.run_training(store, int(dataset_id), cfg, run_id=args.run_id,
-                                           on_epoch_end=on_epoch, project=not args.no_project)
+            dist.broadcast_decision(int(dataset_id))       # the helper ranks load it too
+            run_id = pipeline.run_training(
+                store, int(dataset_id), cfg, run_id=args.run_id, on_epoch_end=on_epoch,
+                project=not args.no_project and not dist.active, dist=dist)
+            if dist.active:     # release the helper ranks before the maps, then draw them
+                dist.barrier()
+                if not args.no_project:
+                    from . import projector
+
+                    try:
+                        projector.project(store, run_id)
+                    except Exception:  # noqa: BLE001 - maps are optional, the run stands
+                        logging.getLogger(__name__).exception(
+                            "run %d: computing the embedding maps failed", run_id)
             summary = store.get_run(run_id).summary
             out = {"run_id": run_id, "dataset_id": int(dataset_id), **summary}
         else:
             if args.dataset_id is not None or args.run_id is not None:
                 raise CliError("--dataset-id and --run-id need --db")
-            result = pipeline.train(_train_dataset(args), cfg, on_epoch_end=on_epoch)
+            result = pipeline.train(_train_dataset(args), cfg, on_epoch_end=on_epoch,
+                                    dist=dist)
+            dist.barrier()
             run_id, summary = None, result.summary
             out = {"run_id": None, **summary}
     except pipeline.TrainingCancelled:
@@ -281,6 +332,9 @@ def _add_train_parser(sub) -> None:  # sub: argparse._SubParsersAction
                     help="with --db: skip computing the UMAP maps after training")
     sp.add_argument("--report", default=None, metavar="FILE",
                     help="also write a nested JSON report to FILE")
+    sp.add_argument("--workers", type=int, default=1,
+                    help="local training processes (torch.distributed data parallel: gloo on "
+                         "CPU, NCCL on CUDA); above 1 starts them with torchrun (default 1)")
     sp.set_defaults(func=_cmd_train)
 
 
@@ -572,6 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -310,25 +310,31 @@ def ensure_projector(db_url: str, *, idle_s: float | None = None,
     return proc
 
 
-def build_command(db_url: str, dataset_id: int, run_id: int, cfg: TrainConfig) -> list[str]:
-    """The argv of the training process for one run (no shell is involved)."""
+def build_command(db_url: str, dataset_id: int, run_id: int, cfg: TrainConfig,
+                  workers: int = 1) -> list[str]:
+    """The argv of the training process for one run (no shell is involved); ``workers`` > 1
+    trains with that many local torch.distributed processes (the CLI starts torchrun)."""
+    if int(workers) < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     return [
         sys.executable, "-m", "dssm_core", "train",
         "--db", db_url,
         "--dataset-id", str(int(dataset_id)),
         "--run-id", str(int(run_id)),
         "--config-json", json.dumps(cfg.to_dict(), sort_keys=True),
-    ]
+    ] + (["--workers", str(int(workers))] if int(workers) > 1 else [])
 
 
-def start_training(db_url: str, dataset_id: int, cfg: TrainConfig) -> int:
+def start_training(db_url: str, dataset_id: int, cfg: TrainConfig, workers: int = 1) -> int:
     """Create a queued run for ``dataset_id`` and train it in a new background process.
 
     The child runs in its own process session (closing the browser tab or stopping the
     Streamlit script does not stop it), writes stdout/stderr to :func:`log_path`, and reports
     progress through the store. Returns the new run id at once.
-    Raises ``ValueError`` for an unknown dataset.
+    Raises ``ValueError`` for an unknown dataset. ``workers``: see :func:`build_command`.
     """
+    if int(workers) < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     db_url = absolute_db_url(db_url)
     store = _open_store(db_url)
     try:
@@ -339,7 +345,8 @@ def start_training(db_url: str, dataset_id: int, cfg: TrainConfig) -> int:
         ))
         logfile = log_path(db_url, run_id)
         argv_url, secret_env = _secret_free(db_url)
-        cmd = build_command(argv_url, dataset_id, run_id, cfg)
+        cmd = build_command(argv_url, dataset_id, run_id, cfg,
+                            **({"workers": int(workers)} if int(workers) > 1 else {}))
         try:  # warms up while this run trains; maps come right after it
             ensure_projector(db_url)
         except OSError as exc:  # the run projects in its own process instead

@@ -214,18 +214,20 @@ def train(
     *,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    dist: Any = None,
 ) -> TrainResult:
     """Split, encode, train, evaluate (with baselines) and embed, all in memory.
 
     Raises ``TrainingCancelled`` when ``should_stop`` stops the training, ``ValueError`` for
-    data that cannot be trained on.
+    data that cannot be trained on. ``dist``: a ``distributed.DistContext`` (every rank
+    calls this; rank 0's result is the product, see ``training.fit``).
     """
     import torch
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(int(cfg.num_threads))
     try:
-        return _train(dataset, cfg, on_epoch_end, should_stop)
+        return _train(dataset, cfg, on_epoch_end, should_stop, dist)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -235,6 +237,7 @@ def _train(
     cfg: TrainConfig,
     on_epoch_end: Callable[[dict[str, Any]], None] | None,
     should_stop: Callable[[], bool] | None,
+    dist: Any = None,
 ) -> TrainResult:
     from . import training
     from .model import DSSM
@@ -259,7 +262,8 @@ def _train(
         model = DSSM(enc.user_specs_, enc.item_specs_, trial_cfg)
         fr = training.fit(model, x_train, x_val, trial_cfg,
                           on_epoch_end=_numbered(on_epoch_end, epoch_offset, k, len(space)),
-                          should_stop=should_stop, monitor=monitor, validator=validator)
+                          should_stop=should_stop, monitor=monitor, validator=validator,
+                          dist=dist)
         if fr.stopped == "cancelled":
             raise TrainingCancelled("training cancelled")
         epoch_offset += len(fr.history)
@@ -287,7 +291,7 @@ def _train(
         refit = training.fit(model, both, None,
                              cfg_used.with_(epochs=int(fr.best_epoch),
                                             early_stopping_patience=0),
-                             should_stop=should_stop)
+                             should_stop=should_stop, dist=dist)
         if refit.stopped == "cancelled":
             raise TrainingCancelled("training cancelled")
     t1 = time.perf_counter()
@@ -724,6 +728,7 @@ def run_training(
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     project: bool = True,
+    dist: Any = None,
 ) -> int:
     """Train dataset ``dataset_id`` of ``store`` and store the run; returns its id.
 
@@ -734,6 +739,7 @@ def run_training(
     "cancelled" and raises ``TrainingCancelled``. Then, if ``project``, the UMAP maps are
     computed, by the store's warm projection worker when one is up (``projector.project``),
     else in this process (a failure there is logged and never fails the run).
+    ``dist``: rank 0 of a distributed training (the other ranks call ``train`` with theirs).
     """
     if run_id is None:
         run_id = int(store.create_run(int(dataset_id), cfg.to_dict(), preset=cfg.preset,
@@ -763,7 +769,7 @@ def run_training(
                 last_poll[1] = bool(store.cancel_requested(run_id))
             return bool(last_poll[1])
 
-        result = train(dataset, cfg, on_epoch_end=epoch_cb, should_stop=stop_cb)
+        result = train(dataset, cfg, on_epoch_end=epoch_cb, should_stop=stop_cb, dist=dist)
         store.finish_run(
             run_id, summary=result.summary, weights=_weights_bytes(result.model),
             encoders=result.encoder.to_json(), user_ids=result.user_ids,
