@@ -1,0 +1,263 @@
+"""The one exact top-K index: cosine search over L2-normalised float32 vectors.
+
+:class:`UserIndex` keeps the vectors dimension-major (D, N) and scores them in blocks of
+``block_rows`` (memory bounded at any N), keeping each query's best k by partial selection;
+ties go to the lower row. ``index(matrix, ids)`` then ``query(vectors, k) -> (scores, ids)``
+(TFRS ``BruteForce`` style). Audiences use it (``audience`` re-exports ``UserIndex``).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .dataset import shorten
+
+#: Users scored per step (d=64: 32 MiB read, 512 KiB of scores per query: they stay in L2
+#: cache for the cut-off pass that follows).
+DEFAULT_BLOCK_ROWS = 131_072
+#: The first cut-off of a query is the k-th best score of its first SAMPLE_FACTOR * k rows.
+SAMPLE_FACTOR = 64
+
+def _name_unknown(kind: str, missing: Sequence[str], where: str = "") -> str:
+    shown = ", ".join(repr(shorten(m)) for m in missing[:10])
+    more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+    return f"unknown {kind} ids{where}: {shown}{more}"
+
+
+def _l2_normalise(matrix: np.ndarray, what: str, ids: np.ndarray | None = None) -> np.ndarray:
+    """Rows scaled to unit length (float32); a copy only when some row is not unit already."""
+    m = np.ascontiguousarray(matrix, dtype=np.float32)                       # (N, D)
+    norms = np.sqrt(np.einsum("ij,ij->i", m, m, dtype=np.float32))          # (N,)
+    zero = norms <= 1e-12
+    if zero.any():
+        bad = ids[zero][:10].tolist() if ids is not None else np.flatnonzero(zero)[:10].tolist()
+        raise ValueError(f"{what} vectors of length zero (cannot be normalised): {bad}")
+    if np.all(np.abs(norms - 1.0) < 1e-5):
+        return m
+    return m / norms[:, None]
+
+
+def _best_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k highest ``scores``, in ascending position order.
+
+    Ties at the cut go to the lower positions, so when positions follow row order the result
+    is deterministic (the earlier indexed user wins a tie).
+    """
+    if len(scores) <= k:
+        return np.arange(len(scores))
+    kth = scores[np.argpartition(scores, len(scores) - k)[len(scores) - k]]
+    keep = scores > kth
+    n_missing = k - int(keep.sum())
+    if n_missing:
+        keep[np.flatnonzero(scores == kth)[:n_missing]] = True
+    return np.flatnonzero(keep)
+
+
+def _top_k_desc(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (score, row) pairs, best first; ties by lower row (deterministic).
+
+    ``rows`` must be ascending (candidates are gathered block by block in row order).
+    """
+    keep = _best_k(scores, k)
+    scores, rows = scores[keep], rows[keep]
+    order = np.argsort(-scores, kind="stable")
+    return scores[order], rows[order]
+
+
+# --------------------------------------------------------------------------------------------
+# The index
+# --------------------------------------------------------------------------------------------
+class UserIndex:
+    """Exact maximum-inner-product search over L2-normalised user vectors (cosine).
+
+    ``block_rows``: rows scored per step; memory beyond the matrix is
+    ``block_rows * Q`` scores plus a few ``k`` candidates per query, at any N.
+    """
+
+    def __init__(self, block_rows: int = DEFAULT_BLOCK_ROWS) -> None:
+        if int(block_rows) < 1:
+            raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+        self.block_rows = int(block_rows)
+
+    # fitted attributes end in "_"
+    def index(self, matrix: Any, ids: Any) -> "UserIndex":
+        """Index ``matrix`` (N, D) whose rows belong to ``ids`` (N,); returns self.
+
+        The vectors are kept dimension-major, ``columns_`` (D, N): a query is then a
+        matrix-vector product that streams D long contiguous rows (BLAS ``gemv`` "N"), which
+        runs at memory bandwidth, where the (N, D) layout's N short dot products of D floats
+        ran ~20 % slower at D = 32-64 (BENCHMARKS.md). ``matrix_`` is the (N, D) view of it.
+        """
+        ids_arr = np.asarray(ids)
+        if ids_arr.ndim != 1:
+            raise ValueError(f"ids must be 1-D, got shape {ids_arr.shape}")
+        ids_arr = ids_arr.astype(str)
+        m = np.asarray(matrix)
+        if m.ndim != 2:
+            raise ValueError(f"matrix must be 2-D (N, D), got shape {m.shape}")
+        if m.shape[0] != len(ids_arr):
+            raise ValueError(f"{len(ids_arr)} ids for {m.shape[0]} vectors")
+        if m.shape[0] == 0 or m.shape[1] == 0:
+            raise ValueError(f"cannot index an empty matrix of shape {m.shape}")
+        if not np.all(np.isfinite(m)):
+            raise ValueError("the matrix holds NaN or infinite values")
+        lookup = pd.Index(ids_arr)
+        if not lookup.is_unique:
+            dup = lookup[lookup.duplicated()].unique()[:10].tolist()
+            raise ValueError(f"ids are not unique: {dup}")
+        self.columns_ = np.ascontiguousarray(_l2_normalise(m, "user", ids_arr).T)  # (D, N)
+        self.ids_ = ids_arr                                                  # (N,)
+        self._lookup = lookup
+        return self
+
+    @property
+    def matrix_(self) -> np.ndarray:
+        """The indexed unit vectors as an (N, D) view (row i belongs to ``ids_[i]``)."""
+        self._check_fitted()
+        return self.columns_.T
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "columns_"):
+            raise ValueError("the index is empty: call index(matrix, ids) first")
+
+    @property
+    def size(self) -> int:
+        """Number of indexed users."""
+        self._check_fitted()
+        return int(self.columns_.shape[1])
+
+    @property
+    def dim(self) -> int:
+        """Vector length D."""
+        self._check_fitted()
+        return int(self.columns_.shape[0])
+
+    def positions(self, ids: Iterable[Any], *, missing: str = "raise") -> np.ndarray:
+        """Row numbers of ``ids``. ``missing="raise"``: ValueError naming unknown ids;
+        ``"ignore"``: unknown ids are dropped."""
+        self._check_fitted()
+        want = np.asarray([str(i) for i in ids], dtype=object)
+        if len(want) == 0:
+            return np.empty(0, dtype=np.int64)
+        pos = self._lookup.get_indexer(want)
+        if (pos < 0).any():
+            if missing == "raise":
+                raise ValueError(_name_unknown("user", want[pos < 0].tolist()))
+            pos = pos[pos >= 0]
+        return pos.astype(np.int64)
+
+    def _queries(self, vectors: Any) -> np.ndarray:
+        q = np.asarray(vectors, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"query vectors must be (Q, {self.dim}) or ({self.dim},), "
+                             f"got shape {np.shape(vectors)}")
+        norms = np.sqrt(np.einsum("ij,ij->i", q, q))                         # (Q,)
+        if not np.all(np.isfinite(norms)):
+            raise ValueError("query vectors hold NaN or infinite values")
+        if np.any(norms <= 1e-12):
+            raise ValueError("a query vector has length zero (cannot be normalised)")
+        return np.ascontiguousarray(q / norms[:, None])                      # (Q, D)
+
+    def _score_blocks(self, q: np.ndarray):
+        """Yield ``(start, scores (Q, w))`` for consecutive blocks of ``block_rows`` users.
+
+        The yielded array is a reused buffer: consume it before asking for the next block.
+        """
+        cols, n, b = self.columns_, self.size, min(self.block_rows, self.size)
+        nq = q.shape[0]
+        buf = np.empty((nq, b), dtype=np.float32)                            # (Q, b)
+        for start in range(0, n, b):
+            w = min(b, n - start)
+            if nq == 1:   # 1-D operands: numpy calls gemv, not a one-row gemm
+                np.matmul(q[0], cols[:, start:start + w], out=buf[0, :w])
+            else:
+                np.matmul(q, cols[:, start:start + w], out=buf[:, :w])
+            yield start, buf[:, :w]
+
+    def scores(self, vector: Any) -> np.ndarray:
+        """Cosine of one query vector (D,) with every user: (N,) float32, in index order."""
+        self._check_fitted()
+        q = self._queries(vector)[:1]                                        # (1, D)
+        out = np.empty(self.size, dtype=np.float32)                          # (N,)
+        for start, s in self._score_blocks(q):
+            out[start:start + s.shape[1]] = s[0]
+        return out
+
+    def query_rows(self, vectors: Any, k: int, *, allowed: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`query` but returns row numbers: ``(scores (Q, k'), rows (Q, k'))``
+        with ``k' = min(k, number of allowed rows)``.
+
+        ``allowed``: optional boolean mask (N,); rows where it is False are never returned.
+        """
+        self._check_fitted()
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        q = self._queries(vectors)                                           # (Q, D)
+        n = self.size
+        if allowed is not None:
+            allowed = np.asarray(allowed, dtype=bool)
+            if allowed.shape != (n,):
+                raise ValueError(f"allowed must be a boolean mask of shape ({n},)")
+            k = min(int(k), int(allowed.sum()))
+        else:
+            k = min(int(k), n)
+        nq = q.shape[0]
+        if k == 0:
+            return np.empty((nq, 0), np.float32), np.empty((nq, 0), np.int64)
+        # per query: candidate buffers and the score a new row must beat (the k-th best so far)
+        cand_s: list[list[np.ndarray]] = [[] for _ in range(nq)]
+        cand_r: list[list[np.ndarray]] = [[] for _ in range(nq)]
+        n_cand = [0] * nq
+        thresh = [-np.inf] * nq
+        for start, s_blk in self._score_blocks(q):
+            w = s_blk.shape[1]
+            last = start + w >= n
+            for j in range(nq):
+                s = s_blk[j]                                                 # (w,)
+                if thresh[j] == -np.inf and w >= SAMPLE_FACTOR * k:
+                    # A first cut-off from a prefix: the k-th best of any k+ eligible scores is
+                    # at most the overall k-th best, so nothing of the true top k is dropped.
+                    head = s[:SAMPLE_FACTOR * k]
+                    if allowed is not None:
+                        head = head[allowed[start:start + len(head)]]
+                    if len(head) >= k:
+                        thresh[j] = float(np.partition(head, len(head) - k)[len(head) - k])
+                if thresh[j] > -np.inf:
+                    idx = np.flatnonzero(s >= thresh[j])
+                else:
+                    idx = np.arange(w)
+                if allowed is not None and len(idx):
+                    idx = idx[allowed[start + idx]]
+                if not len(idx):
+                    continue
+                cand_s[j].append(s[idx])                 # fancy indexing copies: buffer reuse ok
+                cand_r[j].append(idx + start)
+                n_cand[j] += len(idx)
+                if not last and (n_cand[j] >= 4 * k or (thresh[j] == -np.inf and
+                                                        n_cand[j] >= k)):
+                    cs, cr = np.concatenate(cand_s[j]), np.concatenate(cand_r[j])
+                    keep = _best_k(cs, k)                    # stays in ascending row order
+                    cand_s[j], cand_r[j], n_cand[j] = [cs[keep]], [cr[keep]], len(keep)
+                    if len(keep) == k:
+                        thresh[j] = float(cs[keep].min())
+        out_s = np.empty((nq, k), np.float32)
+        out_r = np.empty((nq, k), np.int64)
+        for j in range(nq):
+            ts, tr = _top_k_desc(np.concatenate(cand_s[j]), np.concatenate(cand_r[j]), k)
+            out_s[j], out_r[j] = ts, tr
+        return out_s, out_r
+
+    def query(self, vectors: Any, k: int, *, allowed: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` users per query vector: ``(scores (Q, k), ids (Q, k))``, best first.
+
+        ``vectors``: (Q, D) or (D,) (normalised here). ``k`` larger than the population (or the
+        allowed rows) is clamped to it. Ties go to the earlier indexed user.
+        """
+        s, r = self.query_rows(vectors, k, allowed=allowed)
+        return s, self.ids_[r]
