@@ -368,3 +368,27 @@ def test_implicit_negatives_are_unseen_items_and_seeded(tiny_synthetic) -> None:
     items2, users2, _ = enc2.sample_negatives(ds, rows, 2, seed=1, known=known)
     seen_known = set(zip(inter["user_id"][:4000], inter["item_id"][:4000]))
     assert not any((u, i) in seen_known for u, i in zip(users2, items2))
+
+
+def test_sorted_search_matches_searchsorted_on_unsorted_queries() -> None:
+    from dssm_core.encoding import sorted_search
+    table = np.array([10, 20, 20, 30])
+    queries = np.array([25, 5, 20, 31, 10, 20])
+    # hand-worked: positions of the first element >= q ("left") and > q ("right")
+    assert sorted_search(table, queries).tolist() == [3, 0, 1, 4, 0, 1]
+    assert sorted_search(table, queries, side="right").tolist() == [3, 0, 3, 4, 1, 3]
+    assert sorted_search(table, np.array([5, 30])).tolist() == [0, 3]
+
+
+def test_features_do_not_depend_on_the_order_of_the_query_rows(tiny_synthetic) -> None:
+    """Queries are searched in sorted order and put back: shuffling the rows asked for
+    shuffles the features the same way, nothing else."""
+    ds = tiny_synthetic
+    enc = FeatureEncoder().fit(ds, np.arange(4000))
+    rows = np.random.default_rng(5).choice(len(ds.interactions), 300, replace=False)
+    perm = np.random.default_rng(3).permutation(len(rows))
+    a = enc.transform_events(ds, rows)
+    b = enc.transform_events(ds, rows[perm])
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(np.asarray(a[name])[perm], np.asarray(b[name]))
