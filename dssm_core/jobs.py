@@ -387,6 +387,21 @@ def cancel(db_url: str, run_id: int) -> None:
         store.dispose()
 
 
+def run_alive(run: Any, *, stale_after_s: float = HEARTBEAT_STALE_S,
+              now: datetime | None = None) -> bool:
+    """Whether a run's training process looks alive to a page: a run of this host (or with
+    no host recorded) by its pid, a run of another host by a heartbeat fresher than
+    ``stale_after_s`` (its pid means nothing here)."""
+    if getattr(run, "host", None) in (None, host_name()):
+        return is_alive(getattr(run, "pid", None))
+    beat = getattr(run, "heartbeat_at", None)
+    if beat is None:
+        return False
+    beat = beat if beat.tzinfo is not None else beat.replace(tzinfo=timezone.utc)
+    current = now if now is not None else datetime.now(timezone.utc)
+    return (current - beat).total_seconds() <= float(stale_after_s)
+
+
 def reap_orphans(store: Any, *, queued_grace_s: float = QUEUED_GRACE_S,
                  stale_after_s: float = HEARTBEAT_STALE_S) -> list[int]:
     """Mark queued/running runs whose process is gone as failed; returns their ids.

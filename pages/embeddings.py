@@ -308,7 +308,7 @@ found = _load_map(url, run_id, kind)
 if found is None:
     job = _jobs().get((url, run_id))
     run_info = store.get_run(run_id)
-    trainer_busy = jobs.is_alive(run_info.pid) and job is None
+    trainer_busy = jobs.run_alive(run_info) and job is None
     if job is None and not trainer_busy:
         st.info("This run has no stored map yet (runs trained before maps existed, or the map "
                 "step failed). Computing it takes about a minute, in the background: you can "

@@ -508,7 +508,7 @@ def live_progress(watch: Sequence[int] = (), *, key: str = "live") -> None:
     store = get_store()
     runs = {r.id: r for r in store.list_runs()}
     # A job that died while we watch (kill -9, crash) is marked failed right away.
-    if any(r.active and not jobs.is_alive(r.pid) for r in runs.values()):
+    if any(r.active and not jobs.run_alive(r) for r in runs.values()):
         jobs.reap_orphans(store)
         runs = {r.id: r for r in store.list_runs()}
     active = sorted(i for i, r in runs.items() if r.active)

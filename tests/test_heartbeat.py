@@ -240,3 +240,31 @@ def test_logs_are_keyed_by_store(tmp_path: Path, monkeypatch) -> None:
     assert p1 != p2 and p1.parent.name.startswith("db1-")
     # the password is not part of the key: the app's URL and the job's (PGPASSWORD) agree
     assert jobs.log_path("postgresql+psycopg://u@h/db1", 2) == p1
+
+
+def test_run_alive_judges_a_local_run_by_pid_and_another_hosts_by_heartbeat(monkeypatch) -> None:
+    """What the pages ask before reaping or offering to compute maps."""
+    import os
+    from datetime import datetime, timedelta, timezone
+    from types import SimpleNamespace
+
+    from dssm_core import jobs
+
+    now = datetime(2026, 12, 3, 12, 0, 0, tzinfo=timezone.utc)
+    here = jobs.host_name()
+    dead_pid = 2 ** 22 + 12345                      # above any pid this machine hands out
+    asked: list[int] = []
+    monkeypatch.setattr(jobs, "is_alive", lambda pid: asked.append(pid) or pid == os.getpid())
+    local_live = SimpleNamespace(host=here, pid=os.getpid(), heartbeat_at=None)
+    local_dead = SimpleNamespace(host=None, pid=dead_pid, heartbeat_at=now)
+    fresh = SimpleNamespace(host="other-host", pid=dead_pid,
+                            heartbeat_at=now - timedelta(seconds=5))
+    stale = SimpleNamespace(host="other-host", pid=os.getpid(),
+                            heartbeat_at=(now - timedelta(seconds=31)).replace(tzinfo=None))
+    never = SimpleNamespace(host="other-host", pid=os.getpid(), heartbeat_at=None)
+    assert jobs.run_alive(local_live, now=now)
+    assert not jobs.run_alive(local_dead, now=now)       # our pid is gone: beat or not
+    assert jobs.run_alive(fresh, now=now)                # another host's pid is not judged
+    assert not jobs.run_alive(stale, stale_after_s=30, now=now)   # naive datetimes are UTC
+    assert not jobs.run_alive(never, now=now)
+    assert asked == [os.getpid(), dead_pid]              # only this host's pids were asked
