@@ -199,7 +199,6 @@ def teardown(ctx: DistContext) -> None:
         td.destroy_process_group()
 
 
-
 def torchrun_command(nproc: int, cli_argv: Sequence[str]) -> list[str]:
     """The command that runs ``python -m dssm_core CLI_ARGV`` as ``nproc`` local ranks."""
     if nproc < 1:

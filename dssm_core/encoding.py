@@ -503,8 +503,8 @@ class FeatureEncoder:
         icode = ctx.item_codes(as_str_array(inter["item_id"].iloc[rows]))
         ts = inter["timestamp"].to_numpy(dtype=np.int64)[rows]
         r_user = ctx.ranks(ts)
-        out = {"user_stats": self._stats(ctx, "user", ucode, ts),
-               "item_stats": self._stats(ctx, "item", icode, ts)}
+        out = {"user_stats": self._stats(ctx, "user", ucode, r_user, ts),
+               "item_stats": self._stats(ctx, "item", icode, r_user, ts)}
         if self._has_affinity():
             out["genre_affinity"] = ctx.genre_affinity(ucode, r_user)
         return out
@@ -512,11 +512,11 @@ class FeatureEncoder:
     def _has_affinity(self) -> bool:
         return bool(self.genre_vocab_) and self.stats_version_ >= 2
 
-    def _stats(self, ctx: "_Context", kind: str, codes: np.ndarray,
+    def _stats(self, ctx: "_Context", kind: str, codes: np.ndarray, ranks: np.ndarray,
                times: np.ndarray) -> np.ndarray:
-        """Raw (unscaled) statistics of users or items before each query's time
-        -> (N, n_stats) float64 (see the module docstring for the columns)."""
-        ranks = ctx.ranks(times)
+        """Raw (unscaled) statistics of users or items before each query's time (``ranks``:
+        ``ctx.ranks(times)``) -> (N, n_stats) float64 (see the module docstring for the
+        columns)."""
         index = ctx.by_user if kind == "user" else ctx.by_item
         valid = codes >= 0
         start, end = index.bounds(np.maximum(codes, 0), ranks)
@@ -561,7 +561,8 @@ class FeatureEncoder:
             codes = ctx.user_attr_codes[a["name"]]
             out[a["name"]] = np.where(valid, codes[safe] if len(codes) else 0, 0).astype(np.int64)
         out["hist"] = ctx.history(safe, ranks, valid, int(self.history_len))
-        out["user_stats"] = self._scaled("user_stats", self._stats(ctx, "user", ucode, times))
+        out["user_stats"] = self._scaled("user_stats",
+                                         self._stats(ctx, "user", ucode, ranks, times))
         if self._has_affinity():
             out["genre_affinity"] = self._scaled("genre_affinity",
                                                  ctx.genre_affinity(ucode, ranks))
@@ -581,7 +582,8 @@ class FeatureEncoder:
         for a in self.item_attrs_:
             codes = ctx.item_attr_codes[a["name"]]
             out[a["name"]] = np.where(valid, codes[safe] if len(codes) else 0, 0).astype(np.int64)
-        out["item_stats"] = self._scaled("item_stats", self._stats(ctx, "item", icode, times))
+        out["item_stats"] = self._scaled(
+            "item_stats", self._stats(ctx, "item", icode, ctx.ranks(times), times))
         if self.year_ is not None:
             y = ctx.item_years[safe] if len(ctx.item_years) else np.full(len(icode), np.nan)
             y = np.where(valid, y, np.nan)

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import hashlib
+import os
 import re
 import socket
 import subprocess
@@ -345,8 +345,7 @@ def start_training(db_url: str, dataset_id: int, cfg: TrainConfig, workers: int 
         ))
         logfile = log_path(db_url, run_id)
         argv_url, secret_env = _secret_free(db_url)
-        cmd = build_command(argv_url, dataset_id, run_id, cfg,
-                            **({"workers": int(workers)} if int(workers) > 1 else {}))
+        cmd = build_command(argv_url, dataset_id, run_id, cfg, workers=int(workers))
         try:  # warms up while this run trains; maps come right after it
             ensure_projector(db_url)
         except OSError as exc:  # the run projects in its own process instead

@@ -190,7 +190,8 @@ def test_start_training_records_pid_and_a_crash_shows_its_log(store_ds, monkeypa
     store, ds_id = store_ds
     url = jobs.store_url(store)
 
-    def crashing(db_url: str, dataset_id: int, run_id: int, cfg: TrainConfig) -> list[str]:
+    def crashing(db_url: str, dataset_id: int, run_id: int, cfg: TrainConfig,
+                 workers: int = 1) -> list[str]:
         code = "import sys; print('loading'); sys.exit('boom: bad things')"
         return [sys.executable, "-c", code, "dssm_core", str(run_id)]
 
