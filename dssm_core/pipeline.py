@@ -386,8 +386,7 @@ def _monitor(enc: FeatureEncoder, dataset: Dataset, sp: Split, cfg: TrainConfig
     from . import training
 
     val_q = validation_question(dataset, sp)
-    _, u_table = enc.user_table(dataset, None, pool=sp.train)
-    _, i_table = enc.item_table(dataset, None, pool=sp.train)
+    u_table, i_table = eval_tables(enc, dataset, sp, validation=True)
 
     def validate(m: Any) -> dict[str, Any]:
         scorer = evaluation.VectorScorer(training.embed(m, "user", u_table),
@@ -464,15 +463,43 @@ def eval_vectors(model: Any, enc: FeatureEncoder, dataset: Dataset, sp: Split, *
     end of the data. -> (users (U, D), items (I, D)) float32."""
     from . import training
 
+    u_table, i_table = eval_tables(enc, dataset, sp, validation=validation)
+    return training.embed(model, "user", u_table), training.embed(model, "item", i_table)
+
+
+def eval_tables(enc: FeatureEncoder, dataset: Dataset, sp: Split, *, validation: bool = False
+                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The user and item tower features ``eval_vectors`` embeds (see there)."""
     if validation:
         as_of, pool = None, sp.train
     elif sp.protocol == "T":
         as_of, pool = sp.split_time, None
     else:
         as_of, pool = None, sp.pool
-    _, u_table = enc.user_table(dataset, as_of, pool=pool)
+    user_as_of = _own_last_event(dataset, pool) if sp.protocol == "L" else as_of
+    _, u_table = enc.user_table(dataset, user_as_of, pool=pool)
     _, i_table = enc.item_table(dataset, as_of, pool=pool)
-    return training.embed(model, "user", u_table), training.embed(model, "item", i_table)
+    return u_table, i_table
+
+
+def _own_last_event(dataset: Dataset, rows: np.ndarray) -> np.ndarray:
+    """Protocol L's user "now": just after each user's own last event in ``rows`` (a user
+    with none: after every event). Leave-last-out asks what each user does next, at a time
+    of their own that the question does not say; a shared end of the data would measure
+    recency from months after most users' last session, a state no training event shows.
+    Only ``rows`` are read, so nothing held out enters. -> one timestamp per
+    ``dataset.users`` row."""
+    from .encoding import END_OF_TIME
+
+    inter = dataset.interactions
+    rows = np.asarray(rows, dtype=np.int64)
+    users = pd.Index(as_str_array(dataset.users["user_id"]))
+    code = users.get_indexer(as_str_array(inter["user_id"].iloc[rows]))
+    ts = inter["timestamp"].to_numpy(dtype=np.int64)[rows]
+    keep = code >= 0
+    last = np.full(len(users), np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(last, code[keep], ts[keep])
+    return np.where(last == np.iinfo(np.int64).min, END_OF_TIME, last + 1)
 
 
 @dataclass

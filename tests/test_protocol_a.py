@@ -218,6 +218,22 @@ def test_protocol_l_validates_on_each_users_last_remaining_interaction() -> None
     assert sorted(np.concatenate([sp.train, sp.val, sp.test]).tolist()) == list(range(16))
 
 
+def test_protocol_l_measures_each_user_from_their_own_last_event() -> None:
+    # Under L there is no shared "now": a user's evaluation vector is as of just after their
+    # own last row of the past (test: the pool; validation: the training rows). Timestamps
+    # are row numbers. Test rows 11, 14, 15, 16, so the pool's last rows are u1 12, u2 9,
+    # u3 10, u4 7, u5 13 (u5's only row: no test).
+    ds = _log()
+    sp = pipeline.split(ds, preset("audience", protocol="L"))
+    assert pipeline._own_last_event(ds, sp.pool).tolist() == [13, 10, 11, 8, 14]
+    # training rows (validation rows 9, 10, 12 removed as well): u1 8, u2 4, u3 6, u4 7
+    assert pipeline._own_last_event(ds, sp.train).tolist() == [9, 5, 7, 8, 14]
+    # a user with no row in the given rows is measured after every event
+    from dssm_core.encoding import END_OF_TIME
+    none = pipeline._own_last_event(ds, np.array([0, 1], dtype=np.int64))
+    assert none.tolist() == [3] + [END_OF_TIME] * 4
+
+
 def test_user_negatives_are_users_who_existed_and_never_had_the_item() -> None:
     from dssm_core.encoding import FeatureEncoder
 
