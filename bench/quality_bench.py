@@ -69,10 +69,69 @@ def _datasets(names: list[str]):
             yield name, synthetic.shaped(name)
 
 
+#: implicit ALS settings tried on validation: (factors, regularization); 15 iterations,
+#: confidence 1 + ALPHA * x on the binary past matrix.
+ALS_GRID = ((64, 0.01), (64, 0.1), (128, 0.1), (128, 1.0))
+ALS_ALPHA = 10.0
+
+
+class _ALSScorer:
+    """Scores of a fitted implicit ALS model in the evaluation's scorer interface."""
+
+    def __init__(self, user_factors: np.ndarray, item_factors: np.ndarray) -> None:
+        self.u = np.ascontiguousarray(user_factors, dtype=np.float32)
+        self.v = np.ascontiguousarray(item_factors, dtype=np.float32)
+
+    def scores(self, direction: str, queries: np.ndarray) -> np.ndarray:
+        if direction == "i2u":
+            return self.v[queries] @ self.u.T
+        return self.u[queries] @ self.v.T
+
+
+def _als_fit(past, factors: int, reg: float, seed: int) -> _ALSScorer:
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    model = AlternatingLeastSquares(factors=factors, regularization=reg, iterations=15,
+                                    alpha=ALS_ALPHA, random_state=seed, num_threads=1,
+                                    calculate_training_loss=False)
+    model.fit(past.tocsr().astype(np.float32), show_progress=False)
+    return _ALSScorer(model.user_factors, model.item_factors)
+
+
+def als_peer(ds, r, seed: int) -> dict | None:
+    """implicit ALS beside the run when the package is installed: its setting chosen from
+    ``ALS_GRID`` on the run's validation question (fitted on that question's past), refitted
+    on the test question's past. -> summary-style keys (``baseline_als_…``, ``val_…``) or
+    None when implicit is absent."""
+    try:
+        import implicit  # noqa: F401
+    except ImportError:
+        return None
+    from dssm_core import evaluation
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        val_q = pipeline.validation_question(ds, r.split)
+        test_q = pipeline.test_question(ds, r.split, r.cfg)
+        best, best_fig, best_score = None, None, -1.0
+        for factors, reg in ALS_GRID:
+            fig = evaluation.ask(val_q, {"als": _als_fit(val_q.past, factors, reg, seed)},
+                                 ks=(50,), shares=(), prefix="val_")
+            score = evaluation.recall_score(fig, prefix="val_", tag="baseline_als_")
+            if score is not None and score > best_score:
+                best, best_fig, best_score = (factors, reg), fig, score
+        assert best is not None
+        out = dict(best_fig)
+        out.update(evaluation.ask(test_q, {"als": _als_fit(test_q.past, *best, seed)},
+                                  ks=(50,), shares=()))
+    out["als_setting"] = {"factors": best[0], "regularization": best[1]}
+    return out
+
+
 def _row(s: dict, prefix: str = "") -> dict:
     out = {}
     for tag, who in (("", "model"), ("baseline_popularity_", "popularity"),
-                     ("baseline_ease_", "ease")):
+                     ("baseline_ease_", "ease"), ("baseline_als_", "als")):
         for f in FIGS:
             out[f"{who} {f}"] = s.get(f"{prefix}{tag}{f}")
     return out
@@ -101,11 +160,15 @@ def main() -> None:
                 cfg = preset("audience", protocol=protocol, seed=seed, **(over or {}))
                 t0 = time.perf_counter()
                 r = pipeline.train(ds, cfg)
-                s = r.summary
+                s = dict(r.summary)
+                als = als_peer(ds, r, seed)
+                if als is not None:
+                    s.update(als)
                 rec = {"dataset": ds_name, "protocol": protocol, "run": label, "seed": seed,
                        "seconds": round(time.perf_counter() - t0, 1),
                        "best_epoch": s["best_epoch"], "ease_lambda": s.get("ease_lambda"),
                        "tune_trials": s.get("tune_trials"), "tune_choice": s.get("tune_choice"),
+                       "als_setting": s.get("als_setting"),
                        "test": _row(s), "val": _row(s, "val_"),
                        "test_extra": {k: s.get(k) for k in (
                            "i2u_recall@1%", "i2u_recall@5%", "i2u_macro_recall@50",
@@ -133,12 +196,14 @@ def _print_tables(env: dict, results: list[dict]) -> None:
           f"{env['loadavg_start'][0]:.2f}, at end {env['loadavg_end'][0]:.2f}\n")
     try:
         import implicit  # noqa: F401
-        print("(implicit is installed, but its ALS is not wired into this benchmark yet)\n")
+        print(f"(implicit {implicit.__version__} ALS: setting chosen on validation from "
+              f"{ALS_GRID}, alpha {ALS_ALPHA:g})\n")
     except ImportError:
         print("(implicit ALS: the `implicit` package is not installed here; skipped)\n")
-    print("| dataset | protocol | seeds | model i2u | EASE i2u | pop i2u | model u2i | EASE u2i "
-          "| pop u2i | val model i2u / u2i | val EASE i2u / u2i | s/run |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| dataset | protocol | seeds | model i2u | EASE i2u | ALS i2u | pop i2u | model u2i "
+          "| EASE u2i | ALS u2i | pop u2i | val model i2u / u2i | val EASE i2u / u2i "
+          "| val ALS i2u / u2i | s/run |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     keys = sorted({(r["dataset"], r["protocol"]) for r in results},
                   key=lambda k: (k[0], k[1]))
     for ds, pr in keys:
@@ -148,12 +213,17 @@ def _print_tables(env: dict, results: list[dict]) -> None:
             continue
         m = {k: _mean([r["test"][k] for r in rs]) for k in rs[0]["test"]}
         v = {k: _mean([r["val"][k] for r in rs]) for k in rs[0]["val"]}
+        m = {k: m.get(k) for k in _row({})} | m
+        v = {k: v.get(k) for k in _row({})} | v
         print(f"| {ds} | {pr} | {len(rs)} | {_f(m['model i2u_recall@50'])} | "
-              f"{_f(m['ease i2u_recall@50'])} | {_f(m['popularity i2u_recall@50'])} | "
+              f"{_f(m['ease i2u_recall@50'])} | {_f(m['als i2u_recall@50'])} | "
+              f"{_f(m['popularity i2u_recall@50'])} | "
               f"{_f(m['model u2i_recall@50'])} | {_f(m['ease u2i_recall@50'])} | "
+              f"{_f(m['als u2i_recall@50'])} | "
               f"{_f(m['popularity u2i_recall@50'])} | {_f(v['model i2u_recall@50'])} / "
               f"{_f(v['model u2i_recall@50'])} | {_f(v['ease i2u_recall@50'])} / "
-              f"{_f(v['ease u2i_recall@50'])} | {_mean([r['seconds'] for r in rs]):.0f} |")
+              f"{_f(v['ease u2i_recall@50'])} | {_f(v['als i2u_recall@50'])} / "
+              f"{_f(v['als u2i_recall@50'])} | {_mean([r['seconds'] for r in rs]):.0f} |")
     cands = [r for r in results if r["run"] != "default"]
     if cands:
         print("\nCandidates (first seed), VALIDATION mean of i2u and u2i recall@50 "
