@@ -75,27 +75,16 @@ ALS_GRID = ((64, 0.01), (64, 0.1), (128, 0.1), (128, 1.0))
 ALS_ALPHA = 10.0
 
 
-class _ALSScorer:
-    """Scores of a fitted implicit ALS model in the evaluation's scorer interface."""
-
-    def __init__(self, user_factors: np.ndarray, item_factors: np.ndarray) -> None:
-        self.u = np.ascontiguousarray(user_factors, dtype=np.float32)
-        self.v = np.ascontiguousarray(item_factors, dtype=np.float32)
-
-    def scores(self, direction: str, queries: np.ndarray) -> np.ndarray:
-        if direction == "i2u":
-            return self.v[queries] @ self.u.T
-        return self.u[queries] @ self.v.T
-
-
-def _als_fit(past, factors: int, reg: float, seed: int) -> _ALSScorer:
+def _als_fit(past, factors: int, reg: float, seed: int):
+    """implicit ALS on the binary ``past`` -> its factors as an evaluation scorer."""
     from implicit.cpu.als import AlternatingLeastSquares
+    from dssm_core.evaluation import VectorScorer
 
     model = AlternatingLeastSquares(factors=factors, regularization=reg, iterations=15,
                                     alpha=ALS_ALPHA, random_state=seed, num_threads=1,
                                     calculate_training_loss=False)
     model.fit(past.tocsr().astype(np.float32), show_progress=False)
-    return _ALSScorer(model.user_factors, model.item_factors)
+    return VectorScorer(model.user_factors, model.item_factors)
 
 
 def als_peer(ds, r, seed: int) -> dict | None:
