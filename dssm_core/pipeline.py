@@ -18,6 +18,9 @@ Protocols (every summary carries its name and description):
   (each user's last remaining one, for users with two or more left, is validation). History and statistics come from the
   training rows only. Every held-out interaction is relevant whatever its rating; user->item and
   item->user recall@K with already-seen candidates removed, exact search over all items/users.
+  There is no shared "now" in this question: each user's vector is as of just after their own
+  last known event (``_own_last_event``), so the recency statistic reads what a training event
+  shows rather than the months since a user's last session.
 
 Labels: rating > ``cfg.label_threshold`` (implicit data: every observed event). Where the run
 samples negatives (implicit data: ``cfg.negatives``; rated data: ``cfg.explicit_negatives``),
