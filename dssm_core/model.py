@@ -22,7 +22,10 @@ Kaiming-uniform for the chosen activation, biases zero.
 
 Speed (CPU training is the product's case): embedding lookups use ``lookup`` (its backward is
 one ``index_add_`` instead of the stock sort-based one) and dropout uses ``FastDropout``
-(``rand_like`` instead of ``bernoulli_``); values and gradients are the same.
+(``rand_like`` instead of ``bernoulli_``); values and gradients are the same. Within
+``DSSM.sparse_gradients()`` (how ``training.fit`` runs) a table's gradient is sparse: only the
+rows the batch looked up (never the padding row), so a step's cost does not grow with the
+number of users; ``optim.RowWiseAdam`` then updates just those rows.
 """
 from __future__ import annotations
 
@@ -94,6 +97,8 @@ class EmbeddingBlock(nn.Module):
         #: check every lookup's ids against the table size (``DSSM.ids_prechecked`` turns it
         #: off for callers that validated all ids once, up front)
         self.check_ids = True
+        #: the tables' gradients are sparse, the looked-up rows only (``DSSM.sparse_gradients``)
+        self.sparse_grad = False
         shared = dict(shared or {})
         by_name = {s.name: s for s in specs}
         self.sparse: tuple[SparseFeature, ...] = tuple(
@@ -153,12 +158,14 @@ class EmbeddingBlock(nn.Module):
             if self.training and self.id_dropout > 0 and s.name in self.id_features:
                 drop = torch.rand(ids.shape, device=ids.device) < self.id_dropout
                 ids = ids.masked_fill(drop, 0)
-            parts.append(lookup(self.table(s.name), ids, check=self.check_ids))  # (B, E)
+            parts.append(lookup(self.table(s.name), ids, check=self.check_ids,
+                                sparse=self.sparse_grad))                  # (B, E)
         for s in self.sequences:
             ids = _get(batch, s.name)                                      # (B, L)
             if ids.dim() != 2:
                 raise ValueError(f"sequence {s.name!r} must be (B, L), got {tuple(ids.shape)}")
-            emb = lookup(self.table(s.name), ids, check=self.check_ids)    # (B, L, E)
+            emb = lookup(self.table(s.name), ids, check=self.check_ids,
+                         sparse=self.sparse_grad)                          # (B, L, E)
             parts.append(pool(emb, ids != 0, s.pooling))                   # (B, E)
         for s in self.dense:
             x = _get(batch, s.name).to(torch.float32)
@@ -182,32 +189,51 @@ class FastDropout(nn.Dropout):
 
 
 class _GatherRows(torch.autograd.Function):
-    """Row gather whose backward is one ``index_add_`` (the padding row's gradient zeroed).
+    """Row gather whose backward is one ``index_add_`` (the padding row's gradient zeroed),
+    or, with ``sparse``, a sparse (V, E) gradient of the looked-up rows only.
 
-    Same values and gradients as ``nn.Embedding`` with ``padding_idx``, but several times
-    faster on CPU for long sequences: the stock dense backward sorts every index first.
+    Dense: same values and gradients as ``nn.Embedding`` with ``padding_idx``, but several
+    times faster on CPU for long sequences: the stock dense backward sorts every index first.
+    Sparse: as ``nn.Embedding(sparse=True)``, an uncoalesced COO gradient holding one row per
+    looked-up id (repeats summed when coalesced), without the padding row's ids at all; its
+    cost follows the batch, not the table.
     """
 
     @staticmethod
-    def forward(ctx: Any, weight: Tensor, flat_ids: Tensor, padding_idx: int) -> Tensor:
+    def forward(ctx: Any, weight: Tensor, flat_ids: Tensor, padding_idx: int, sparse: bool
+                ) -> Tensor:
         ctx.save_for_backward(flat_ids)
-        ctx.rows = weight.shape[0]
+        ctx.shape = tuple(weight.shape)
+        ctx.dtype = weight.dtype
         ctx.padding_idx = padding_idx
+        ctx.sparse = sparse
         return weight.index_select(0, flat_ids)                            # (N, E)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
         (flat_ids,) = ctx.saved_tensors
-        out = grad.new_zeros((ctx.rows, grad.shape[1])).index_add_(0, flat_ids, grad)  # (V, E)
+        grad = grad.to(ctx.dtype)                                          # (N, E)
+        if ctx.sparse:
+            if ctx.padding_idx >= 0:
+                keep = (flat_ids != ctx.padding_idx).nonzero().squeeze(1)  # (K,)
+                flat_ids, grad = flat_ids.index_select(0, keep), grad.index_select(0, keep)
+            # ids were range-checked (or come from a validated batch): skip the checks
+            return torch.sparse_coo_tensor(flat_ids.unsqueeze(0), grad, ctx.shape,
+                                           is_coalesced=False, check_invariants=False
+                                           ), None, None, None
+        out = grad.new_zeros(ctx.shape).index_add_(0, flat_ids, grad)      # (V, E)
         if ctx.padding_idx >= 0:
             out[ctx.padding_idx] = 0
-        return out, None, None
+        return out, None, None, None
 
 
-def lookup(table: nn.Embedding, ids: Tensor, *, check: bool = True) -> Tensor:
+def lookup(table: nn.Embedding, ids: Tensor, *, check: bool = True, sparse: bool = False
+           ) -> Tensor:
     """``table(ids)`` for ids of any shape -> (*ids.shape, E), with a fast CPU backward.
 
     check: verify 0 <= ids < table size (two reductions; skip only for ids validated before).
+    sparse: the table's gradient is a sparse tensor of the looked-up rows (padding excluded),
+        for an optimiser that updates only those (``optim.RowWiseAdam``).
     """
     if ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"embedding ids must be integers, got {ids.dtype}")
@@ -216,7 +242,7 @@ def lookup(table: nn.Embedding, ids: Tensor, *, check: bool = True) -> Tensor:
                                    or int(flat.max()) >= table.num_embeddings):
         raise ValueError(f"ids out of range [0, {table.num_embeddings}) for an embedding table")
     pad = -1 if table.padding_idx is None else int(table.padding_idx)
-    out = _GatherRows.apply(table.weight, flat, pad)                       # (N, E)
+    out = _GatherRows.apply(table.weight, flat, pad, bool(sparse))         # (N, E)
     return out.reshape(*ids.shape, table.embedding_dim)
 
 
@@ -399,19 +425,33 @@ class DSSM(nn.Module):
         """Logits gamma * cos(u, v), (B,); the probability is ``torch.sigmoid`` of them."""
         return self.score(self.user_tower(batch), self.item_tower(batch))  # (B,)
 
-    @contextlib.contextmanager
-    def ids_prechecked(self) -> Iterator["DSSM"]:
+    def embedding_tables(self) -> list[nn.Embedding]:
+        """Every embedding table of the model, each once (a shared table too)."""
+        return [m for m in self.modules() if isinstance(m, nn.Embedding)]
+
+    def ids_prechecked(self) -> contextlib.AbstractContextManager["DSSM"]:
         """Within this block lookups skip their per-batch id range check: for callers that
         validated every id of their data once (``training`` does, in ``_as_tensors``)."""
+        return self._blocks_set("check_ids", False)
+
+    def sparse_gradients(self) -> contextlib.AbstractContextManager["DSSM"]:
+        """Within this block the embedding tables' gradients are sparse: only the rows the
+        batch looked up, without the padding row (``training.fit`` trains so, with
+        ``optim.RowWiseAdam`` for the tables)."""
+        return self._blocks_set("sparse_grad", True)
+
+    @contextlib.contextmanager
+    def _blocks_set(self, flag: str, value: bool) -> Iterator["DSSM"]:
+        """Set ``flag`` of both towers' ``EmbeddingBlock`` for the block, then restore it."""
         blocks = [self.user.embeddings, self.item.embeddings]
-        before = [b.check_ids for b in blocks]
+        before = [getattr(b, flag) for b in blocks]
         for b in blocks:
-            b.check_ids = False
+            setattr(b, flag, value)
         try:
             yield self
         finally:
             for b, was in zip(blocks, before):
-                b.check_ids = was
+                setattr(b, flag, was)
 
 
 def _id_feature(specs: Sequence[Feature], tower: str) -> str | None:

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .config import TrainConfig
 from .features import DenseFeature, Feature
-from . import tasks
+from . import optim, tasks
 from .model import DSSM
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,23 @@ def _adam(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Opt
                                 fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def make_optimizer(model: DSSM, cfg: TrainConfig) -> optim.Chain:
+    """What ``fit`` steps: fused Adam for the dense parameters (MLPs, batch norm) and lazy
+    row-wise Adam (``optim.RowWiseAdam``, same lr and weight decay) for the embedding tables,
+    whose gradients are sparse under ``model.sparse_gradients()``: a step updates the rows
+    its batch touched, so its cost does not grow with the number of users or items."""
+    tables = [t.weight for t in model.embedding_tables()]
+    in_tables = {id(w) for w in tables}
+    dense = [p for p in model.parameters() if id(p) not in in_tables]
+    parts: list[torch.optim.Optimizer] = []
+    if dense:
+        parts.append(_adam(dense, cfg))
+    if tables:
+        parts.append(optim.RowWiseAdam(tables, lr=cfg.learning_rate,
+                                       weight_decay=cfg.weight_decay))
+    return optim.Chain(*parts)
 
 
 @dataclass
@@ -126,7 +143,8 @@ def fit(
     validator: Callable[[DSSM], dict[str, Any]] | None = None,
     dist: Any = None,
 ) -> FitResult:
-    """Train ``model`` in place with Adam; restore the best epoch's weights; return the record.
+    """Train ``model`` in place with Adam (row-wise for the embedding tables: see
+    ``make_optimizer``); restore the best epoch's weights; return the record.
 
     cfg: uses objective, epochs, batch_size, learning_rate, weight_decay,
         early_stopping_patience (< 1 disables early stopping), seed, num_threads and, for
@@ -172,6 +190,7 @@ def fit(
     stack = contextlib.ExitStack()
     try:
         stack.enter_context(model.ids_prechecked())    # _as_tensors range-checked every id
+        stack.enter_context(model.sparse_gradients())  # tables: row-wise updates (optim.py)
         torch.manual_seed(int(cfg.seed))                         # dropout
         order_gen = torch.Generator().manual_seed(int(cfg.seed))  # shuffling
 
@@ -185,7 +204,7 @@ def fit(
         if n == 0:
             raise ValueError("no training rows")
 
-        optimizer = _adam(list(model.parameters()), cfg)
+        optimizer = make_optimizer(model, cfg)
         # --- distributed hook (dssm_core/distributed.py) ---
         main = dist is None or dist.is_main
         if dist is not None:

@@ -278,6 +278,36 @@ def test_lookup_matches_nn_embedding_values_and_gradients() -> None:
         lookup(table, torch.tensor([1.0]))
 
 
+def test_sparse_lookup_gradient_holds_the_looked_up_rows_without_padding() -> None:
+    table = nn.Embedding(7, 3, padding_idx=0)
+    ids = torch.tensor([[1, 6, 0], [6, 6, 2]])
+    weights = torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(0))
+    (table(ids) * weights).sum().backward()
+    expected = table.weight.grad.clone()
+    table.weight.grad = None
+    (lookup(table, ids, sparse=True) * weights).sum().backward()
+    grad = table.weight.grad
+    assert grad.is_sparse and grad.shape == (7, 3)
+    assert grad._nnz() == 5                              # one row per id, the padding id left out
+    assert grad.coalesce().indices()[0].tolist() == [1, 2, 6]
+    assert torch.allclose(grad.to_dense(), expected, atol=1e-6)
+
+
+def test_sparse_gradients_cover_every_table_shared_ones_included_then_turn_off() -> None:
+    model = _model()
+    with model.sparse_gradients():
+        model(_batch()).sum().backward()
+    tables = model.embedding_tables()
+    # user_id, gender, genres and item_id (which hist shares), each once
+    assert len(tables) == len({id(t) for t in tables}) == 4
+    assert all(t.weight.grad.is_sparse for t in tables)
+    assert all(not t.weight.grad.to_dense()[0].any() for t in tables)      # padding row
+    for t in tables:
+        t.weight.grad = None
+    model(_batch()).sum().backward()                                      # outside: dense again
+    assert not any(t.weight.grad.is_sparse for t in tables)
+
+
 def test_id_dropout_hides_ids_in_training_only() -> None:
     # With id_dropout close to 1 nearly every user_id/item_id is replaced by the unknown
     # index 0 in training mode, so the output no longer depends on the ids; eval mode keeps them.

@@ -126,6 +126,30 @@ def test_same_seed_same_history_and_weights(encoded) -> None:
     assert runs[0][0] != runs[2][0]
 
 
+def test_one_step_changes_only_the_rows_its_batch_looked_up(encoded) -> None:
+    # one batch (200 rows, batch size 256) with weight decay on, under which dense Adam moved
+    # every row of every table; the row-wise update moves the looked-up rows, never padding
+    cfg = CFG.with_(epochs=1, batch_size=256, weight_decay=1e-5)
+    rows = {k: v[:200] for k, v in encoded["train"].items()}
+    model = _model(encoded, cfg)
+    before = _state(model)
+    fit(model, rows, None, cfg)
+    name_of = {id(m): name for name, m in model.named_modules()}
+    looked_up: dict[int, set[int]] = {}
+    for block in (model.user.embeddings, model.item.embeddings):
+        for s in (*block.sparse, *block.sequences):
+            looked_up.setdefault(id(block.table(s.name)), set()).update(
+                np.unique(rows[s.name]).tolist())
+    tables = model.embedding_tables()
+    assert {id(t) for t in tables} == set(looked_up)
+    for t in tables:
+        old = before[name_of[id(t)] + ".weight"]
+        changed = torch.nonzero((t.weight.detach() != old).any(dim=1)).squeeze(1).tolist()
+        assert set(changed) == looked_up[id(t)] - {0}, name_of[id(t)]
+        assert t.weight.grad.is_sparse
+        assert torch.equal(t.weight[0].detach(), torch.zeros(t.embedding_dim))
+
+
 @pytest.mark.parametrize("objective", ["pointwise", "inbatch"])
 def test_bfloat16_steps_train_as_well_deterministically_and_keep_float32_weights(
         encoded, objective) -> None:
