@@ -260,7 +260,7 @@ def test_probability_is_sigmoid_of_logits() -> None:
     assert torch.allclose(p, expected, atol=1e-6)
 
 
-def test_lookup_matches_nn_embedding_values_and_gradients() -> None:
+def test_lookup_matches_nn_embedding_values_and_dense_or_sparse_gradients() -> None:
     table = nn.Embedding(7, 3, padding_idx=0)
     ids = torch.tensor([[1, 6, 0], [6, 6, 2]])
     weights = torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(0))
@@ -272,25 +272,17 @@ def test_lookup_matches_nn_embedding_values_and_gradients() -> None:
     (out * weights).sum().backward()
     assert torch.allclose(table.weight.grad, expected, atol=1e-6)
     assert torch.equal(table.weight.grad[0], torch.zeros(3))                  # padding row
+    # sparse: one gradient row per id, the padding id left out, the same gradient once summed
+    table.weight.grad = None
+    (lookup(table, ids, sparse=True) * weights).sum().backward()
+    grad = table.weight.grad
+    assert grad.is_sparse and grad.shape == (7, 3) and grad._nnz() == 5
+    assert grad.coalesce().indices()[0].tolist() == [1, 2, 6]
+    assert torch.allclose(grad.to_dense(), expected, atol=1e-6)
     with pytest.raises(ValueError, match="out of range"):
         lookup(table, torch.tensor([7]))
     with pytest.raises(ValueError, match="integers"):
         lookup(table, torch.tensor([1.0]))
-
-
-def test_sparse_lookup_gradient_holds_the_looked_up_rows_without_padding() -> None:
-    table = nn.Embedding(7, 3, padding_idx=0)
-    ids = torch.tensor([[1, 6, 0], [6, 6, 2]])
-    weights = torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(0))
-    (table(ids) * weights).sum().backward()
-    expected = table.weight.grad.clone()
-    table.weight.grad = None
-    (lookup(table, ids, sparse=True) * weights).sum().backward()
-    grad = table.weight.grad
-    assert grad.is_sparse and grad.shape == (7, 3)
-    assert grad._nnz() == 5                              # one row per id, the padding id left out
-    assert grad.coalesce().indices()[0].tolist() == [1, 2, 6]
-    assert torch.allclose(grad.to_dense(), expected, atol=1e-6)
 
 
 def test_sparse_gradients_cover_every_table_shared_ones_included_then_turn_off() -> None:
