@@ -9,11 +9,14 @@ Storage choices:
 
 * Canonical dataset tables are Parquet bytes (never pickle), so ``load_dataset`` round-trips
   dtypes and list-valued genres exactly.
-* Embeddings: per (run, kind) one row holding the ids (a ``.npy`` of fixed-width unicode,
-  ``allow_pickle=False``) and the float32 matrix split into chunks of ``CHUNK_ROWS`` rows, so a
-  run's million vectors load in one ``SELECT`` of a few dozen rows, streamed (not a million
-  fetches), no single value grows past what PostgreSQL's ``bytea`` accepts, and ``get_vectors``
-  reads only the bytes (a few ids) or the chunks (many ids) that hold the requested vectors.
+* Embeddings: per (run, kind) one header row, the ids in chunks of ``ID_CHUNK_ROWS`` (each
+  an int64 count, int64 offsets and the UTF-8 bytes of the ids: :func:`_ids_to_chunk`) and the
+  float32 matrix in chunks of ``CHUNK_ROWS`` rows, so a run's million vectors load in one
+  ``SELECT`` of a few dozen rows, streamed (not a million fetches), no single value grows with
+  the number of users (SQLite refuses a value over 1e9 bytes, PostgreSQL's ``bytea`` 1 GiB:
+  100M ids of 36 characters are 3.6 GB), and ``get_vectors`` reads only the bytes (a few ids)
+  or the chunks (many ids) that hold the requested vectors. ``load_embedding_columns`` reads
+  the matrix straight into the dimension-major layout the search index keeps.
 * ``finish_run`` writes weights, encoders, embeddings, summary and ``status='succeeded'`` in one
   transaction: a process killed before the commit leaves a run that is still queued/running
   (later marked failed by ``mark_orphans_failed``) and none of its artefacts.
@@ -64,11 +67,14 @@ from .records import ACTIVE_STATUSES, STATUSES, AudienceInfo, DatasetInfo, RunIn
 log = logging.getLogger(__name__)
 
 #: Version of the schema this code writes. A database with a newer version is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Schema history: 1 = the first store; 2 = ``runs.host`` and ``runs.heartbeat_at`` (jobs that
-#: know their host; :func:`_migrate_v1_to_v2`).
+#: know their host; :func:`_migrate_v1_to_v2`); 3 = embedding ids in chunks
+#: (``embedding_id_chunks``; ``embeddings.ids`` left empty: :func:`_migrate_v2_to_v3`).
 #: Rows of an embedding matrix per stored chunk (d=64: 4 MiB a chunk; 1M rows: 62 chunks).
 CHUNK_ROWS = 16_384
+#: Ids per stored id chunk (36-character ids: 4.7 MiB a chunk; 10M ids: 77 chunks).
+ID_CHUNK_ROWS = 131_072
 #: Run states (``records.RunStatus``; re-exported here). A run is "active" while queued or
 #: running.
 __all__ = ["STATUSES", "ACTIVE_STATUSES", "RunStatus", "Store", "StoreError", "content_hash"]
@@ -186,7 +192,8 @@ class EncodersRow(Base):
 
 
 class EmbeddingRow(Base):
-    """Header of one embedding matrix: its ids (one .npy blob) and shape."""
+    """Header of one embedding matrix: its shape (ids in ``embedding_id_chunks``; ``ids``
+    held them as one .npy blob up to schema 2 and is empty since)."""
 
     __tablename__ = "embeddings"
     run_id: Mapped[int] = mapped_column(
@@ -207,6 +214,20 @@ class EmbeddingChunkRow(Base):
     chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     # composite FK to the header: deleting the header (or its run) deletes the chunks
+    __table_args__ = (
+        ForeignKeyConstraint(["run_id", "kind"], ["embeddings.run_id", "embeddings.kind"],
+                             ondelete="CASCADE"),
+    )
+
+
+class EmbeddingIdChunkRow(Base):
+    """Ids ``[chunk * ID_CHUNK_ROWS, ...)`` of a matrix (:func:`_ids_to_chunk` bytes)."""
+
+    __tablename__ = "embedding_id_chunks"
+    run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
     __table_args__ = (
         ForeignKeyConstraint(["run_id", "kind"], ["embeddings.run_id", "embeddings.kind"],
                              ondelete="CASCADE"),
@@ -340,6 +361,50 @@ def _ids_to_bytes(ids: np.ndarray) -> bytes:
 
 def _ids_from_bytes(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _ids_to_chunk(ids: np.ndarray) -> bytes:
+    """Ids (n,) as ``int64 n | int64 offsets (n + 1) | UTF-8 bytes`` (no width limit, no
+    per-row Python when every id is ASCII: code points are copied as bytes)."""
+    arr = np.asarray(ids)
+    if arr.dtype.kind != "U":
+        arr = arr.astype(str)
+    n, width = len(arr), arr.dtype.itemsize // 4
+    lengths = np.zeros(n, dtype=np.int64)                                    # (n,)
+    payload = b""
+    if n and width:
+        cols = np.ascontiguousarray(arr).view(np.uint32).reshape(n, width)  # (n, W)
+        if int(cols.max()) < 128:
+            nonzero = cols != 0              # numpy strips trailing NULs: length = last char
+            lengths = np.where(nonzero.any(axis=1),
+                               width - np.argmax(nonzero[:, ::-1], axis=1), 0).astype(np.int64)
+            payload = cols[np.arange(width) < lengths[:, None]].astype(np.uint8).tobytes()
+        else:
+            encoded = [t.encode("utf-8") for t in arr.tolist()]
+            lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=n)
+            payload = b"".join(encoded)
+    offsets = np.zeros(n + 1, dtype=np.int64)                                # (n + 1,)
+    np.cumsum(lengths, out=offsets[1:])
+    return np.array([n], dtype="<i8").tobytes() + offsets.astype("<i8").tobytes() + payload
+
+
+def _ids_from_chunk(data: bytes | memoryview) -> np.ndarray:
+    """Inverse of :func:`_ids_to_chunk`: a fixed-width unicode array (n,)."""
+    n = int(np.frombuffer(data, dtype="<i8", count=1)[0])
+    offsets = np.frombuffer(data, dtype="<i8", count=n + 1, offset=8)       # (n + 1,)
+    payload = np.frombuffer(data, dtype=np.uint8, offset=8 * (n + 2))
+    lengths = np.diff(offsets)                                               # (n,)
+    width = int(lengths.max()) if n else 0
+    if width == 0:
+        return np.full(n, "", dtype="<U1")
+    if int(payload.max()) < 128:
+        cols = np.zeros((n, width), dtype=np.uint32)                         # (n, W)
+        cols[np.arange(width) < lengths[:, None]] = payload   # row-major: the payload's order
+        return cols.view(f"<U{width}").reshape(n)
+    text = payload.tobytes()
+    bounds = offsets.tolist()
+    return np.array([text[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:])],
+                    dtype=str)
 
 
 def _find_rows(all_ids: np.ndarray, want: np.ndarray) -> np.ndarray:
@@ -503,8 +568,35 @@ def _migrate_v1_to_v2(s: Session) -> None:
     _add_missing_columns(s, RunRow.__table__, ("host", "heartbeat_at"))
 
 
+def _write_id_chunks(s: Session, run_id: int, kind: str, ids: np.ndarray) -> None:
+    """A matrix's ids as ``embedding_id_chunks`` rows of ``ID_CHUNK_ROWS`` ids each."""
+    for c, start in enumerate(range(0, len(ids), ID_CHUNK_ROWS)):
+        s.execute(insert(EmbeddingIdChunkRow), [{
+            "run_id": run_id, "kind": kind, "chunk": c,
+            "data": _ids_to_chunk(ids[start:start + ID_CHUNK_ROWS])}])
+
+
+def _migrate_v2_to_v3(s: Session) -> None:
+    """Schema 2 -> 3: each matrix's ids move from the one ``embeddings.ids`` blob (which
+    SQLite refuses past 1e9 bytes) into ``embedding_id_chunks`` (created by ``create_all``
+    before this step); the blob is emptied. One matrix in memory at a time."""
+    keys = s.execute(select(EmbeddingRow.run_id, EmbeddingRow.kind)).all()
+    for run_id, kind in keys:
+        have = s.scalar(select(func.count()).select_from(EmbeddingIdChunkRow)
+                        .where(EmbeddingIdChunkRow.run_id == run_id,
+                               EmbeddingIdChunkRow.kind == kind))
+        blob = s.scalar(select(EmbeddingRow.ids).where(EmbeddingRow.run_id == run_id,
+                                                       EmbeddingRow.kind == kind))
+        if have or not blob:
+            continue
+        _write_id_chunks(s, run_id, kind, _ids_from_bytes(bytes(blob)))
+        s.execute(update(EmbeddingRow).where(EmbeddingRow.run_id == run_id,
+                                             EmbeddingRow.kind == kind).values(ids=b""))
+
+
 #: ``from_version -> step`` of each migration, applied in order up to ``SCHEMA_VERSION``.
-_MIGRATIONS: dict[int, Callable[[Session], None]] = {1: _migrate_v1_to_v2}
+_MIGRATIONS: dict[int, Callable[[Session], None]] = {1: _migrate_v1_to_v2,
+                                                     2: _migrate_v2_to_v3}
 
 
 def _migrate(s: Session, from_version: int) -> None:
@@ -796,7 +888,8 @@ class Store:
         n, dim = vectors.shape
         s.execute(insert(EmbeddingRow), [{
             "run_id": run_id, "kind": kind, "n": n, "dim": dim, "chunk_rows": CHUNK_ROWS,
-            "ids": _ids_to_bytes(ids)}])
+            "ids": b""}])
+        _write_id_chunks(s, run_id, kind, ids)
         for c, start in enumerate(range(0, n, CHUNK_ROWS)):
             self._write_chunk(s, run_id, kind, c, vectors[start:start + CHUNK_ROWS])
 
@@ -895,33 +988,62 @@ class Store:
             raise StoreError(f"run {run_id} has no stored {kind} embeddings (it did not succeed)")
         return head
 
-    def load_embeddings(self, run_id: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
-        """All ids and vectors of one kind ("user"/"item"): ``(ids (N,), vectors (N, D))``.
+    @staticmethod
+    def _load_ids(s: Session, head: EmbeddingRow) -> np.ndarray:
+        """All ids of a matrix (N,), in row order, from its id chunks."""
+        parts = [_ids_from_chunk(data) for (data,) in s.execute(
+            select(EmbeddingIdChunkRow.data)
+            .where(EmbeddingIdChunkRow.run_id == head.run_id,
+                   EmbeddingIdChunkRow.kind == head.kind)
+            .order_by(EmbeddingIdChunkRow.chunk).execution_options(yield_per=1))]
+        ids = (np.concatenate(parts) if len(parts) > 1 else parts[0] if parts
+               else np.empty(0, dtype="<U1"))
+        if len(ids) != head.n:
+            raise StoreError(f"run {head.run_id}: stored {head.kind} ids are incomplete")
+        return ids
 
-        One query returns the id blob and the matrix's few chunks; the float32 matrix is
-        assembled into one writable C-contiguous array.
+    def _read_matrix(self, run_id: int, kind: str, columns: bool
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Ids (N,) and the matrix, (N, D) or, with ``columns``, dimension-major (D, N).
+
+        One query; rows streamed one chunk at a time, so the peak memory is the matrix plus
+        one chunk (not the matrix twice).
         """
         with self._session() as s:
             head = self._embedding_header(s, run_id, kind)
             n, dim, rows_per = head.n, head.dim, head.chunk_rows
-            ids = _ids_from_bytes(head.ids)
-            out = np.empty((n, dim), dtype=np.float32)                    # (N, D)
-            flat = out.reshape(-1)
-            # one query; rows streamed one chunk at a time, so the peak memory is the matrix
-            # plus one chunk (not the matrix twice)
+            ids = self._load_ids(s, head)
+            out = np.empty((dim, n) if columns else (n, dim), dtype=np.float32)
             result = s.execute(select(EmbeddingChunkRow.chunk, EmbeddingChunkRow.data)
                                .where(EmbeddingChunkRow.run_id == int(run_id),
                                       EmbeddingChunkRow.kind == kind)
                                .execution_options(yield_per=1))
             seen = 0
             for chunk, data in result:
-                block = np.frombuffer(data, dtype=np.float32)
-                start = chunk * rows_per * dim
-                flat[start:start + block.size] = block
+                block = np.frombuffer(data, dtype=np.float32).reshape(-1, dim)   # (r, D)
+                start = chunk * rows_per
+                if columns:
+                    out[:, start:start + len(block)] = block.T
+                else:
+                    out[start:start + len(block)] = block
                 seen += block.size
         if seen != n * dim:
             raise StoreError(f"run {run_id}: stored {kind} embeddings are incomplete")
         return ids, out
+
+    def load_embeddings(self, run_id: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """All ids and vectors of one kind ("user"/"item"): ``(ids (N,), vectors (N, D))``.
+
+        One query returns the id chunks, one the matrix's chunks; the float32 matrix is
+        assembled into one writable C-contiguous array.
+        """
+        return self._read_matrix(run_id, kind, columns=False)
+
+    def load_embedding_columns(self, run_id: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`load_embeddings` but the matrix dimension-major: ``(ids (N,),
+        columns (D, N))`` C-contiguous, the layout :class:`~.retrieval.UserIndex` searches
+        (each chunk is transposed as it arrives: no second full copy)."""
+        return self._read_matrix(run_id, kind, columns=True)
 
     def get_vectors(self, run_id: int, kind: str, ids: Sequence[str]) -> np.ndarray:
         """Vectors of some ids (in the given order), reading only the chunks that hold them.
@@ -931,7 +1053,7 @@ class Store:
         want = np.asarray([str(i) for i in ids])
         with self._session() as s:
             head = self._embedding_header(s, run_id, kind)
-            all_ids = _ids_from_bytes(head.ids)
+            all_ids = self._load_ids(s, head)
             rows = _find_rows(all_ids, want)
             if (rows < 0).any():
                 missing = [str(x) for x in want[rows < 0]]
