@@ -55,6 +55,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal,
     select,
     update,
 )
@@ -63,6 +64,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .dataset import Dataset
 from .records import ACTIVE_STATUSES, STATUSES, AudienceInfo, DatasetInfo, RunInfo, RunStatus
+from .retrieval import hash_ids, put_columns
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +72,12 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 3
 #: Schema history: 1 = the first store; 2 = ``runs.host`` and ``runs.heartbeat_at`` (jobs that
 #: know their host; :func:`_migrate_v1_to_v2`); 3 = embedding ids in chunks
-#: (``embedding_id_chunks``; ``embeddings.ids`` left empty: :func:`_migrate_v2_to_v3`).
+#: (``embedding_id_chunks``; ``embeddings.ids`` left empty) and dataset tables in parts
+#: (``dataset_table_parts``; ``dataset_tables`` left empty): :func:`_migrate_v2_to_v3`.
 #: Rows of an embedding matrix per stored chunk (d=64: 4 MiB a chunk; 1M rows: 62 chunks).
 CHUNK_ROWS = 16_384
+#: Rows of a dataset table per stored Parquet part (4 columns of ML-25M: ~60 MB a part).
+DATASET_PART_ROWS = 4_000_000
 #: Ids per stored id chunk (36-character ids: 4.7 MiB a chunk; 10M ids: 77 chunks).
 ID_CHUNK_ROWS = 131_072
 #: Run states (``records.RunStatus``; re-exported here). A run is "active" while queued or
@@ -122,12 +127,26 @@ class DatasetRow(Base):
 
 
 class DatasetTableRow(Base):
-    """One canonical table of a dataset (interactions, users, items) as Parquet bytes."""
+    """Schema 1-2: one canonical table of a dataset as one Parquet blob (moved into
+    ``dataset_table_parts`` by :func:`_migrate_v2_to_v3`; nothing writes here since)."""
 
     __tablename__ = "dataset_tables"
     dataset_id: Mapped[int] = mapped_column(
         ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class DatasetPartRow(Base):
+    """Rows ``[part * DATASET_PART_ROWS, ...)`` of one canonical table of a dataset
+    (interactions, users, items) as Parquet bytes: a table of any length, no value past
+    SQLite's 1e9 bytes."""
+
+    __tablename__ = "dataset_table_parts"
+    dataset_id: Mapped[int] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    part: Mapped[int] = mapped_column(Integer, primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
@@ -344,7 +363,10 @@ def _frame_to_parquet(df: pd.DataFrame) -> bytes:
 
 
 def _frame_from_parquet(data: bytes) -> pd.DataFrame:
-    df = pd.read_parquet(io.BytesIO(data), engine="pyarrow")
+    return _lists_from_arrays(pd.read_parquet(io.BytesIO(data), engine="pyarrow"))
+
+
+def _lists_from_arrays(df: pd.DataFrame) -> pd.DataFrame:
     # Arrow list columns come back as numpy arrays per cell; the canonical form is list[str].
     for c in df.columns:
         if df[c].dtype == object and len(df) and isinstance(df[c].iloc[0], np.ndarray):
@@ -427,21 +449,15 @@ def _array_to_bytes(arr: np.ndarray) -> bytes:
 
 
 def _all_unique(ids: np.ndarray) -> bool:
-    """True when no id repeats. Fixed-width unicode ids are hashed as integers (a vectorised
-    polynomial hash over their code points, then one integer sort); only ids whose hashes
-    collide are compared exactly. About 10x faster than a pandas index at a million ids."""
+    """True when no id repeats. Fixed-width unicode ids are hashed as integers
+    (:func:`~.retrieval.hash_ids`), then one integer sort; only ids whose hashes collide are
+    compared exactly. About 10x faster than a pandas index at a million ids."""
     n = len(ids)
     if n < 2:
         return True
     if ids.dtype.kind != "U":
         return bool(pd.Index(ids, dtype=object).is_unique)
-    width = ids.dtype.itemsize // 4
-    cols = np.ascontiguousarray(ids).view(np.uint32).reshape(n, width)     # (N, W) code points
-    h = np.zeros(n, dtype=np.uint64)                                         # (N,)
-    prime = np.uint64(1_099_511_628_211)
-    for j in range(width):
-        h *= prime                                                           # wraps mod 2**64
-        h += cols[:, j]
+    h = hash_ids(ids)                                                        # (N,)
     s = np.sort(h)
     same = s[1:] == s[:-1]
     if not same.any():
@@ -464,18 +480,35 @@ def _check_matrix(ids: Any, vectors: Any, what: str) -> tuple[np.ndarray, np.nda
     return ids_arr, vec
 
 
-def _dataset_tables(ds: Dataset) -> tuple[dict[str, bytes], str]:
-    """The dataset's three tables as Parquet bytes and the SHA-256 of them (its identity)."""
-    tables = {
-        "interactions": _frame_to_parquet(ds.interactions),
-        "users": _frame_to_parquet(ds.users),
-        "items": _frame_to_parquet(ds.items),
-    }
+DATASET_KINDS = ("interactions", "users", "items")
+
+
+def _dataset_tables(ds: Dataset) -> tuple[dict[str, list[bytes]], str]:
+    """The dataset's three tables as Parquet parts of ``DATASET_PART_ROWS`` rows and the
+    SHA-256 of them (its identity; a table of one part hashes as schema 2 hashed it)."""
+    tables: dict[str, list[bytes]] = {}
     h = hashlib.sha256()
-    for kind in ("interactions", "users", "items"):
+    for kind in DATASET_KINDS:
+        frame = getattr(ds, kind)
+        step = DATASET_PART_ROWS
+        tables[kind] = ([_frame_to_parquet(frame)] if len(frame) <= step else
+                        [_frame_to_parquet(frame.iloc[a:a + step])
+                         for a in range(0, len(frame), step)])
         h.update(kind.encode())
-        h.update(tables[kind])
+        for part in tables[kind]:
+            h.update(part)
     return tables, h.hexdigest()
+
+
+def _frame_from_parts(parts: Sequence[bytes]) -> pd.DataFrame:
+    """A table from its Parquet parts (in order), converted to pandas once."""
+    if len(parts) == 1:
+        return _frame_from_parquet(parts[0])
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.concat_tables([pq.read_table(io.BytesIO(p)) for p in parts])
+    return _lists_from_arrays(table.to_pandas())
 
 
 def content_hash(ds: Dataset) -> str:
@@ -579,7 +612,8 @@ def _write_id_chunks(s: Session, run_id: int, kind: str, ids: np.ndarray) -> Non
 def _migrate_v2_to_v3(s: Session) -> None:
     """Schema 2 -> 3: each matrix's ids move from the one ``embeddings.ids`` blob (which
     SQLite refuses past 1e9 bytes) into ``embedding_id_chunks`` (created by ``create_all``
-    before this step); the blob is emptied. One matrix in memory at a time."""
+    before this step; the blob is emptied; one matrix in memory at a time), and each dataset
+    table's one Parquet blob becomes part 0 of it in ``dataset_table_parts``."""
     keys = s.execute(select(EmbeddingRow.run_id, EmbeddingRow.kind)).all()
     for run_id, kind in keys:
         have = s.scalar(select(func.count()).select_from(EmbeddingIdChunkRow)
@@ -592,6 +626,11 @@ def _migrate_v2_to_v3(s: Session) -> None:
         _write_id_chunks(s, run_id, kind, _ids_from_bytes(bytes(blob)))
         s.execute(update(EmbeddingRow).where(EmbeddingRow.run_id == run_id,
                                              EmbeddingRow.kind == kind).values(ids=b""))
+    old = DatasetTableRow.__table__
+    s.execute(insert(DatasetPartRow).from_select(
+        ["dataset_id", "kind", "part", "data"],
+        select(old.c.dataset_id, old.c.kind, literal(0), old.c.data)))
+    s.execute(delete(DatasetTableRow))
 
 
 #: ``from_version -> step`` of each migration, applied in order up to ``SCHEMA_VERSION``.
@@ -698,8 +737,10 @@ class Store:
         with self._session(write=True) as s:
             s.add(row)
             s.flush()
-            for kind, data in tables.items():
-                s.add(DatasetTableRow(dataset_id=row.id, kind=kind, data=data))
+            for kind, parts in tables.items():
+                for part, data in enumerate(parts):
+                    s.execute(insert(DatasetPartRow), [{"dataset_id": row.id, "kind": kind,
+                                                        "part": part, "data": data}])
             dataset_id = int(row.id)
         log.info("stored dataset %s (%s)", dataset_id, row.name)
         return dataset_id
@@ -746,17 +787,34 @@ class Store:
             r = s.get(DatasetRow, int(dataset_id))
             if r is None:
                 raise StoreError(f"no dataset with id {dataset_id}")
-            tables = dict(s.execute(select(DatasetTableRow.kind, DatasetTableRow.data)
-                                    .where(DatasetTableRow.dataset_id == r.id)).all())
+            parts: dict[str, list[bytes]] = {k: [] for k in DATASET_KINDS}
+            for kind, data in s.execute(select(DatasetPartRow.kind, DatasetPartRow.data)
+                                        .where(DatasetPartRow.dataset_id == r.id)
+                                        .order_by(DatasetPartRow.kind, DatasetPartRow.part)):
+                parts[kind].append(data)
             meta = self._dataset_dict(r)
             truth = _truth_from_json(r.truth)
         return Dataset(
-            interactions=_frame_from_parquet(tables["interactions"]),
-            users=_frame_from_parquet(tables["users"]),
-            items=_frame_from_parquet(tables["items"]),
+            interactions=_frame_from_parts(parts["interactions"]),
+            users=_frame_from_parts(parts["users"]),
+            items=_frame_from_parts(parts["items"]),
             format=meta.format, name=meta.name, rating_scale=meta.rating_scale,
             warnings=meta.warnings, truth=truth,
         )
+
+    def load_dataset_table(self, dataset_id: int, kind: str) -> pd.DataFrame:
+        """One canonical table of a stored dataset ("interactions", "users" or "items"),
+        read in one query and converted once (a loaded run reads each when it needs it)."""
+        if kind not in DATASET_KINDS:
+            raise ValueError(f"kind must be one of {DATASET_KINDS}, got {kind!r}")
+        with self._session() as s:
+            if s.get(DatasetRow, int(dataset_id)) is None:
+                raise StoreError(f"no dataset with id {dataset_id}")
+            parts = list(s.scalars(select(DatasetPartRow.data)
+                                   .where(DatasetPartRow.dataset_id == int(dataset_id),
+                                          DatasetPartRow.kind == kind)
+                                   .order_by(DatasetPartRow.part)))
+        return _frame_from_parts(parts)
 
     def delete_dataset(self, dataset_id: int) -> None:
         """Delete a dataset with its runs and everything they own."""
@@ -1023,7 +1081,7 @@ class Store:
                 block = np.frombuffer(data, dtype=np.float32).reshape(-1, dim)   # (r, D)
                 start = chunk * rows_per
                 if columns:
-                    out[:, start:start + len(block)] = block.T
+                    put_columns(out, start, block)
                 else:
                     out[start:start + len(block)] = block
                 seen += block.size

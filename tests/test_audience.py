@@ -503,3 +503,69 @@ def test_map_frame_of_users_and_items(run: aud.LoadedRun) -> None:
     assert items["first genre"].tolist() == ["Drama", "Comedy"]
     with pytest.raises(ValueError, match="kind must be"):
         aud.map_frame(run, ["u1"], "group")
+
+
+# ----------------------------------------------------------------------------- lazy columns
+FAVOURITES = ["Drama", "Comedy", "(no history)", "Comedy", "Drama", "Drama"]
+# u1: A, C -> Drama 2, Romance 1; u4: B, A -> Comedy, Drama, Romance once each: alphabetical
+# first; u6: A -> Drama and Romance tie: Drama
+
+
+def test_opening_a_run_reads_vectors_only_and_columns_on_first_need(tmp_path: Path) -> None:
+    store, rid = make_tiny_store(f"sqlite:///{tmp_path / 'a.db'}")
+    run = aud.load_run(store, rid)
+    assert run.source._frames == {}                        # no user table, no interactions
+    assert run.index.ids_.tolist() == USER_IDS and run.index._lookup is None
+    np.testing.assert_allclose(run.index.columns_, USER_VECS.T, atol=1e-7)
+    r = build(run, items=["A"], top_n=2)
+    assert r.members["user_id"].tolist() == ["u1", "u2"]
+    assert sorted(run.source._frames) == ["interactions", "users"]
+    assert run.favourite_genre.tolist() == FAVOURITES
+    store.dispose()
+
+
+def test_lazily_loaded_columns_give_the_audience_and_insights_of_eager_ones(
+        tmp_path: Path) -> None:
+    """The stored run read lazily (user table shuffled, one user missing from it, one
+    extra, every text column categorical) equals the run built from the whole dataset."""
+    ds = tiny_dataset()
+    users = ds.users.iloc[[4, 0, 2, 1, 5]].reset_index(drop=True)      # u4 missing
+    users.loc[len(users)] = ["u9", "F", "25-34"]                          # not in the run
+    cat = Dataset(
+        interactions=ds.interactions.astype({"user_id": "category", "item_id": "category"}),
+        users=users.astype("category"), items=ds.items, format="ml-100k", name="cat")
+    store = Store(f"sqlite:///{tmp_path / 'c.db'}")
+    did = store.add_dataset(cat)
+    rid = store.create_run(did, {})
+    store.finish_run(rid, summary={}, weights=b"w", encoders={}, user_ids=USER_IDS,
+                     user_vectors=USER_VECS, item_ids=["A", "B", "C"], item_vectors=ITEM_VECS)
+    lazy = aud.load_run(store, rid)
+    plain = Dataset(interactions=ds.interactions, users=users.astype(str), items=ds.items,
+                    format="ml-100k", name="plain")
+    eager = aud.run_from_parts(rid, did, USER_IDS, USER_VECS, ["A", "B", "C"], ITEM_VECS,
+                               plain)
+    assert lazy.favourite_genre.tolist() == eager.favourite_genre.tolist() == FAVOURITES
+    assert lazy.users["gender"].astype(object).tolist() == ["F", "M", "F", np.nan, "M", "M"]
+    for req in (dict(items=["A"], top_n=6), dict(items=["B"], percent=50, exclude_seen=True),
+                dict(seed_users=["u2"], top_n=3, where={"gender": ["M", "F"]})):
+        a, b = build(lazy, **req), build(eager, **req)
+        assert a.members["user_id"].tolist() == b.members["user_id"].tolist()
+        assert a.members["gender"].astype(object).fillna("-").tolist() \
+            == b.members["gender"].astype(object).fillna("-").tolist()
+        pd.testing.assert_frame_equal(a.insights, b.insights)
+    ins = build(lazy, items=["A"], top_n=6).insights.set_index(["attribute", "value"])
+    assert ins.loc[("gender", "(missing)"), "audience_count"] == 1            # u4
+    assert ins.loc[("favourite genre", "Drama"), "population_count"] == 3
+    store.dispose()
+
+
+def test_favourite_genres_hand_worked_with_codes() -> None:
+    ds = tiny_dataset()
+    items = pd.concat([ds.items, pd.DataFrame({"item_id": ["A"], "title": ["dup"],
+                                               "genres": [["Western"]]})])  # first A wins
+    got = aud.favourite_genres(ds.interactions, items, np.array(USER_IDS))
+    assert got.tolist() == FAVOURITES
+    inter = ds.interactions.astype({"user_id": "category", "item_id": "category"})
+    assert aud.favourite_genres(inter, items, np.array(USER_IDS)).tolist() == FAVOURITES
+    assert aud.favourite_genres(inter.iloc[:0], items, np.array(USER_IDS)).tolist() \
+        == ["(no history)"] * 6

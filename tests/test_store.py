@@ -616,8 +616,9 @@ def test_ids_spanning_many_chunks_round_trip(store: Store, monkeypatch) -> None:
 
 
 def test_a_schema_2_store_with_one_id_blob_is_migrated(tmp_path: Path) -> None:
-    """Schema 2 kept a matrix's ids as one .npy blob in ``embeddings.ids``: opening the
-    store moves them into id chunks and the ids load as before."""
+    """Schema 2 kept a matrix's ids as one .npy blob in ``embeddings.ids`` and each dataset
+    table as one Parquet blob: opening the store moves them into chunks and parts, and both
+    load as before."""
     url = f"sqlite:///{tmp_path / 'v2.db'}"
     store = Store(url)
     rid, uvec, _ = finished_run(store, store.add_dataset(small_dataset()), n_users=4)
@@ -628,10 +629,17 @@ def test_a_schema_2_store_with_one_id_blob_is_migrated(tmp_path: Path) -> None:
         for kind, ids in (("user", ["u1", "u2", "u3", "u4"]), ("item", ["i1", "i2", "i3"])):
             conn.execute(text("UPDATE embeddings SET ids = :b WHERE kind = :k"),
                          {"b": store_mod._ids_to_bytes(np.array(ids)), "k": kind})
+        conn.execute(text("INSERT INTO dataset_tables (dataset_id, kind, data) "
+                          "SELECT dataset_id, kind, data FROM dataset_table_parts"))
+        conn.execute(text("DELETE FROM dataset_table_parts"))
         conn.execute(text("UPDATE schema_version SET version = 2"))
     engine.dispose()
     store = Store(url)
     try:
+        got = store.load_dataset(1)
+        pd.testing.assert_frame_equal(got.users, small_dataset().users)
+        assert got.items["genres"].tolist() == [["Drama", "Romance"], [], ["Comedy"]]
+        assert store.find_same_dataset(small_dataset()).id == 1      # the same hash as before
         ids, vec = store.load_embeddings(rid, "user")
         assert ids.tolist() == ["u1", "u2", "u3", "u4"] and vec.tobytes() == uvec.tobytes()
         assert store.load_embeddings(rid, "item")[0].tolist() == ["i1", "i2", "i3"]
@@ -640,3 +648,20 @@ def test_a_schema_2_store_with_one_id_blob_is_migrated(tmp_path: Path) -> None:
             assert set(conn.execute(text("SELECT ids FROM embeddings")).scalars()) == {b""}
     finally:
         store.dispose()
+
+
+def test_a_long_dataset_table_is_stored_in_parts(store: Store, monkeypatch) -> None:
+    monkeypatch.setattr(store_mod, "DATASET_PART_ROWS", 3)       # 4 interactions -> 3 + 1
+    ds = small_dataset()
+    ds.interactions = ds.interactions.astype({"user_id": "category"})
+    did = store.add_dataset(ds)
+    parts = store_mod.Base.metadata.tables["dataset_table_parts"]
+    assert count(store, parts, dataset_id=did, kind="interactions") == 2
+    assert count(store, parts, dataset_id=did, kind="users") == 1
+    got = store.load_dataset(did)
+    pd.testing.assert_frame_equal(got.interactions, ds.interactions)
+    pd.testing.assert_frame_equal(store.load_dataset_table(did, "interactions"),
+                                  ds.interactions)
+    assert store.add_dataset(small_dataset().__class__(**{**ds.__dict__}), reuse=True) == did
+    with pytest.raises(ValueError, match="kind must be one of"):
+        store.load_dataset_table(did, "ratings")
