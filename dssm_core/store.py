@@ -60,7 +60,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, declared_attr, mapped_column
 
 from .dataset import Dataset
 from .records import ACTIVE_STATUSES, STATUSES, AudienceInfo, DatasetInfo, RunInfo, RunStatus
@@ -224,33 +224,31 @@ class EmbeddingRow(Base):
     ids: Mapped[bytes] = mapped_column(LargeBinary)
 
 
-class EmbeddingChunkRow(Base):
+class _MatrixChunk:
+    """The columns of one chunk of an embedding matrix (its vectors, or its ids)."""
+
+    run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        # composite FK to the header: deleting the header (or its run) deletes the chunks
+        return (ForeignKeyConstraint(["run_id", "kind"], ["embeddings.run_id", "embeddings.kind"],
+                                     ondelete="CASCADE"),)
+
+
+class EmbeddingChunkRow(_MatrixChunk, Base):
     """Rows ``[chunk * chunk_rows, (chunk + 1) * chunk_rows)`` of a matrix, float32 C order."""
 
     __tablename__ = "embedding_chunks"
-    run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
-    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
-    data: Mapped[bytes] = mapped_column(LargeBinary)
-    # composite FK to the header: deleting the header (or its run) deletes the chunks
-    __table_args__ = (
-        ForeignKeyConstraint(["run_id", "kind"], ["embeddings.run_id", "embeddings.kind"],
-                             ondelete="CASCADE"),
-    )
 
 
-class EmbeddingIdChunkRow(Base):
+class EmbeddingIdChunkRow(_MatrixChunk, Base):
     """Ids ``[chunk * ID_CHUNK_ROWS, ...)`` of a matrix (:func:`_ids_to_chunk` bytes)."""
 
     __tablename__ = "embedding_id_chunks"
-    run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
-    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
-    data: Mapped[bytes] = mapped_column(LargeBinary)
-    __table_args__ = (
-        ForeignKeyConstraint(["run_id", "kind"], ["embeddings.run_id", "embeddings.kind"],
-                             ondelete="CASCADE"),
-    )
 
 
 class ProjectionRow(Base):
@@ -492,12 +490,22 @@ def _dataset_tables(ds: Dataset) -> tuple[dict[str, list[bytes]], str]:
         frame = getattr(ds, kind)
         step = DATASET_PART_ROWS
         tables[kind] = ([_frame_to_parquet(frame)] if len(frame) <= step else
-                        [_frame_to_parquet(frame.iloc[a:a + step])
+                        [_frame_to_parquet(_part_of(frame, a, a + step))
                          for a in range(0, len(frame), step)])
         h.update(kind.encode())
         for part in tables[kind]:
             h.update(part)
     return tables, h.hexdigest()
+
+
+def _part_of(frame: pd.DataFrame, start: int, stop: int) -> pd.DataFrame:
+    """Rows ``[start, stop)`` of ``frame``; categoricals keep only the categories used there
+    (Parquet would otherwise store every category of the whole table in every part)."""
+    part = frame.iloc[start:stop]
+    cats = [c for c in part.columns if isinstance(part[c].dtype, pd.CategoricalDtype)]
+    if cats:
+        part = part.assign(**{c: part[c].cat.remove_unused_categories() for c in cats})
+    return part
 
 
 def _frame_from_parts(parts: Sequence[bytes]) -> pd.DataFrame:
