@@ -68,11 +68,21 @@ def rss_gb() -> float:
 
 
 def say(what: str, **figures) -> None:
-    """One result line: the figures, then the load average and peak RSS beside them."""
+    """One result line: the figures, then the CPU seconds this process used since the last
+    :func:`mark` (wall time on a shared machine runs ahead of it), the load average and the
+    peak RSS."""
     shown = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in figures.items())
-    print(f"{what}: {shown} | load {load_1min()} | peak RSS {peak_rss_gb():.2f} GB",
-          flush=True)
+    cpu = time.process_time()
+    used = cpu - getattr(say, "last_cpu", 0.0)
+    say.last_cpu = time.process_time()                   # the printing is not counted
+    print(f"{what}: {shown} | cpu_s {used:.2f} s | load {load_1min()} | "
+          f"peak RSS {peak_rss_gb():.2f} GB", flush=True)
+
+
+def mark() -> None:
+    """Start counting CPU seconds for the next :func:`say` line here."""
+    say.last_cpu = time.process_time()
 
 
 def numbered_ids(n: int, prefix: str = "u", digits: int = 7) -> np.ndarray:
@@ -137,6 +147,7 @@ def phase_write(url: str, n: int, out: Path) -> None:
     from dssm_core.store import Store
 
     rng = np.random.default_rng(0)
+    mark()
     t = time.perf_counter()
     uvec = unit_vectors(n, DIM, rng)
     ivec = unit_vectors(N_ITEMS, DIM, rng)
@@ -144,6 +155,7 @@ def phase_write(url: str, n: int, out: Path) -> None:
     ds = audience_dataset(ids, rng)
     say("synthetic data", users=n, dim=DIM, seconds=time.perf_counter() - t)
     st = Store(url)
+    mark()
     t = time.perf_counter()
     did = st.add_dataset(ds)
     say(f"dataset of the run stored ({n:,} users, {n:,} interactions)",
@@ -151,6 +163,7 @@ def phase_write(url: str, n: int, out: Path) -> None:
     del ds
     rid = st.create_run(did, {"epochs": 1})
     st.mark_running(rid, pid=os.getpid())
+    mark()
     t = time.perf_counter()
     st.finish_run(rid, summary={}, weights=b"w" * 1024, encoders={}, user_ids=ids,
                   user_vectors=uvec, item_ids=np.array([f"i{j}" for j in range(N_ITEMS)]),
@@ -168,6 +181,7 @@ def phase_open(url: str, run_id: int, k_small: int) -> None:
 
     st = Store(url)
     base = rss_gb()
+    mark()
     t = time.perf_counter()
     run = audience.load_run(st, run_id)
     open_s = time.perf_counter() - t
@@ -180,6 +194,7 @@ def phase_open(url: str, run_id: int, k_small: int) -> None:
     for j, item in enumerate(items):
         req = audience.AudienceRequest(items=[item], percent=1.0,
                                        exclude_seen=j >= 3)
+        mark()
         t = time.perf_counter()
         r = audience.build_audience(run, req)
         s = time.perf_counter() - t
@@ -195,6 +210,7 @@ def phase_open(url: str, run_id: int, k_small: int) -> None:
     faiss.omp_set_num_threads(1)
     rng = np.random.default_rng(1)
     flat = faiss.IndexFlatIP(run.index.dim)
+    mark()
     t = time.perf_counter()
     flat.add(np.ascontiguousarray(run.index.matrix_))
     say("faiss IndexFlatIP add (from our (N, D) view)", seconds=time.perf_counter() - t)
@@ -203,9 +219,11 @@ def phase_open(url: str, run_id: int, k_small: int) -> None:
         for _ in range(5):
             q = rng.standard_normal(run.index.dim).astype(np.float32)
             q /= np.linalg.norm(q)
+            mark()
             t = time.perf_counter()
             s1, r1 = run.index.query_rows(q, k)
             ours_t.append(time.perf_counter() - t)
+            mark()
             t = time.perf_counter()
             s2, r2 = flat.search(q[None, :], k)
             faiss_t.append(time.perf_counter() - t)
@@ -233,6 +251,7 @@ def phase_uuids(url: str, n: int) -> None:
     st = Store(url)
     did = st.add_dataset(tiny_dataset())
     rid = st.create_run(did, {})
+    mark()
     t = time.perf_counter()
     st.finish_run(rid, summary={}, weights=b"", encoders={}, user_ids=ids, user_vectors=vec,
                   item_ids=np.array(["i0"]), item_vectors=np.ones((1, 8), np.float32))
@@ -240,6 +259,7 @@ def phase_uuids(url: str, n: int) -> None:
     big = largest_value(st, store_mod.EmbeddingIdChunkRow, store_mod.EmbeddingIdChunkRow.data)
     say(f"{n:,} uuid-like 36-char ids x 8 dims stored", seconds=write,
         schema2_blob_gb=old_blob / 1e9, largest_id_chunk_mb=big / 1e6)
+    mark()
     t = time.perf_counter()
     got, _ = st.load_embeddings(rid, "user")
     say("ids and vectors read back", seconds=time.perf_counter() - t,
@@ -254,6 +274,7 @@ def phase_dataset(url: str, n: int) -> None:
 
     rng = np.random.default_rng(3)
     n_users, n_items = 162_541, 59_047
+    mark()
     t = time.perf_counter()
     user_ids = pd.Index([str(j + 1) for j in range(n_users)], dtype=object)
     item_ids = pd.Index([str(j + 1) for j in range(n_items)], dtype=object)
@@ -274,6 +295,7 @@ def phase_dataset(url: str, n: int) -> None:
     say(f"synthetic {n:,} interactions ({n_users:,} users, {n_items:,} items)",
         seconds=time.perf_counter() - t)
     st = Store(url)
+    mark()
     t = time.perf_counter()
     did = st.add_dataset(ds, reuse=True)
     say("dataset stored (add_dataset, Parquet parts + content hash)",
@@ -282,12 +304,14 @@ def phase_dataset(url: str, n: int) -> None:
                                       store_mod.DatasetPartRow.data) / 1e6,
         db_and_wal_mb=sum(p.stat().st_size for p in
                           Path(url.removeprefix("sqlite:///")).parent.glob("dataset.db*")) / 1e6)
+    mark()
     t = time.perf_counter()
     again = st.add_dataset(ds, reuse=True)
     say("the same dataset again (add_dataset reuse=True)", seconds=time.perf_counter() - t,
         reused=again == did, datasets=len(st.list_datasets()))
     st.dispose()
     st = Store(url)
+    mark()
     t = time.perf_counter()
     got = st.load_dataset(did)
     say("dataset loaded (load_dataset, fresh Store)", seconds=time.perf_counter() - t,

@@ -99,32 +99,35 @@ class _Lazy:
 
 
 class RunSource:
-    """Where a loaded run's dataset tables come from: ``table(kind)`` returns the dataset's
-    ``"users"`` or ``"interactions"`` frame (``Store.load_dataset_table`` or a Dataset's
-    attribute). Each is read once, when an audience, a filter or insights first need it."""
+    """Where a loaded run's dataset tables come from: ``table(kind, columns)`` returns those
+    columns of the dataset's ``"users"`` (all: ``None``) or ``"interactions"`` table
+    (``Store.load_dataset_table`` or a Dataset's attribute). Each is read when an audience, a
+    filter or insights first need it; only the interactions' two id columns are kept (they
+    serve both "exclude seen" and the favourite genres)."""
 
-    def __init__(self, table: Callable[[str], pd.DataFrame]) -> None:
+    def __init__(self, table: Callable[[str, Sequence[str] | None], pd.DataFrame]) -> None:
         self._table = table
         self._lock = threading.Lock()
         self._frames: dict[str, pd.DataFrame] = {}
 
-    def frame(self, kind: str) -> pd.DataFrame:
-        """The dataset's ``kind`` table (read on first use)."""
+    def pairs(self) -> pd.DataFrame:
+        """The interactions' ``user_id`` and ``item_id`` (as text or text categories)."""
         with self._lock:
-            if kind not in self._frames:
-                self._frames[kind] = self._table(kind)
-            return self._frames[kind]
+            if "pairs" not in self._frames:
+                inter = self._table("interactions", ("user_id", "item_id"))
+                self._frames["pairs"] = pd.DataFrame(
+                    {c: _as_text_column(inter[c]) for c in ("user_id", "item_id")})
+            return self._frames["pairs"]
 
     def compute(self, name: str, run: "LoadedRun") -> Any:
         """The value of the lazy field ``name`` of ``run``."""
         if name == "users":
-            return aligned_users(self.frame("users"), run.index)
+            return aligned_users(self._table("users", None), run.index)
         if name == "seen":
-            inter = self.frame("interactions")
-            return pd.DataFrame({c: _as_text_column(inter[c]) for c in ("user_id", "item_id")})
+            return self.pairs()
         if name == "favourite_genre":
-            return favourite_genres(self.frame("interactions"), run.items.reset_index(),
-                                    run.index.ids_, index=run.index)
+            return favourite_genres(self.pairs(), run.items.reset_index(), run.index.ids_,
+                                    index=run.index)
         raise ValueError(f"unknown lazy field {name!r}")
 
 
@@ -186,8 +189,11 @@ def _rows_of(col: pd.Series, index: UserIndex) -> np.ndarray:
     look up each category once."""
     if isinstance(col.dtype, pd.CategoricalDtype):
         cats = np.asarray(col.cat.categories.astype(str), dtype=str)
+        codes = col.cat.codes.to_numpy().astype(np.int64)
+        if len(cats) == index.size and np.array_equal(cats, index.ids_):
+            return codes                                  # categories in index order
         rows = np.append(index.find(cats), -1)            # code -1 (missing) -> -1
-        return rows[col.cat.codes.to_numpy()]
+        return rows[codes]
     return index.find(np.asarray(col.astype(str), dtype=str))
 
 
@@ -255,6 +261,8 @@ def favourite_genres(interactions: pd.DataFrame, items: pd.DataFrame,
     starts = np.repeat(ptr[item_rows], reps)
     within = np.arange(len(users)) - np.repeat(np.cumsum(reps) - reps, reps)
     genres = flat[starts + within]                                           # (P,)
+    if len(names) < 2 ** 15:   # a stable sort of 16-bit integers is a radix sort: O(P)
+        genres = genres.astype(np.int16)
     order = np.argsort(genres, kind="stable")
     bounds = np.searchsorted(genres[order], np.arange(len(names) + 1))
     n = len(user_ids)
@@ -315,7 +323,7 @@ def load_run(store: "Store", run_id: int | None = None, *,
     user_ids, columns = store.load_embedding_columns(run_id, "user")          # (N,), (D, N)
     index = UserIndex.from_columns(columns, user_ids, block_rows=block_rows)
     item_ids, item_vecs = store.load_embeddings(run_id, "item")
-    source = RunSource(lambda kind: store.load_dataset_table(dataset_id, kind))
+    source = RunSource(lambda kind, cols: store.load_dataset_table(dataset_id, kind, cols))
     return _assemble(int(run_id), dataset_id, index, item_ids, item_vecs,
                      store.load_dataset_table(dataset_id, "items"), source)
 
@@ -327,7 +335,8 @@ def run_from_parts(run_id: int, dataset_id: int, user_ids: Any, user_vecs: Any, 
     dataset (``interactions`` needs only ``user_id`` and ``item_id``): what
     ``serving.load_run`` builds from Redis."""
     index = UserIndex(block_rows).index(user_vecs, user_ids)
-    source = RunSource(lambda kind: getattr(ds, kind))
+    source = RunSource(lambda kind, cols: getattr(ds, kind) if cols is None
+                       else getattr(ds, kind)[list(cols)])
     return _assemble(run_id, dataset_id, index, item_ids, item_vecs, ds.items, source)
 
 

@@ -105,7 +105,12 @@ class IdLookup:
         fits = np.char.str_len(want) <= width        # a longer id cannot be among ours
         w = want.astype(f"<U{width}")                # same width: same hash for equal ids
         hw = hash_ids(w)                                                     # (K,)
-        pos = np.minimum(np.searchsorted(self.sorted, hw), len(self.sorted) - 1)
+        # queries searched in sorted order (each search starts near the last: cache-friendly;
+        # 10M unsorted searches into 10M hashes ran ~10x slower), then put back in order
+        qo = np.argsort(hw, kind="stable")
+        pos = np.empty(len(hw), dtype=np.int64)
+        pos[qo] = np.searchsorted(self.sorted, hw[qo])
+        pos = np.minimum(pos, len(self.sorted) - 1)
         cand = self.order[pos]
         hit = fits & (self.sorted[pos] == hw) & (self.ids[cand] == w)
         rows[hit] = cand[hit]

@@ -360,8 +360,11 @@ def _frame_to_parquet(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def _frame_from_parquet(data: bytes) -> pd.DataFrame:
-    return _lists_from_arrays(pd.read_parquet(io.BytesIO(data), engine="pyarrow"))
+def _frame_from_parquet(data: bytes, columns: Sequence[str] | None = None
+                        ) -> pd.DataFrame:
+    return _lists_from_arrays(pd.read_parquet(io.BytesIO(data), engine="pyarrow",
+                                              columns=None if columns is None
+                                              else list(columns)))
 
 
 def _lists_from_arrays(df: pd.DataFrame) -> pd.DataFrame:
@@ -508,14 +511,17 @@ def _part_of(frame: pd.DataFrame, start: int, stop: int) -> pd.DataFrame:
     return part
 
 
-def _frame_from_parts(parts: Sequence[bytes]) -> pd.DataFrame:
-    """A table from its Parquet parts (in order), converted to pandas once."""
+def _frame_from_parts(parts: Sequence[bytes], columns: Sequence[str] | None = None
+                      ) -> pd.DataFrame:
+    """A table (only ``columns`` of it if given) from its Parquet parts (in order),
+    converted to pandas once."""
     if len(parts) == 1:
-        return _frame_from_parquet(parts[0])
+        return _frame_from_parquet(parts[0], columns)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.concat_tables([pq.read_table(io.BytesIO(p)) for p in parts])
+    cols = None if columns is None else list(columns)
+    table = pa.concat_tables([pq.read_table(io.BytesIO(p), columns=cols) for p in parts])
     return _lists_from_arrays(table.to_pandas())
 
 
@@ -810,9 +816,11 @@ class Store:
             warnings=meta.warnings, truth=truth,
         )
 
-    def load_dataset_table(self, dataset_id: int, kind: str) -> pd.DataFrame:
+    def load_dataset_table(self, dataset_id: int, kind: str,
+                           columns: Sequence[str] | None = None) -> pd.DataFrame:
         """One canonical table of a stored dataset ("interactions", "users" or "items"),
-        read in one query and converted once (a loaded run reads each when it needs it)."""
+        read in one query and converted once (a loaded run reads each when it needs it);
+        ``columns``: only these columns (e.g. the interactions' ids, not their times)."""
         if kind not in DATASET_KINDS:
             raise ValueError(f"kind must be one of {DATASET_KINDS}, got {kind!r}")
         with self._session() as s:
@@ -822,7 +830,7 @@ class Store:
                                    .where(DatasetPartRow.dataset_id == int(dataset_id),
                                           DatasetPartRow.kind == kind)
                                    .order_by(DatasetPartRow.part)))
-        return _frame_from_parts(parts)
+        return _frame_from_parts(parts, columns)
 
     def delete_dataset(self, dataset_id: int) -> None:
         """Delete a dataset with its runs and everything they own."""

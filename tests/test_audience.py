@@ -519,7 +519,7 @@ def test_opening_a_run_reads_vectors_only_and_columns_on_first_need(tmp_path: Pa
     np.testing.assert_allclose(run.index.columns_, USER_VECS.T, atol=1e-7)
     r = build(run, items=["A"], top_n=2)
     assert r.members["user_id"].tolist() == ["u1", "u2"]
-    assert sorted(run.source._frames) == ["interactions", "users"]
+    assert sorted(run.source._frames) == ["pairs"]       # the user table is not kept
     assert run.favourite_genre.tolist() == FAVOURITES
     store.dispose()
 
@@ -569,3 +569,43 @@ def test_favourite_genres_hand_worked_with_codes() -> None:
     assert aud.favourite_genres(inter, items, np.array(USER_IDS)).tolist() == FAVOURITES
     assert aud.favourite_genres(inter.iloc[:0], items, np.array(USER_IDS)).tolist() \
         == ["(no history)"] * 6
+
+
+# ----------------------------------------------------------------------------- fast layout
+def test_id_lookup_finds_ids_even_when_every_hash_collides(monkeypatch) -> None:
+    from dssm_core import retrieval
+
+    ids = np.array(["b", "a", "ccc", "用户", ""])
+    real = retrieval.IdLookup(ids)
+    assert real.find(np.array(["ccc", "a", "zz", "cccc", "用户", ""])).tolist() \
+        == [2, 1, -1, -1, 3, 4]                          # "cccc" is longer than any id
+    assert real.duplicates() == []
+    monkeypatch.setattr(retrieval, "hash_ids", lambda a: np.zeros(len(a), np.uint64))
+    same = retrieval.IdLookup(ids)
+    assert same.find(np.array(["ccc", "a", "zz", "b"])).tolist() == [2, 1, -1, 0]
+    assert retrieval.IdLookup(np.array(["x", "y", "x"])).duplicates() == ["x"]
+    with pytest.raises(ValueError, match=r"ids are not unique: \['x'\]"):
+        UserIndex().index(np.eye(3, dtype=np.float32), ["x", "y", "x"])
+
+
+def test_index_and_from_columns_lay_out_unit_columns(monkeypatch) -> None:
+    from dssm_core import retrieval
+
+    monkeypatch.setattr(retrieval, "LAYOUT_ROWS", 2)      # 6 rows: tiles of 2, blocks of 32
+    m = USER_VECS * np.array([[2], [1], [1], [3], [1], [5]], np.float32)   # not unit
+    idx = UserIndex().index(m, USER_IDS)
+    np.testing.assert_allclose(idx.columns_, USER_VECS.T, atol=1e-7)
+    assert idx.columns_.flags.c_contiguous and idx.positions(["u6", "u1"]).tolist() == [5, 0]
+    cols = np.ascontiguousarray(m.T)
+    fast = UserIndex.from_columns(cols, np.array(USER_IDS), block_rows=4)
+    assert fast.columns_ is cols                          # taken over, scaled in place
+    np.testing.assert_allclose(cols, USER_VECS.T, atol=1e-7)
+    assert fast.query(np.array([1, 0], np.float32), 2)[1].tolist() == [["u1", "u2"]]
+    with pytest.raises(ValueError, match="length zero.*'u2'"):
+        UserIndex.from_columns(np.array([[1, 0], [0, 0]], np.float32), np.array(["u1", "u2"]))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        UserIndex.from_columns(np.array([[np.nan], [1]], np.float32), np.array(["u1"]))
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        UserIndex.from_columns(np.ones((2, 3)), np.array(["a", "b", "c"]))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        UserIndex().index(np.array([[np.inf, 0]], np.float32), ["u"])
