@@ -607,45 +607,50 @@ def _insights_of(members_rows: np.ndarray, coded: Mapping[Any, _Coded], n_pop: i
                  min_group: int) -> pd.DataFrame:
     """:func:`insights` over attributes already coded (a loaded run keeps them)."""
     cols = INSIGHT_COLUMNS
-    frames = []
     members_rows = np.asarray(members_rows, dtype=np.int64)
     n_aud = len(members_rows)
     if n_pop == 0 or n_aud == 0:
         return pd.DataFrame(columns=cols)
+    # per attribute: its rows' labels and counts, in display order; one frame at the end
+    attr_names: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    pops: list[np.ndarray] = []
+    auds: list[np.ndarray] = []
     for attr, c in coded.items():
         if c.id_like:
             continue
-        labels, pop = c.labels, c.pop                                       # (V,)
+        labels = np.asarray(c.labels, dtype=object)                         # (V,)
+        pop = c.pop                                                          # (V,)
         aud = np.bincount(c.codes[members_rows], minlength=len(labels))     # (V,)
-        present = pop > 0
-        if int(present.sum()) > MAX_CATEGORIES:
+        if int((pop > 0).sum()) > MAX_CATEGORIES:
             # keep the audience's most common values, pool the rest as "(other)"
             # (ties: the more common value among all users first)
             order = np.lexsort((-pop, -aud))
             keep = np.zeros(len(labels), bool)
             keep[[i for i in order if aud[i] > 0][:MAX_CATEGORIES - 1]] = True
-            other_pop, other_aud = int(pop[~keep].sum()), int(aud[~keep].sum())
-            labels = [lab for lab, k in zip(labels, keep) if k] + [OTHER]
-            pop = np.append(pop[keep], other_pop)
-            aud = np.append(aud[keep], other_aud)
-            present = pop > 0
-        df = pd.DataFrame({"value": np.asarray(labels, dtype=object)[present],
-                           "population_count": pop[present].astype(np.int64),
-                           "audience_count": aud[present].astype(np.int64)})
-        df["attribute"] = str(attr)
-        df["audience_share"] = df["audience_count"] / n_aud * 100.0
-        df["population_share"] = df["population_count"] / n_pop * 100.0
-        df["index"] = df["audience_share"] / df["population_share"] * 100.0
-        lo, hi = _wilson(df["audience_count"].to_numpy(), n_aud)
-        df["index_low"] = lo * 100.0 / df["population_share"] * 100.0
-        df["index_high"] = hi * 100.0 / df["population_share"] * 100.0
-        df["small"] = df["audience_count"].to_numpy() < int(min_group)
-        df = df.sort_values(["audience_count", "population_count", "value"],
-                            ascending=[False, False, True])
-        frames.append(df[cols])
-    if not frames:
+            labels = np.append(labels[keep], OTHER)
+            pop = np.append(pop[keep], int(pop[~keep].sum()))
+            aud = np.append(aud[keep], int(aud[~keep].sum()))
+        present = pop > 0
+        labels, pop, aud = labels[present], pop[present], aud[present]
+        # most members first, then most users, then the value's text
+        order = sorted(range(len(labels)), key=lambda i: (-aud[i], -pop[i], str(labels[i])))
+        attr_names.append(np.full(len(order), str(attr), dtype=object))
+        values.append(labels[order])
+        pops.append(pop[order].astype(np.int64))
+        auds.append(aud[order].astype(np.int64))
+    if not values:
         return pd.DataFrame(columns=cols)
-    return pd.concat(frames, ignore_index=True)
+    aud_n, pop_n = np.concatenate(auds), np.concatenate(pops)
+    aud_share = aud_n / n_aud * 100.0
+    pop_share = pop_n / n_pop * 100.0
+    lo, hi = _wilson(aud_n, n_aud)
+    return pd.DataFrame({
+        "attribute": np.concatenate(attr_names), "value": np.concatenate(values),
+        "audience_count": aud_n, "audience_share": aud_share, "population_count": pop_n,
+        "population_share": pop_share, "index": aud_share / pop_share * 100.0,
+        "index_low": lo * 100.0 / pop_share * 100.0, "index_high": hi * 100.0 / pop_share * 100.0,
+        "small": aud_n < int(min_group)}, columns=cols)
 
 
 def reach_curve(scores: np.ndarray, population: int, points: int = 60) -> pd.DataFrame:
