@@ -8,7 +8,10 @@ so several processes - training jobs and the app - can share it); PostgreSQL wor
 Storage choices:
 
 * Canonical dataset tables are Parquet bytes (never pickle), so ``load_dataset`` round-trips
-  dtypes and list-valued genres exactly.
+  dtypes and list-valued genres exactly; a table of more than ``DATASET_PART_ROWS`` rows is
+  stored in parts of that many rows (no value near SQLite's 1e9-byte limit), read back in one
+  query and converted to pandas once. ``add_dataset(reuse=True)`` (the CLI's ``train DATA
+  --db``) stores nothing when a dataset of the same content hash is already there.
 * Embeddings: per (run, kind) one header row, the ids in chunks of ``ID_CHUNK_ROWS`` (each
   an int64 count, int64 offsets and the UTF-8 bytes of the ids: :func:`_ids_to_chunk`) and the
   float32 matrix in chunks of ``CHUNK_ROWS`` rows, so a run's million vectors load in one
