@@ -180,7 +180,9 @@ def _as_text_column(col: pd.Series) -> pd.Series:
     become str."""
     if isinstance(col.dtype, pd.CategoricalDtype):
         cats = col.cat.categories
-        return col if cats.dtype == object else col.cat.rename_categories(cats.astype(str))
+        if pd.api.types.is_string_dtype(cats) or cats.inferred_type == "string":
+            return col                  # text already (object or str dtype): no 10M rebuild
+        return col.cat.rename_categories(cats.astype(str))
     return col.astype(str)
 
 
