@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -233,7 +232,8 @@ def phase_open(url: str, run_id: int, k_small: int) -> None:
             ratio=o / f, same_ids=same, met=o <= f)
 
 
-def largest_value(st, table, column) -> int:
+def largest_value(st, column) -> int:
+    """The longest value of a stored column, in bytes (SQLite refuses one over 1e9)."""
     from sqlalchemy import func, select
 
     with st.engine.connect() as conn:
@@ -256,7 +256,7 @@ def phase_uuids(url: str, n: int) -> None:
     st.finish_run(rid, summary={}, weights=b"", encoders={}, user_ids=ids, user_vectors=vec,
                   item_ids=np.array(["i0"]), item_vectors=np.ones((1, 8), np.float32))
     write = time.perf_counter() - t
-    big = largest_value(st, store_mod.EmbeddingIdChunkRow, store_mod.EmbeddingIdChunkRow.data)
+    big = largest_value(st, store_mod.EmbeddingIdChunkRow.data)
     say(f"{n:,} uuid-like 36-char ids x 8 dims stored", seconds=write,
         schema2_blob_gb=old_blob / 1e9, largest_id_chunk_mb=big / 1e6)
     mark()
@@ -300,8 +300,7 @@ def phase_dataset(url: str, n: int) -> None:
     did = st.add_dataset(ds, reuse=True)
     say("dataset stored (add_dataset, Parquet parts + content hash)",
         seconds=time.perf_counter() - t,
-        largest_part_mb=largest_value(st, store_mod.DatasetPartRow,
-                                      store_mod.DatasetPartRow.data) / 1e6,
+        largest_part_mb=largest_value(st, store_mod.DatasetPartRow.data) / 1e6,
         db_and_wal_mb=sum(p.stat().st_size for p in
                           Path(url.removeprefix("sqlite:///")).parent.glob("dataset.db*")) / 1e6)
     mark()
