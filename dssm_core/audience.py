@@ -40,7 +40,7 @@ import pandas as pd
 
 from .dataset import Dataset, DataValidationError, shorten
 from .retrieval import (  # noqa: F401  (UserIndex re-exported)
-    DEFAULT_BLOCK_ROWS, UserIndex, _l2_normalise, _name_unknown, _top_k_desc)
+    DEFAULT_BLOCK_ROWS, UserIndex, _l2_normalise, _name_unknown, _top_k_desc, unicode_ids)
 
 if TYPE_CHECKING:  # the store is only needed by the functions that read from it
     from .store import Store
@@ -190,13 +190,13 @@ def _rows_of(col: pd.Series, index: UserIndex) -> np.ndarray:
     """Row in ``index`` of each value of an id column (-1 where unknown): categorical columns
     look up each category once."""
     if isinstance(col.dtype, pd.CategoricalDtype):
-        cats = np.asarray(col.cat.categories.astype(str), dtype=str)
+        cats = unicode_ids(col.cat.categories)
         codes = col.cat.codes.to_numpy().astype(np.int64)
         if len(cats) == index.size and np.array_equal(cats, index.ids_):
             return codes                                  # categories in index order
         rows = np.append(index.find(cats), -1)            # code -1 (missing) -> -1
         return rows[codes]
-    return index.find(np.asarray(col.astype(str), dtype=str))
+    return index.find(unicode_ids(col))
 
 
 def aligned_users(users: pd.DataFrame, index: UserIndex) -> pd.DataFrame:
@@ -206,7 +206,7 @@ def aligned_users(users: pd.DataFrame, index: UserIndex) -> pd.DataFrame:
     attrs = users.drop(columns=["user_id"])
     ids = users["user_id"]
     same = len(users) == index.size and bool(
-        np.array_equal(np.asarray(_as_text_column(ids), dtype=str), index.ids_))
+        np.array_equal(unicode_ids(_as_text_column(ids)), index.ids_))
     if same:
         out = attrs.reset_index(drop=True)
     else:

@@ -52,6 +52,52 @@ def _code_points(ids: np.ndarray) -> np.ndarray:
     return arr.view(np.uint32).reshape(len(arr), arr.dtype.itemsize // 4)
 
 
+def ids_from_utf8(offsets: np.ndarray, payload: np.ndarray) -> np.ndarray:
+    """Ids given as UTF-8 bytes back to back, ``payload`` (B,) uint8, id i being
+    ``payload[offsets[i]:offsets[i + 1]]`` (``offsets`` (n + 1,) from 0), as a fixed-width
+    unicode array (n,). ASCII ids (the usual case) are widened byte by byte, without a
+    Python string per id."""
+    n = len(offsets) - 1
+    lengths = np.diff(offsets)                                               # (n,)
+    width = int(lengths.max()) if n > 0 else 0
+    if width == 0:
+        return np.full(max(n, 0), "", dtype="<U1")
+    if int(payload[:int(offsets[-1])].max()) < 128:
+        cols = np.zeros((n, width), dtype=np.uint32)                         # (n, W)
+        cols[np.arange(width) < lengths[:, None]] = payload[:int(offsets[-1])]  # row-major
+        return cols.view(f"<U{width}").reshape(n)
+    text = payload.tobytes()
+    bounds = offsets.tolist()
+    return np.array([text[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:])],
+                    dtype=str)
+
+
+def unicode_ids(values: Any) -> np.ndarray:
+    """Text ids (a numpy array, a pandas Series or Index of text) as a fixed-width unicode
+    array. Arrow-backed text (pandas' ``str`` columns, Parquet reads) is decoded from its
+    offsets and bytes (:func:`ids_from_utf8`), not through a Python string per id."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "U":
+        return values
+    try:
+        import pyarrow as pa
+
+        arr = pa.array(values, from_pandas=True)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            if arr.null_count == 0:
+                width = 8 if pa.types.is_large_string(arr.type) else 4
+                off_buf, data_buf = arr.buffers()[1], arr.buffers()[2]
+                offsets = np.frombuffer(off_buf, dtype=f"<i{width}")[
+                    arr.offset:arr.offset + len(arr) + 1].astype(np.int64)
+                payload = (np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None
+                           else np.zeros(0, np.uint8))
+                return ids_from_utf8(offsets - offsets[0], payload[offsets[0]:])
+    except (ImportError, TypeError, ValueError, ArithmeticError):
+        pass   # not text pyarrow reads directly: numpy's conversion below
+    return np.asarray(values).astype(str)
+
+
 def hash_ids(ids: np.ndarray) -> np.ndarray:
     """A 64-bit polynomial hash (N,) of fixed-width unicode ids, one vectorised pass per
     character position (no per-id Python). Equal ids of the same width hash equal."""

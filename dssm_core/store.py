@@ -67,7 +67,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, declared_attr, mapp
 
 from .dataset import Dataset
 from .records import ACTIVE_STATUSES, STATUSES, AudienceInfo, DatasetInfo, RunInfo, RunStatus
-from .retrieval import hash_ids, put_columns
+from .retrieval import hash_ids, ids_from_utf8, put_columns
 
 log = logging.getLogger(__name__)
 
@@ -418,19 +418,7 @@ def _ids_from_chunk(data: bytes | memoryview) -> np.ndarray:
     """Inverse of :func:`_ids_to_chunk`: a fixed-width unicode array (n,)."""
     n = int(np.frombuffer(data, dtype="<i8", count=1)[0])
     offsets = np.frombuffer(data, dtype="<i8", count=n + 1, offset=8)       # (n + 1,)
-    payload = np.frombuffer(data, dtype=np.uint8, offset=8 * (n + 2))
-    lengths = np.diff(offsets)                                               # (n,)
-    width = int(lengths.max()) if n else 0
-    if width == 0:
-        return np.full(n, "", dtype="<U1")
-    if int(payload.max()) < 128:
-        cols = np.zeros((n, width), dtype=np.uint32)                         # (n, W)
-        cols[np.arange(width) < lengths[:, None]] = payload   # row-major: the payload's order
-        return cols.view(f"<U{width}").reshape(n)
-    text = payload.tobytes()
-    bounds = offsets.tolist()
-    return np.array([text[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:])],
-                    dtype=str)
+    return ids_from_utf8(offsets, np.frombuffer(data, dtype=np.uint8, offset=8 * (n + 2)))
 
 
 def _find_rows(all_ids: np.ndarray, want: np.ndarray) -> np.ndarray:

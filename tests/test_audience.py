@@ -609,3 +609,15 @@ def test_index_and_from_columns_lay_out_unit_columns(monkeypatch) -> None:
         UserIndex.from_columns(np.ones((2, 3)), np.array(["a", "b", "c"]))
     with pytest.raises(ValueError, match="NaN or infinite"):
         UserIndex().index(np.array([[np.inf, 0]], np.float32), ["u"])
+
+
+def test_unicode_ids_from_arrow_text_numpy_and_numbers() -> None:
+    from dssm_core.retrieval import unicode_ids
+
+    assert unicode_ids(pd.Series(["a", "Zoë", "", "用户7"])).tolist() == ["a", "Zoë", "", "用户7"]
+    sliced = pd.Series(["a", "bcd", "ef", "g"], dtype="str").iloc[1:3]     # offsets from 1
+    assert unicode_ids(sliced).tolist() == ["bcd", "ef"]
+    assert unicode_ids(pd.Index([10, 2])).tolist() == ["10", "2"]
+    assert unicode_ids(pd.Series(["x", "yy"], dtype=object)).dtype == np.dtype("<U2")
+    ids = np.array(["u1", "u22"])
+    assert unicode_ids(ids) is ids
