@@ -8,9 +8,9 @@ so several processes - training jobs and the app - can share it); PostgreSQL wor
 Storage choices:
 
 * Canonical dataset tables are Parquet bytes (never pickle), so ``load_dataset`` round-trips
-  dtypes and list-valued genres exactly; a table of more than ``DATASET_PART_ROWS`` rows is
-  stored in parts of that many rows (no value near SQLite's 1e9-byte limit), read back in one
-  query and converted to pandas once. ``add_dataset(reuse=True)`` (the CLI's ``train DATA
+  dtypes and list-valued genres exactly; a table whose Parquet is over ``DATASET_PART_BYTES``
+  is stored in parts of about that size (no value near SQLite's 1e9-byte limit), read back in
+  one query and converted to pandas once. ``add_dataset(reuse=True)`` (the CLI's ``train DATA
   --db``) stores nothing when a dataset of the same content hash is already there.
 * Embeddings: per (run, kind) one header row, the ids in chunks of ``ID_CHUNK_ROWS`` (each
   an int64 count, int64 offsets and the UTF-8 bytes of the ids: :func:`_ids_to_chunk`) and the
@@ -79,8 +79,9 @@ SCHEMA_VERSION = 3
 #: (``dataset_table_parts``; ``dataset_tables`` left empty): :func:`_migrate_v2_to_v3`.
 #: Rows of an embedding matrix per stored chunk (d=64: 4 MiB a chunk; 1M rows: 62 chunks).
 CHUNK_ROWS = 16_384
-#: Rows of a dataset table per stored Parquet part (4 columns of ML-25M: ~60 MB a part).
-DATASET_PART_ROWS = 4_000_000
+#: A dataset table whose Parquet is larger is stored in row parts of about this size (ML-25M's
+#: 25M interactions: ~200 MB, one part; several parts cost a dictionary union when read).
+DATASET_PART_BYTES = 256 * 2**20
 #: Ids per stored id chunk (36-character ids: 4.7 MiB a chunk; 10M ids: 77 chunks).
 ID_CHUNK_ROWS = 131_072
 #: Run states (``records.RunStatus``; re-exported here). A run is "active" while queued or
@@ -141,9 +142,9 @@ class DatasetTableRow(Base):
 
 
 class DatasetPartRow(Base):
-    """Rows ``[part * DATASET_PART_ROWS, ...)`` of one canonical table of a dataset
-    (interactions, users, items) as Parquet bytes: a table of any length, no value past
-    SQLite's 1e9 bytes."""
+    """Part ``part`` (consecutive rows, see ``DATASET_PART_BYTES``) of one canonical table of
+    a dataset (interactions, users, items) as Parquet bytes: a table of any length, no value
+    past SQLite's 1e9 bytes."""
 
     __tablename__ = "dataset_table_parts"
     dataset_id: Mapped[int] = mapped_column(
@@ -476,16 +477,22 @@ DATASET_KINDS = ("interactions", "users", "items")
 
 
 def _dataset_tables(ds: Dataset) -> tuple[dict[str, list[bytes]], str]:
-    """The dataset's three tables as Parquet parts of ``DATASET_PART_ROWS`` rows and the
-    SHA-256 of them (its identity; a table of one part hashes as schema 2 hashed it)."""
+    """The dataset's three tables as Parquet parts (one, unless its Parquet is over
+    ``DATASET_PART_BYTES``) and the SHA-256 of them (its identity; a table of one part hashes
+    as schema 2 hashed it)."""
     tables: dict[str, list[bytes]] = {}
     h = hashlib.sha256()
     for kind in DATASET_KINDS:
         frame = getattr(ds, kind)
-        step = DATASET_PART_ROWS
-        tables[kind] = ([_frame_to_parquet(frame)] if len(frame) <= step else
-                        [_frame_to_parquet(_part_of(frame, a, a + step))
-                         for a in range(0, len(frame), step)])
+        whole = _frame_to_parquet(frame)
+        n_parts = min(len(frame), -(-len(whole) // DATASET_PART_BYTES))
+        if n_parts <= 1:
+            tables[kind] = [whole]
+        else:
+            step = -(-len(frame) // n_parts)
+            del whole
+            tables[kind] = [_frame_to_parquet(_part_of(frame, a, a + step))
+                            for a in range(0, len(frame), step)]
         h.update(kind.encode())
         for part in tables[kind]:
             h.update(part)
