@@ -31,15 +31,16 @@ import csv
 import io
 import logging
 import math
+import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .dataset import Dataset, DataValidationError, shorten
 from .retrieval import (  # noqa: F401  (UserIndex re-exported)
-    DEFAULT_BLOCK_ROWS, UserIndex, _l2_normalise, _name_unknown, _top_k_desc)
+    DEFAULT_BLOCK_ROWS, UserIndex, _l2_normalise, _name_unknown, _top_k_desc, unicode_ids)
 
 if TYPE_CHECKING:  # the store is only needed by the functions that read from it
     from .store import Store
@@ -75,15 +76,73 @@ OTHER = "(other)"
 # --------------------------------------------------------------------------------------------
 # A loaded run (what a page caches)
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+class _Lazy:
+    """A :class:`LoadedRun` field that, when not given, is computed on first read by the
+    run's :class:`RunSource` (then kept on the instance). ``None`` is its dataclass default."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.slot = name, f"_{name}_value"
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return None
+        value = obj.__dict__.get(self.slot)
+        if value is None:
+            if obj.source is None:
+                raise ValueError(f"run {obj.run_id} was loaded without its {self.name}")
+            value = obj.source.compute(self.name, obj)
+            obj.__dict__[self.slot] = value
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.slot] = value
+
+
+class RunSource:
+    """Where a loaded run's dataset tables come from: ``table(kind, columns)`` returns those
+    columns of the dataset's ``"users"`` (all: ``None``) or ``"interactions"`` table
+    (``Store.load_dataset_table`` or a Dataset's attribute). Each is read when an audience, a
+    filter or insights first need it; only the interactions' two id columns are kept (they
+    serve both "exclude seen" and the favourite genres)."""
+
+    def __init__(self, table: Callable[[str, Sequence[str] | None], pd.DataFrame]) -> None:
+        self._table = table
+        self._lock = threading.Lock()
+        self._frames: dict[str, pd.DataFrame] = {}
+
+    def pairs(self) -> pd.DataFrame:
+        """The interactions' ``user_id`` and ``item_id`` (as text or text categories)."""
+        with self._lock:
+            if "pairs" not in self._frames:
+                inter = self._table("interactions", ("user_id", "item_id"))
+                self._frames["pairs"] = pd.DataFrame(
+                    {c: _as_text_column(inter[c]) for c in ("user_id", "item_id")})
+            return self._frames["pairs"]
+
+    def compute(self, name: str, run: "LoadedRun") -> Any:
+        """The value of the lazy field ``name`` of ``run``."""
+        if name == "users":
+            return aligned_users(self._table("users", None), run.index)
+        if name == "seen":
+            return self.pairs()
+        if name == "favourite_genre":
+            return favourite_genres(self.pairs(), run.items.reset_index(), run.index.ids_,
+                                    index=run.index)
+        raise ValueError(f"unknown lazy field {name!r}")
+
+
+@dataclass(frozen=True, eq=False)
 class LoadedRun:
     """One stored run, ready for audiences. Read-only; cache it (``st.cache_resource``).
 
-    users: attributes aligned to ``index.ids_`` (index = user_id; users absent from the
-    dataset's user table have missing attributes). items: ``title``/``genres`` by item_id.
+    index: the users' unit vectors in search layout. items: ``title``/``genres`` by item_id.
+    users: attributes, row i for ``index.ids_[i]`` (users absent from the dataset's user
+    table have missing attributes; text columns of a stored dataset come as categoricals).
     seen: (user_id, item_id) pairs of the dataset's interactions (for "exclude seen").
     favourite_genre: (N,) each user's most frequent genre in their history (ties:
     alphabetical), ``"(no history)"`` when none.
+    ``users``, ``seen`` and ``favourite_genre`` are read from ``source`` the first time they
+    are used (opening a 10M-user run reads its vectors only), unless given.
     """
 
     run_id: int
@@ -91,10 +150,11 @@ class LoadedRun:
     index: UserIndex
     item_ids: np.ndarray
     item_vectors: np.ndarray
-    users: pd.DataFrame
     items: pd.DataFrame
-    seen: pd.DataFrame
-    favourite_genre: np.ndarray
+    users: pd.DataFrame = _Lazy()  # type: ignore[assignment]
+    seen: pd.DataFrame = _Lazy()  # type: ignore[assignment]
+    favourite_genre: np.ndarray = _Lazy()  # type: ignore[assignment]
+    source: RunSource | None = None
 
     def item_positions(self, item_ids: Sequence[Any]) -> np.ndarray:
         """Rows of ``item_ids`` in ``item_vectors``; ValueError naming unknown ones."""
@@ -106,27 +166,116 @@ class LoadedRun:
                                            f" in run {self.run_id}"))
         return pos.astype(np.int64)
 
+    def population_codes(self, attr: str) -> "_Coded":
+        """The attribute's codes over all users (see :func:`_attribute_codes`), computed once
+        per loaded run: an audience's insights then only count its members."""
+        cache = self.__dict__.setdefault("_codes", {})
+        if attr not in cache:
+            cache[attr] = _Coded.of(_user_column(self, attr))
+        return cache[attr]
+
+
+def _as_text_column(col: pd.Series) -> pd.Series:
+    """An id column as text: categoricals keep their codes (categories as text), others
+    become str."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cats = col.cat.categories
+        if pd.api.types.is_string_dtype(cats) or cats.inferred_type == "string":
+            return col                  # text already (object or str dtype): no 10M rebuild
+        return col.cat.rename_categories(cats.astype(str))
+    return col.astype(str)
+
+
+def _rows_of(col: pd.Series, index: UserIndex) -> np.ndarray:
+    """Row in ``index`` of each value of an id column (-1 where unknown): categorical columns
+    look up each category once."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cats = unicode_ids(col.cat.categories)
+        codes = col.cat.codes.to_numpy().astype(np.int64)
+        if len(cats) == index.size and np.array_equal(cats, index.ids_):
+            return codes                                  # categories in index order
+        rows = np.append(index.find(cats), -1)            # code -1 (missing) -> -1
+        return rows[codes]
+    return index.find(unicode_ids(col))
+
+
+def aligned_users(users: pd.DataFrame, index: UserIndex) -> pd.DataFrame:
+    """The user table's attributes, row i for ``index.ids_[i]`` (RangeIndex; missing
+    attributes for users without a row), with postal areas (:func:`with_postal_areas`).
+    A table already in the index's order (what training stores) is taken as it is."""
+    attrs = users.drop(columns=["user_id"])
+    ids = users["user_id"]
+    same = len(users) == index.size and bool(
+        np.array_equal(unicode_ids(_as_text_column(ids)), index.ids_))
+    if same:
+        out = attrs.reset_index(drop=True)
+    else:
+        rows = _rows_of(ids, index)                                          # (U,)
+        first = np.full(index.size, -1, dtype=np.int64)                      # (N,)
+        keep = rows >= 0
+        # the first row of a duplicated user wins, as drop_duplicates did
+        first[rows[keep][::-1]] = np.flatnonzero(keep)[::-1]
+        out = attrs.reset_index(drop=True).reindex(first)
+        out.index = pd.RangeIndex(index.size)
+    return with_postal_areas(out)
+
 
 def favourite_genres(interactions: pd.DataFrame, items: pd.DataFrame,
-                     user_ids: np.ndarray) -> np.ndarray:
-    """Each user's most frequent genre over their interactions (ties: alphabetical first)."""
+                     user_ids: np.ndarray, *, index: UserIndex | None = None) -> np.ndarray:
+    """Each user's most frequent genre over their interactions (ties: alphabetical first).
+
+    Integer codes throughout (no per-interaction Python, no string merge): each interaction
+    adds one to (its user, each genre of its item), counted genre by genre with
+    ``np.bincount``. ``index``: an index over ``user_ids`` to look users up with (else one
+    is built).
+    """
     out = np.full(len(user_ids), NO_HISTORY, dtype=object)
-    if "genres" not in items.columns or not len(interactions):
+    if "genres" not in items.columns or not len(interactions) or not len(user_ids):
         return out
-    g = items[["item_id", "genres"]].copy()
-    g["item_id"] = g["item_id"].astype(str)
-    g = g.explode("genres").dropna(subset=["genres"])
-    inter = pd.DataFrame({"user_id": interactions["user_id"].astype(str).to_numpy(),
-                          "item_id": interactions["item_id"].astype(str).to_numpy()})
-    m = inter.merge(g, on="item_id", how="inner")
-    if not len(m):
+    if index is None:
+        index = UserIndex().index(np.ones((len(user_ids), 1), np.float32), user_ids)
+    item_ids = pd.Index(items["item_id"].astype(str))
+    lists = [list(g) if isinstance(g, (list, tuple, np.ndarray)) else [] for g in items["genres"]]
+    names = sorted({str(x) for g in lists for x in g if x is not None and not pd.isna(x)})
+    if not names:
         return out
-    counts = m.groupby(["user_id", "genres"], sort=False).size().reset_index(name="n")
-    counts = counts.sort_values(["user_id", "n", "genres"], ascending=[True, False, True])
-    fav = counts.drop_duplicates("user_id").set_index("user_id")["genres"]
-    vals = fav.reindex(pd.Index(user_ids.astype(str)))
-    have = vals.notna().to_numpy()
-    out[have] = vals.to_numpy()[have].astype(str)
+    gcode = {n: j for j, n in enumerate(names)}            # alphabetical: ties go to the first
+    per_item = [[gcode[str(x)] for x in g if x is not None and not pd.isna(x)] for g in lists]
+    n_g = np.array([len(g) for g in per_item], dtype=np.int64)                # (I,)
+    ptr = np.concatenate([[0], np.cumsum(n_g)])                              # (I + 1,)
+    flat = np.array([j for g in per_item for j in g], dtype=np.int64)        # (sum n_g,)
+    # the item table's first row of a repeated item id wins, as a merge on unique ids did
+    first_item = ~item_ids.duplicated()
+    unique_items, back = pd.Index(item_ids[first_item]), np.flatnonzero(first_item)
+    col = interactions["item_id"]
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        found = unique_items.get_indexer(col.cat.categories.astype(str))
+        cat_rows = np.append(np.where(found >= 0, back[found], -1), -1)   # code -1 -> -1
+        item_rows = cat_rows[col.cat.codes.to_numpy()]
+    else:
+        found = unique_items.get_indexer(col.astype(str))
+        item_rows = np.where(found >= 0, back[found], -1)
+    user_rows = _rows_of(interactions["user_id"], index)                     # (E,)
+    ok = (item_rows >= 0) & (user_rows >= 0)
+    item_rows, user_rows = item_rows[ok], user_rows[ok]
+    reps = n_g[item_rows]                                                    # (E,)
+    users = np.repeat(user_rows, reps)                                       # (P,)
+    starts = np.repeat(ptr[item_rows], reps)
+    within = np.arange(len(users)) - np.repeat(np.cumsum(reps) - reps, reps)
+    genres = flat[starts + within]                                           # (P,)
+    if len(names) < 2 ** 15:   # a stable sort of 16-bit integers is a radix sort: O(P)
+        genres = genres.astype(np.int16)
+    order = np.argsort(genres, kind="stable")
+    bounds = np.searchsorted(genres[order], np.arange(len(names) + 1))
+    n = len(user_ids)
+    best_n = np.zeros(n, dtype=np.int64)
+    best_g = np.full(n, -1, dtype=np.int64)
+    for j in range(len(names)):
+        counts = np.bincount(users[order[bounds[j]:bounds[j + 1]]], minlength=n)   # (N,)
+        better = counts > best_n                           # strictly: an earlier genre keeps a tie
+        best_n[better], best_g[better] = counts[better], j
+    have = best_g >= 0
+    out[have] = np.asarray(names, dtype=object)[best_g[have]]
     return out
 
 
@@ -144,9 +293,16 @@ def with_postal_areas(users: pd.DataFrame) -> pd.DataFrame:
         name = f"{col} area"
         if name in users.columns:
             continue
-        text = s.astype(object)
-        area = text.where(text.isna(), text.astype(str).str.strip().str.upper().str[:1])
-        area = area.where(area.astype(str).str.len() > 0, None)
+        if isinstance(s.dtype, pd.CategoricalDtype):   # one area per category, then codes
+            cats = pd.Series(s.cat.categories.astype(str)).str.strip().str.upper().str[:1]
+            acodes, auniq = pd.factorize(cats.where(cats.str.len() > 0, None))
+            codes = np.append(acodes, -1)[s.cat.codes.to_numpy()]
+            area = pd.Series(pd.Categorical.from_codes(codes, categories=auniq),
+                             index=s.index)
+        else:
+            text = s.astype(object)
+            area = text.where(text.isna(), text.astype(str).str.strip().str.upper().str[:1])
+            area = area.where(area.astype(str).str.len() > 0, None)
         if out is users:
             out = users.copy()
         out[name] = area
@@ -155,7 +311,9 @@ def with_postal_areas(users: pd.DataFrame) -> pd.DataFrame:
 
 def load_run(store: "Store", run_id: int | None = None, *,
              block_rows: int = DEFAULT_BLOCK_ROWS) -> LoadedRun:
-    """Load a succeeded run's vectors and its dataset's tables (newest succeeded if None)."""
+    """Load a succeeded run (newest succeeded if None): its user vectors straight into the
+    search layout (``Store.load_embedding_columns``, no second copy), its item vectors and
+    item table. The user table and the interactions are read when first needed."""
     if run_id is None:
         run_id = store.newest_succeeded_run()
         if run_id is None:
@@ -163,33 +321,36 @@ def load_run(store: "Store", run_id: int | None = None, *,
     run = store.get_run(run_id)
     if not run.succeeded:
         raise ValueError(f"run {run_id} is {run.status}; audiences need a succeeded run")
-    user_ids, user_vecs = store.load_embeddings(run_id, "user")
+    dataset_id = int(run.dataset_id)
+    user_ids, columns = store.load_embedding_columns(run_id, "user")          # (N,), (D, N)
+    index = UserIndex.from_columns(columns, user_ids, block_rows=block_rows)
     item_ids, item_vecs = store.load_embeddings(run_id, "item")
-    return run_from_parts(int(run_id), int(run.dataset_id), user_ids, user_vecs, item_ids,
-                          item_vecs, store.load_dataset(run.dataset_id), block_rows=block_rows)
+    source = RunSource(lambda kind, cols: store.load_dataset_table(dataset_id, kind, cols))
+    return _assemble(int(run_id), dataset_id, index, item_ids, item_vecs,
+                     store.load_dataset_table(dataset_id, "items"), source)
 
 
 def run_from_parts(run_id: int, dataset_id: int, user_ids: Any, user_vecs: Any, item_ids: Any,
                    item_vecs: Any, ds: Dataset, *,
                    block_rows: int = DEFAULT_BLOCK_ROWS) -> LoadedRun:
     """A :class:`LoadedRun` from a run's raw vectors (user (N, D), item (M, D)) and its
-    dataset (``interactions`` needs only ``user_id`` and ``item_id``): what :func:`load_run`
-    builds from the store, and ``serving.load_run`` from Redis."""
+    dataset (``interactions`` needs only ``user_id`` and ``item_id``): what
+    ``serving.load_run`` builds from Redis."""
     index = UserIndex(block_rows).index(user_vecs, user_ids)
-    users = ds.users.copy()
-    users["user_id"] = users["user_id"].astype(str)
-    users = users.drop_duplicates("user_id").set_index("user_id").reindex(index.ids_)
-    users = with_postal_areas(users)
-    items = ds.items.copy()
+    source = RunSource(lambda kind, cols: getattr(ds, kind) if cols is None
+                       else getattr(ds, kind)[list(cols)])
+    return _assemble(run_id, dataset_id, index, item_ids, item_vecs, ds.items, source)
+
+
+def _assemble(run_id: int, dataset_id: int, index: UserIndex, item_ids: Any, item_vecs: Any,
+              items_table: pd.DataFrame, source: RunSource) -> LoadedRun:
+    items = items_table.copy()
     items["item_id"] = items["item_id"].astype(str)
     items = items.drop_duplicates("item_id").set_index("item_id")
-    seen = pd.DataFrame({"user_id": ds.interactions["user_id"].astype(str).to_numpy(),
-                         "item_id": ds.interactions["item_id"].astype(str).to_numpy()})
-    fav = favourite_genres(ds.interactions, ds.items, index.ids_)
     return LoadedRun(run_id=int(run_id), dataset_id=int(dataset_id), index=index,
                      item_ids=np.asarray(item_ids).astype(str),
                      item_vectors=_l2_normalise(item_vecs, "item", np.asarray(item_ids)),
-                     users=users, items=items, seen=seen, favourite_genre=fav)
+                     items=items, source=source)
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,6 +559,29 @@ def _wilson(k: np.ndarray, n: int, z: float = 1.959964) -> tuple[np.ndarray, np.
     return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class _Coded:
+    """One attribute over the population: codes (N,), labels (V,), counts per label (V,),
+    and whether insights leave it out (id-like text)."""
+
+    codes: np.ndarray
+    labels: list[str]
+    pop: np.ndarray
+    id_like: bool
+
+    @classmethod
+    def of(cls, col: pd.Series) -> "_Coded":
+        codes, labels = _attribute_codes(col.reset_index(drop=True))
+        n_distinct = len(labels) - 1
+        id_like = (n_distinct > ID_LIKE_VALUES and n_distinct > 0.2 * len(col)
+                   and not pd.api.types.is_numeric_dtype(col))
+        return cls(codes, labels, np.bincount(codes, minlength=len(labels)), id_like)
+
+
+INSIGHT_COLUMNS = ["attribute", "value", "audience_count", "audience_share", "population_count",
+                   "population_share", "index", "index_low", "index_high", "small"]
+
+
 def insights(members_rows: np.ndarray, attributes: pd.DataFrame, *,
              min_group: int = MIN_GROUP_SIZE) -> pd.DataFrame:
     """Composition of an audience against all users, per attribute.
@@ -414,52 +598,61 @@ def insights(members_rows: np.ndarray, attributes: pd.DataFrame, *,
     audience and pool the rest as "(other)"; id-like attributes (more than ``ID_LIKE_VALUES``
     distinct values and more than a fifth of the population, e.g. zip codes) are left out.
     """
-    cols = ["attribute", "value", "audience_count", "audience_share", "population_count",
-            "population_share", "index", "index_low", "index_high", "small"]
-    frames = []
-    n_pop = len(attributes)
+    if len(attributes) == 0 or len(members_rows) == 0:
+        return pd.DataFrame(columns=INSIGHT_COLUMNS)
+    return _insights_of(members_rows, {attr: _Coded.of(attributes[attr])
+                                       for attr in attributes.columns},
+                        len(attributes), min_group=min_group)
+
+
+def _insights_of(members_rows: np.ndarray, coded: Mapping[Any, _Coded], n_pop: int, *,
+                 min_group: int) -> pd.DataFrame:
+    """:func:`insights` over attributes already coded (a loaded run keeps them)."""
+    cols = INSIGHT_COLUMNS
     members_rows = np.asarray(members_rows, dtype=np.int64)
     n_aud = len(members_rows)
     if n_pop == 0 or n_aud == 0:
         return pd.DataFrame(columns=cols)
-    for attr in attributes.columns:
-        col = attributes[attr].reset_index(drop=True)
-        codes, labels = _attribute_codes(col)
-        n_distinct = len(labels) - 1
-        if n_distinct > ID_LIKE_VALUES and n_distinct > 0.2 * n_pop \
-                and not pd.api.types.is_numeric_dtype(col):
+    # per attribute: its rows' labels and counts, in display order; one frame at the end
+    attr_names: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    pops: list[np.ndarray] = []
+    auds: list[np.ndarray] = []
+    for attr, c in coded.items():
+        if c.id_like:
             continue
-        pop = np.bincount(codes, minlength=len(labels))                     # (V,)
-        aud = np.bincount(codes[members_rows], minlength=len(labels))       # (V,)
-        present = pop > 0
-        if int(present.sum()) > MAX_CATEGORIES:
+        labels = np.asarray(c.labels, dtype=object)                         # (V,)
+        pop = c.pop                                                          # (V,)
+        aud = np.bincount(c.codes[members_rows], minlength=len(labels))     # (V,)
+        if int((pop > 0).sum()) > MAX_CATEGORIES:
             # keep the audience's most common values, pool the rest as "(other)"
             # (ties: the more common value among all users first)
             order = np.lexsort((-pop, -aud))
             keep = np.zeros(len(labels), bool)
             keep[[i for i in order if aud[i] > 0][:MAX_CATEGORIES - 1]] = True
-            other_pop, other_aud = int(pop[~keep].sum()), int(aud[~keep].sum())
-            labels = [lab for lab, k in zip(labels, keep) if k] + [OTHER]
-            pop = np.append(pop[keep], other_pop)
-            aud = np.append(aud[keep], other_aud)
-            present = pop > 0
-        df = pd.DataFrame({"value": np.asarray(labels, dtype=object)[present],
-                           "population_count": pop[present].astype(np.int64),
-                           "audience_count": aud[present].astype(np.int64)})
-        df["attribute"] = str(attr)
-        df["audience_share"] = df["audience_count"] / n_aud * 100.0
-        df["population_share"] = df["population_count"] / n_pop * 100.0
-        df["index"] = df["audience_share"] / df["population_share"] * 100.0
-        lo, hi = _wilson(df["audience_count"].to_numpy(), n_aud)
-        df["index_low"] = lo * 100.0 / df["population_share"] * 100.0
-        df["index_high"] = hi * 100.0 / df["population_share"] * 100.0
-        df["small"] = df["audience_count"].to_numpy() < int(min_group)
-        df = df.sort_values(["audience_count", "population_count", "value"],
-                            ascending=[False, False, True])
-        frames.append(df[cols])
-    if not frames:
+            labels = np.append(labels[keep], OTHER)
+            pop = np.append(pop[keep], int(pop[~keep].sum()))
+            aud = np.append(aud[keep], int(aud[~keep].sum()))
+        present = pop > 0
+        labels, pop, aud = labels[present], pop[present], aud[present]
+        # most members first, then most users, then the value's text
+        order = sorted(range(len(labels)), key=lambda i: (-aud[i], -pop[i], str(labels[i])))
+        attr_names.append(np.full(len(order), str(attr), dtype=object))
+        values.append(labels[order])
+        pops.append(pop[order].astype(np.int64))
+        auds.append(aud[order].astype(np.int64))
+    if not values:
         return pd.DataFrame(columns=cols)
-    return pd.concat(frames, ignore_index=True)
+    aud_n, pop_n = np.concatenate(auds), np.concatenate(pops)
+    aud_share = aud_n / n_aud * 100.0
+    pop_share = pop_n / n_pop * 100.0
+    lo, hi = _wilson(aud_n, n_aud)
+    return pd.DataFrame({
+        "attribute": np.concatenate(attr_names), "value": np.concatenate(values),
+        "audience_count": aud_n, "audience_share": aud_share, "population_count": pop_n,
+        "population_share": pop_share, "index": aud_share / pop_share * 100.0,
+        "index_low": lo * 100.0 / pop_share * 100.0, "index_high": hi * 100.0 / pop_share * 100.0,
+        "small": aud_n < int(min_group)}, columns=cols)
 
 
 def reach_curve(scores: np.ndarray, population: int, points: int = 60) -> pd.DataFrame:
@@ -468,7 +661,12 @@ def reach_curve(scores: np.ndarray, population: int, points: int = 60) -> pd.Dat
     Returns columns ``threshold, size, percent_of_population``: ``size`` users score at least
     ``threshold`` (sizes spaced geometrically from 1 to all eligible users).
     """
-    s = np.sort(np.asarray(scores, dtype=np.float32))[::-1]                  # (M,) best first
+    return _reach_of_sorted(np.sort(np.asarray(scores, dtype=np.float32))[::-1], population,
+                            points)
+
+
+def _reach_of_sorted(s: np.ndarray, population: int, points: int = 60) -> pd.DataFrame:
+    """:func:`reach_curve` of scores already sorted best first, ``s`` (M,)."""
     if len(s) == 0:
         return pd.DataFrame({"threshold": [], "size": [], "percent_of_population": []})
     sizes = np.unique(np.round(np.geomspace(1, len(s), num=min(points, len(s)))).astype(np.int64))
@@ -606,9 +804,10 @@ def map_frame(run: LoadedRun, ids: Any, kind: str) -> pd.DataFrame:
     their other columns."""
     want = pd.Index(np.asarray(ids).astype(str))
     if kind == "user":
-        attrs = run.users.reindex(want).copy()
-        fav = pd.Series(run.favourite_genre, index=run.index.ids_).reindex(want)
-        attrs[FAVOURITE_GENRE] = fav.to_numpy()
+        rows = run.index.find(want.to_numpy(dtype=str))                     # -1: unknown
+        attrs = run.users.reindex(rows)
+        attrs.index = want
+        attrs[FAVOURITE_GENRE] = np.where(rows >= 0, run.favourite_genre[rows], np.nan)
         return attrs
     if kind != "item":
         raise ValueError(f"kind must be 'user' or 'item', got {kind!r}")
@@ -650,7 +849,7 @@ def _user_column(run: LoadedRun, attr: str) -> pd.Series:
     if attr == FAVOURITE_GENRE:
         return pd.Series(run.favourite_genre)
     if attr in run.users.columns:
-        return run.users[attr].reset_index(drop=True)
+        return run.users[attr]
     known = [str(c) for c in run.users.columns]
     raise ValueError(f"unknown user attribute {shorten(attr)!r}; known: "
                      f"{', '.join(known + [FAVOURITE_GENRE])}")
@@ -753,11 +952,15 @@ def build_audience(run: LoadedRun, request: AudienceRequest, *,
     if requested > n:
         warnings.append(f"Asked for {requested} users but only {n_elig} are eligible "
                         f"(of {n_pop}); the audience has {n}")
-    elig_rows = np.flatnonzero(eligible)
-    elig_scores = scores[elig_rows]
+    if n_elig == n_pop:                      # nobody excluded: no gather of N scores
+        elig_rows, elig_scores = np.arange(n_pop), scores
+    else:
+        elig_rows = np.flatnonzero(eligible)
+        elig_scores = scores[elig_rows]
     top_s, top_r = _top_k_desc(elig_scores, elig_rows, n)
+    ranked = np.sort(elig_scores)          # one sort: the percentiles and the reach curve
     # percentile within the eligible pool: rank 1 is 100 whatever was excluded
-    pct = np.searchsorted(np.sort(elig_scores), top_s, side="right") / n_elig * 100.0
+    pct = np.searchsorted(ranked, top_s, side="right") / n_elig * 100.0
     n_below_zero = int((top_s < 0).sum())
     if n_below_zero:
         warnings.append(f"The last {n_below_zero} of the {n} members score below 0: their "
@@ -776,12 +979,12 @@ def build_audience(run: LoadedRun, request: AudienceRequest, *,
             members[c] = attrs[c].to_numpy()
     members[FAVOURITE_GENRE] = run.favourite_genre[top_r]
 
-    attr_table = run.users.reset_index(drop=True).copy()
-    attr_table[FAVOURITE_GENRE] = run.favourite_genre
+    coded = {attr: run.population_codes(attr)
+             for attr in [*run.users.columns, FAVOURITE_GENRE]}
     result = AudienceResult(
         run_id=run.run_id, request=request, members=members,
-        insights=insights(top_r, attr_table, min_group=min_group),
-        reach=reach_curve(elig_scores, n_pop), threshold=float(top_s[-1]),
+        insights=_insights_of(top_r, coded, n_pop, min_group=min_group),
+        reach=_reach_of_sorted(ranked[::-1], n_pop), threshold=float(top_s[-1]),
         population=n_pop, eligible=n_elig, requested=requested, excluded=excluded,
         item_ids=item_ids, item_titles=titles, warnings=warnings, n_below_zero=n_below_zero,
     )

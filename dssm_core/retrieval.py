@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-import pandas as pd
 
 from .dataset import shorten
 
@@ -19,6 +18,14 @@ from .dataset import shorten
 DEFAULT_BLOCK_ROWS = 131_072
 #: The first cut-off of a query is the k-th best score of its first SAMPLE_FACTOR * k rows.
 SAMPLE_FACTOR = 64
+#: Rows transposed per step into the (D, N) layout (d=32: 512 KiB, an L2-sized tile; at
+#: 10M x 32 whole-matrix or 64k-row steps ran 2-10x slower on the benchmark machine).
+LAYOUT_ROWS = 4_096
+#: ``positions`` of up to this many ids scans the ids (no hash table is built for them).
+FEW_IDS = 16
+#: Multiplier of the polynomial hash of ids' code points (FNV-1a 64-bit prime; wraps mod 2**64).
+_HASH_PRIME = np.uint64(1_099_511_628_211)
+
 
 def _name_unknown(kind: str, missing: Sequence[str], where: str = "") -> str:
     shown = ", ".join(repr(shorten(m)) for m in missing[:10])
@@ -37,6 +44,168 @@ def _l2_normalise(matrix: np.ndarray, what: str, ids: np.ndarray | None = None) 
     if np.all(np.abs(norms - 1.0) < 1e-5):
         return m
     return m / norms[:, None]
+
+
+def _code_points(ids: np.ndarray) -> np.ndarray:
+    """Fixed-width unicode ids (N,) as their code points (N, W) uint32 (a view, no copy)."""
+    arr = np.ascontiguousarray(ids)
+    return arr.view(np.uint32).reshape(len(arr), arr.dtype.itemsize // 4)
+
+
+def ids_from_utf8(offsets: np.ndarray, payload: np.ndarray) -> np.ndarray:
+    """Ids given as UTF-8 bytes back to back, ``payload`` (B,) uint8, id i being
+    ``payload[offsets[i]:offsets[i + 1]]`` (``offsets`` (n + 1,) from 0), as a fixed-width
+    unicode array (n,). ASCII ids (the usual case) are widened byte by byte, without a
+    Python string per id."""
+    n = len(offsets) - 1
+    lengths = np.diff(offsets)                                               # (n,)
+    width = int(lengths.max()) if n > 0 else 0
+    if width == 0:
+        return np.full(max(n, 0), "", dtype="<U1")
+    if int(payload[:int(offsets[-1])].max()) < 128:
+        cols = np.zeros((n, width), dtype=np.uint32)                         # (n, W)
+        cols[np.arange(width) < lengths[:, None]] = payload[:int(offsets[-1])]  # row-major
+        return cols.view(f"<U{width}").reshape(n)
+    text = payload.tobytes()
+    bounds = offsets.tolist()
+    return np.array([text[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:])],
+                    dtype=str)
+
+
+def unicode_ids(values: Any) -> np.ndarray:
+    """Text ids (a numpy array, a pandas Series or Index of text) as a fixed-width unicode
+    array. Arrow-backed text (pandas' ``str`` columns, Parquet reads) is decoded from its
+    offsets and bytes (:func:`ids_from_utf8`), not through a Python string per id."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "U":
+        return values
+    try:
+        import pyarrow as pa
+
+        arr = pa.array(values, from_pandas=True)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            if arr.null_count == 0:
+                width = 8 if pa.types.is_large_string(arr.type) else 4
+                off_buf, data_buf = arr.buffers()[1], arr.buffers()[2]
+                offsets = np.frombuffer(off_buf, dtype=f"<i{width}")[
+                    arr.offset:arr.offset + len(arr) + 1].astype(np.int64)
+                payload = (np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None
+                           else np.zeros(0, np.uint8))
+                return ids_from_utf8(offsets - offsets[0], payload[offsets[0]:])
+    except (ImportError, TypeError, ValueError, ArithmeticError):
+        pass   # not text pyarrow reads directly: numpy's conversion below
+    return np.asarray(values).astype(str)
+
+
+def hash_ids(ids: np.ndarray) -> np.ndarray:
+    """A 64-bit polynomial hash (N,) of fixed-width unicode ids, one vectorised pass per
+    character position (no per-id Python). Equal ids of the same width hash equal."""
+    cols = _code_points(ids)                                                 # (N, W)
+    h = np.zeros(len(ids), dtype=np.uint64)                                  # (N,)
+    for j in range(cols.shape[1]):
+        h *= _HASH_PRIME
+        h += cols[:, j]
+    return h
+
+
+class IdLookup:
+    """Row of each id among fixed-width unicode ``ids`` (N,) by sorted hashes: built with
+    one vectorised hash and one integer argsort (about 16 bytes an id), where a pandas index
+    would first make N Python strings. Hash collisions are resolved by comparing the ids."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        if ids.dtype.kind != "U":
+            raise ValueError(f"ids must be a unicode array, got dtype {ids.dtype}")
+        self.ids = ids
+        h = hash_ids(ids)                                                    # (N,)
+        self.order = np.argsort(h, kind="stable")                            # (N,)
+        self.sorted = h[self.order]                                          # (N,)
+
+    def duplicates(self) -> list[str]:
+        """Ids that occur more than once (at most 10), in no particular order."""
+        same = np.flatnonzero(self.sorted[1:] == self.sorted[:-1])
+        if not len(same):
+            return []
+        out: dict[str, None] = {}
+        for j in same.tolist():   # equal hashes: equal ids, or (rarely) a collision
+            for a in range(j, -1, -1):
+                if self.sorted[a] != self.sorted[j]:
+                    break
+                if self.ids[self.order[a]] == self.ids[self.order[j + 1]]:
+                    out[str(self.ids[self.order[j + 1]])] = None
+                    break
+            if len(out) >= 10:
+                break
+        return list(out)
+
+    def find(self, want: np.ndarray) -> np.ndarray:
+        """Rows (K,) int64 of ``want`` (unicode array), -1 where absent."""
+        width = self.ids.dtype.itemsize // 4
+        want = np.asarray(want)
+        if want.dtype.kind != "U":
+            want = want.astype(str)
+        rows = np.full(len(want), -1, dtype=np.int64)
+        if not len(want):
+            return rows
+        fits = np.char.str_len(want) <= width        # a longer id cannot be among ours
+        w = want.astype(f"<U{width}")                # same width: same hash for equal ids
+        hw = hash_ids(w)                                                     # (K,)
+        # queries searched in sorted order (each search starts near the last: cache-friendly;
+        # 10M unsorted searches into 10M hashes ran ~10x slower), then put back in order
+        qo = np.argsort(hw, kind="stable")
+        pos = np.empty(len(hw), dtype=np.int64)
+        pos[qo] = np.searchsorted(self.sorted, hw[qo])
+        pos = np.minimum(pos, len(self.sorted) - 1)
+        cand = self.order[pos]
+        hit = fits & (self.sorted[pos] == hw) & (self.ids[cand] == w)
+        rows[hit] = cand[hit]
+        # equal hash, other id: a collision; look through the run of equal hashes
+        for j in np.flatnonzero(fits & ~hit & (self.sorted[pos] == hw)).tolist():
+            p = int(pos[j])
+            while p < len(self.sorted) and self.sorted[p] == hw[j]:
+                if self.ids[self.order[p]] == w[j]:
+                    rows[j] = self.order[p]
+                    break
+                p += 1
+        return rows
+
+
+def put_columns(columns: np.ndarray, start: int, rows: np.ndarray) -> None:
+    """Write ``rows`` (b, D) into ``columns[:, start:start + b]`` of a (D, N) array, one
+    cache-sized tile of ``LAYOUT_ROWS`` rows at a time."""
+    for s in range(0, len(rows), LAYOUT_ROWS):
+        tile = rows[s:s + LAYOUT_ROWS]                                       # (t, D)
+        columns[:, start + s:start + s + len(tile)] = tile.T
+
+
+def _unit_columns(matrix: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The rows of ``matrix`` (N, D) scaled to unit length, as a dimension-major (D, N)
+    float32 array, built block by block (cache-sized transposes; no full-size temporary).
+    Rows already of unit length (all within 1e-5) are copied as they are."""
+    n, d = matrix.shape
+    norms = np.empty(n, dtype=np.float32)                                    # (N,)
+    step = 16 * LAYOUT_ROWS
+    for start in range(0, n, step):
+        blk = np.asarray(matrix[start:start + step], dtype=np.float32)       # (b, D)
+        nb = np.sqrt(np.einsum("ij,ij->i", blk, blk, dtype=np.float32))
+        if not np.all(np.isfinite(nb)):
+            if not np.all(np.isfinite(blk)):
+                raise ValueError("the matrix holds NaN or infinite values")
+            nb = np.sqrt(np.einsum("ij,ij->i", blk, blk, dtype=np.float64)).astype(np.float32)
+        norms[start:start + len(blk)] = nb
+    zero = norms <= 1e-12
+    if zero.any():
+        raise ValueError(f"user vectors of length zero (cannot be normalised): "
+                         f"{ids[zero][:10].tolist()}")
+    scale = not np.all(np.abs(norms - 1.0) < 1e-5)
+    cols = np.empty((d, n), dtype=np.float32)                                # (D, N)
+    for start in range(0, n, step):
+        blk = np.asarray(matrix[start:start + step], dtype=np.float32)       # (b, D)
+        if scale:
+            blk = blk / norms[start:start + len(blk), None]
+        put_columns(cols, start, blk)
+    return cols
 
 
 def _best_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -89,11 +258,14 @@ class UserIndex:
         matrix-vector product that streams D long contiguous rows (BLAS ``gemv`` "N"), which
         runs at memory bandwidth, where the (N, D) layout's N short dot products of D floats
         ran ~20 % slower at D = 32-64 (BENCHMARKS.md). ``matrix_`` is the (N, D) view of it.
+        Normalising and transposing go block by block, and the ids are checked unique by
+        their hashes: no per-row Python, no full-size temporary beside ``columns_``.
         """
         ids_arr = np.asarray(ids)
         if ids_arr.ndim != 1:
             raise ValueError(f"ids must be 1-D, got shape {ids_arr.shape}")
-        ids_arr = ids_arr.astype(str)
+        if ids_arr.dtype.kind != "U":
+            ids_arr = ids_arr.astype(str)
         m = np.asarray(matrix)
         if m.ndim != 2:
             raise ValueError(f"matrix must be 2-D (N, D), got shape {m.shape}")
@@ -101,16 +273,51 @@ class UserIndex:
             raise ValueError(f"{len(ids_arr)} ids for {m.shape[0]} vectors")
         if m.shape[0] == 0 or m.shape[1] == 0:
             raise ValueError(f"cannot index an empty matrix of shape {m.shape}")
-        if not np.all(np.isfinite(m)):
-            raise ValueError("the matrix holds NaN or infinite values")
-        lookup = pd.Index(ids_arr)
-        if not lookup.is_unique:
-            dup = lookup[lookup.duplicated()].unique()[:10].tolist()
+        lookup = IdLookup(ids_arr)
+        dup = lookup.duplicates()
+        if dup:
             raise ValueError(f"ids are not unique: {dup}")
-        self.columns_ = np.ascontiguousarray(_l2_normalise(m, "user", ids_arr).T)  # (D, N)
+        self.columns_ = _unit_columns(m, ids_arr)                            # (D, N)
         self.ids_ = ids_arr                                                  # (N,)
-        self._lookup = lookup
+        self._lookup: IdLookup | None = lookup
         return self
+
+    @classmethod
+    def from_columns(cls, columns: np.ndarray, ids: np.ndarray, *,
+                     block_rows: int = DEFAULT_BLOCK_ROWS) -> "UserIndex":
+        """An index over vectors already laid out dimension-major, ``columns`` (D, N) float32
+        C-contiguous (``Store.load_embedding_columns``), whose unique ``ids`` (N,) the store
+        checked when it wrote them. The array is taken over, not copied: rows not of unit
+        length are scaled in place. The id lookup is built on the first ``positions`` call
+        that needs it."""
+        cols = columns
+        if not (isinstance(cols, np.ndarray) and cols.dtype == np.float32 and cols.ndim == 2
+                and cols.flags.c_contiguous and cols.flags.writeable):
+            raise ValueError("columns must be a writable C-contiguous float32 (D, N) array")
+        ids_arr = np.asarray(ids)
+        if ids_arr.dtype.kind != "U":
+            ids_arr = ids_arr.astype(str)
+        d, n = cols.shape
+        if ids_arr.shape != (n,):
+            raise ValueError(f"{len(ids_arr)} ids for {n} vectors")
+        if n == 0 or d == 0:
+            raise ValueError(f"cannot index an empty matrix of shape {(n, d)}")
+        out = cls(block_rows)
+        step = out.block_rows
+        for start in range(0, n, step):
+            blk = cols[:, start:start + step]                                # (D, b)
+            nb = np.sqrt(np.einsum("ij,ij->j", blk, blk, dtype=np.float32))  # (b,)
+            if not np.all(np.isfinite(nb)) and not np.all(np.isfinite(blk)):
+                raise ValueError("the matrix holds NaN or infinite values")
+            if np.any(nb <= 1e-12):
+                bad = ids_arr[start:start + step][nb <= 1e-12][:10].tolist()
+                raise ValueError(f"user vectors of length zero (cannot be normalised): {bad}")
+            if not np.all(np.abs(nb - 1.0) < 1e-5):
+                blk /= nb[None, :]
+        out.columns_ = cols
+        out.ids_ = ids_arr
+        out._lookup = None
+        return out
 
     @property
     def matrix_(self) -> np.ndarray:
@@ -138,15 +345,33 @@ class UserIndex:
         """Row numbers of ``ids``. ``missing="raise"``: ValueError naming unknown ids;
         ``"ignore"``: unknown ids are dropped."""
         self._check_fitted()
-        want = np.asarray([str(i) for i in ids], dtype=object)
+        want = np.asarray([str(i) for i in ids], dtype=str)
         if len(want) == 0:
             return np.empty(0, dtype=np.int64)
-        pos = self._lookup.get_indexer(want)
+        pos = self.find(want)
         if (pos < 0).any():
             if missing == "raise":
                 raise ValueError(_name_unknown("user", want[pos < 0].tolist()))
             pos = pos[pos >= 0]
         return pos.astype(np.int64)
+
+    def find(self, ids: np.ndarray) -> np.ndarray:
+        """Row numbers (K,) int64 of ``ids`` (a unicode array), -1 for unknown ids. Up to
+        ``FEW_IDS`` ids are found by scanning; more build the hash lookup once."""
+        self._check_fitted()
+        want = np.asarray(ids)
+        if want.dtype.kind != "U":
+            want = want.astype(str)
+        if self._lookup is None and len(want) <= FEW_IDS:
+            pos = np.full(len(want), -1, dtype=np.int64)   # a few ids: scan, build nothing
+            for j, w in enumerate(want.tolist()):
+                hit = np.flatnonzero(self.ids_ == w)
+                if len(hit):
+                    pos[j] = hit[0]
+            return pos
+        if self._lookup is None:
+            self._lookup = IdLookup(self.ids_)
+        return self._lookup.find(want)
 
     def _queries(self, vectors: Any) -> np.ndarray:
         q = np.asarray(vectors, dtype=np.float32)

@@ -8,12 +8,18 @@ so several processes - training jobs and the app - can share it); PostgreSQL wor
 Storage choices:
 
 * Canonical dataset tables are Parquet bytes (never pickle), so ``load_dataset`` round-trips
-  dtypes and list-valued genres exactly.
-* Embeddings: per (run, kind) one row holding the ids (a ``.npy`` of fixed-width unicode,
-  ``allow_pickle=False``) and the float32 matrix split into chunks of ``CHUNK_ROWS`` rows, so a
-  run's million vectors load in one ``SELECT`` of a few dozen rows, streamed (not a million
-  fetches), no single value grows past what PostgreSQL's ``bytea`` accepts, and ``get_vectors``
-  reads only the bytes (a few ids) or the chunks (many ids) that hold the requested vectors.
+  dtypes and list-valued genres exactly; a table whose Parquet is over ``DATASET_PART_BYTES``
+  is stored in parts of about that size (no value near SQLite's 1e9-byte limit), read back in
+  one query and converted to pandas once. ``add_dataset(reuse=True)`` (the CLI's ``train DATA
+  --db``) stores nothing when a dataset of the same content hash is already there.
+* Embeddings: per (run, kind) one header row, the ids in chunks of ``ID_CHUNK_ROWS`` (each
+  an int64 count, int64 offsets and the UTF-8 bytes of the ids: :func:`_ids_to_chunk`) and the
+  float32 matrix in chunks of ``CHUNK_ROWS`` rows, so a run's million vectors load in one
+  ``SELECT`` of a few dozen rows, streamed (not a million fetches), no single value grows with
+  the number of users (SQLite refuses a value over 1e9 bytes, PostgreSQL's ``bytea`` 1 GiB:
+  100M ids of 36 characters are 3.6 GB), and ``get_vectors`` reads only the bytes (a few ids)
+  or the chunks (many ids) that hold the requested vectors. ``load_embedding_columns`` reads
+  the matrix straight into the dimension-major layout the search index keeps.
 * ``finish_run`` writes weights, encoders, embeddings, summary and ``status='succeeded'`` in one
   transaction: a process killed before the commit leaves a run that is still queued/running
   (later marked failed by ``mark_orphans_failed``) and none of its artefacts.
@@ -52,23 +58,32 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal,
     select,
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, declared_attr, mapped_column
 
 from .dataset import Dataset
 from .records import ACTIVE_STATUSES, STATUSES, AudienceInfo, DatasetInfo, RunInfo, RunStatus
+from .retrieval import hash_ids, ids_from_utf8, put_columns
 
 log = logging.getLogger(__name__)
 
 #: Version of the schema this code writes. A database with a newer version is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Schema history: 1 = the first store; 2 = ``runs.host`` and ``runs.heartbeat_at`` (jobs that
-#: know their host; :func:`_migrate_v1_to_v2`).
+#: know their host; :func:`_migrate_v1_to_v2`); 3 = embedding ids in chunks
+#: (``embedding_id_chunks``; ``embeddings.ids`` left empty) and dataset tables in parts
+#: (``dataset_table_parts``; ``dataset_tables`` left empty): :func:`_migrate_v2_to_v3`.
 #: Rows of an embedding matrix per stored chunk (d=64: 4 MiB a chunk; 1M rows: 62 chunks).
 CHUNK_ROWS = 16_384
+#: A dataset table whose Parquet is larger is stored in row parts of about this size (ML-25M's
+#: 25M interactions: ~200 MB, one part; several parts cost a dictionary union when read).
+DATASET_PART_BYTES = 256 * 2**20
+#: Ids per stored id chunk (36-character ids: 4.7 MiB a chunk; 10M ids: 77 chunks).
+ID_CHUNK_ROWS = 131_072
 #: Run states (``records.RunStatus``; re-exported here). A run is "active" while queued or
 #: running.
 __all__ = ["STATUSES", "ACTIVE_STATUSES", "RunStatus", "Store", "StoreError", "content_hash"]
@@ -116,12 +131,26 @@ class DatasetRow(Base):
 
 
 class DatasetTableRow(Base):
-    """One canonical table of a dataset (interactions, users, items) as Parquet bytes."""
+    """Schema 1-2: one canonical table of a dataset as one Parquet blob (moved into
+    ``dataset_table_parts`` by :func:`_migrate_v2_to_v3`; nothing writes here since)."""
 
     __tablename__ = "dataset_tables"
     dataset_id: Mapped[int] = mapped_column(
         ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class DatasetPartRow(Base):
+    """Part ``part`` (consecutive rows, see ``DATASET_PART_BYTES``) of one canonical table of
+    a dataset (interactions, users, items) as Parquet bytes: a table of any length, no value
+    past SQLite's 1e9 bytes."""
+
+    __tablename__ = "dataset_table_parts"
+    dataset_id: Mapped[int] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    part: Mapped[int] = mapped_column(Integer, primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
@@ -186,7 +215,8 @@ class EncodersRow(Base):
 
 
 class EmbeddingRow(Base):
-    """Header of one embedding matrix: its ids (one .npy blob) and shape."""
+    """Header of one embedding matrix: its shape (ids in ``embedding_id_chunks``; ``ids``
+    held them as one .npy blob up to schema 2 and is empty since)."""
 
     __tablename__ = "embeddings"
     run_id: Mapped[int] = mapped_column(
@@ -198,19 +228,31 @@ class EmbeddingRow(Base):
     ids: Mapped[bytes] = mapped_column(LargeBinary)
 
 
-class EmbeddingChunkRow(Base):
-    """Rows ``[chunk * chunk_rows, (chunk + 1) * chunk_rows)`` of a matrix, float32 C order."""
+class _MatrixChunk:
+    """The columns of one chunk of an embedding matrix (its vectors, or its ids)."""
 
-    __tablename__ = "embedding_chunks"
     run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
-    # composite FK to the header: deleting the header (or its run) deletes the chunks
-    __table_args__ = (
-        ForeignKeyConstraint(["run_id", "kind"], ["embeddings.run_id", "embeddings.kind"],
-                             ondelete="CASCADE"),
-    )
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        # composite FK to the header: deleting the header (or its run) deletes the chunks
+        return (ForeignKeyConstraint(["run_id", "kind"], ["embeddings.run_id", "embeddings.kind"],
+                                     ondelete="CASCADE"),)
+
+
+class EmbeddingChunkRow(_MatrixChunk, Base):
+    """Rows ``[chunk * chunk_rows, (chunk + 1) * chunk_rows)`` of a matrix, float32 C order."""
+
+    __tablename__ = "embedding_chunks"
+
+
+class EmbeddingIdChunkRow(_MatrixChunk, Base):
+    """Ids ``[chunk * ID_CHUNK_ROWS, ...)`` of a matrix (:func:`_ids_to_chunk` bytes)."""
+
+    __tablename__ = "embedding_id_chunks"
 
 
 class ProjectionRow(Base):
@@ -322,8 +364,14 @@ def _frame_to_parquet(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def _frame_from_parquet(data: bytes) -> pd.DataFrame:
-    df = pd.read_parquet(io.BytesIO(data), engine="pyarrow")
+def _frame_from_parquet(data: bytes, columns: Sequence[str] | None = None
+                        ) -> pd.DataFrame:
+    return _lists_from_arrays(pd.read_parquet(io.BytesIO(data), engine="pyarrow",
+                                              columns=None if columns is None
+                                              else list(columns)))
+
+
+def _lists_from_arrays(df: pd.DataFrame) -> pd.DataFrame:
     # Arrow list columns come back as numpy arrays per cell; the canonical form is list[str].
     for c in df.columns:
         if df[c].dtype == object and len(df) and isinstance(df[c].iloc[0], np.ndarray):
@@ -340,6 +388,38 @@ def _ids_to_bytes(ids: np.ndarray) -> bytes:
 
 def _ids_from_bytes(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _ids_to_chunk(ids: np.ndarray) -> bytes:
+    """Ids (n,) as ``int64 n | int64 offsets (n + 1) | UTF-8 bytes`` (no width limit, no
+    per-row Python when every id is ASCII: code points are copied as bytes)."""
+    arr = np.asarray(ids)
+    if arr.dtype.kind != "U":
+        arr = arr.astype(str)
+    n, width = len(arr), arr.dtype.itemsize // 4
+    lengths = np.zeros(n, dtype=np.int64)                                    # (n,)
+    payload = b""
+    if n and width:
+        cols = np.ascontiguousarray(arr).view(np.uint32).reshape(n, width)  # (n, W)
+        if int(cols.max()) < 128:
+            nonzero = cols != 0              # numpy strips trailing NULs: length = last char
+            lengths = np.where(nonzero.any(axis=1),
+                               width - np.argmax(nonzero[:, ::-1], axis=1), 0).astype(np.int64)
+            payload = cols[np.arange(width) < lengths[:, None]].astype(np.uint8).tobytes()
+        else:
+            encoded = [t.encode("utf-8") for t in arr.tolist()]
+            lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=n)
+            payload = b"".join(encoded)
+    offsets = np.zeros(n + 1, dtype=np.int64)                                # (n + 1,)
+    np.cumsum(lengths, out=offsets[1:])
+    return np.array([n], dtype="<i8").tobytes() + offsets.astype("<i8").tobytes() + payload
+
+
+def _ids_from_chunk(data: bytes | memoryview) -> np.ndarray:
+    """Inverse of :func:`_ids_to_chunk`: a fixed-width unicode array (n,)."""
+    n = int(np.frombuffer(data, dtype="<i8", count=1)[0])
+    offsets = np.frombuffer(data, dtype="<i8", count=n + 1, offset=8)       # (n + 1,)
+    return ids_from_utf8(offsets, np.frombuffer(data, dtype=np.uint8, offset=8 * (n + 2)))
 
 
 def _find_rows(all_ids: np.ndarray, want: np.ndarray) -> np.ndarray:
@@ -362,21 +442,15 @@ def _array_to_bytes(arr: np.ndarray) -> bytes:
 
 
 def _all_unique(ids: np.ndarray) -> bool:
-    """True when no id repeats. Fixed-width unicode ids are hashed as integers (a vectorised
-    polynomial hash over their code points, then one integer sort); only ids whose hashes
-    collide are compared exactly. About 10x faster than a pandas index at a million ids."""
+    """True when no id repeats. Fixed-width unicode ids are hashed as integers
+    (:func:`~.retrieval.hash_ids`), then one integer sort; only ids whose hashes collide are
+    compared exactly. About 10x faster than a pandas index at a million ids."""
     n = len(ids)
     if n < 2:
         return True
     if ids.dtype.kind != "U":
         return bool(pd.Index(ids, dtype=object).is_unique)
-    width = ids.dtype.itemsize // 4
-    cols = np.ascontiguousarray(ids).view(np.uint32).reshape(n, width)     # (N, W) code points
-    h = np.zeros(n, dtype=np.uint64)                                         # (N,)
-    prime = np.uint64(1_099_511_628_211)
-    for j in range(width):
-        h *= prime                                                           # wraps mod 2**64
-        h += cols[:, j]
+    h = hash_ids(ids)                                                        # (N,)
     s = np.sort(h)
     same = s[1:] == s[:-1]
     if not same.any():
@@ -399,18 +473,54 @@ def _check_matrix(ids: Any, vectors: Any, what: str) -> tuple[np.ndarray, np.nda
     return ids_arr, vec
 
 
-def _dataset_tables(ds: Dataset) -> tuple[dict[str, bytes], str]:
-    """The dataset's three tables as Parquet bytes and the SHA-256 of them (its identity)."""
-    tables = {
-        "interactions": _frame_to_parquet(ds.interactions),
-        "users": _frame_to_parquet(ds.users),
-        "items": _frame_to_parquet(ds.items),
-    }
+DATASET_KINDS = ("interactions", "users", "items")
+
+
+def _dataset_tables(ds: Dataset) -> tuple[dict[str, list[bytes]], str]:
+    """The dataset's three tables as Parquet parts (one, unless its Parquet is over
+    ``DATASET_PART_BYTES``) and the SHA-256 of them (its identity; a table of one part hashes
+    as schema 2 hashed it)."""
+    tables: dict[str, list[bytes]] = {}
     h = hashlib.sha256()
-    for kind in ("interactions", "users", "items"):
+    for kind in DATASET_KINDS:
+        frame = getattr(ds, kind)
+        whole = _frame_to_parquet(frame)
+        n_parts = min(len(frame), -(-len(whole) // DATASET_PART_BYTES))
+        if n_parts <= 1:
+            tables[kind] = [whole]
+        else:
+            step = -(-len(frame) // n_parts)
+            del whole
+            tables[kind] = [_frame_to_parquet(_part_of(frame, a, a + step))
+                            for a in range(0, len(frame), step)]
         h.update(kind.encode())
-        h.update(tables[kind])
+        for part in tables[kind]:
+            h.update(part)
     return tables, h.hexdigest()
+
+
+def _part_of(frame: pd.DataFrame, start: int, stop: int) -> pd.DataFrame:
+    """Rows ``[start, stop)`` of ``frame``; categoricals keep only the categories used there
+    (Parquet would otherwise store every category of the whole table in every part)."""
+    part = frame.iloc[start:stop]
+    cats = [c for c in part.columns if isinstance(part[c].dtype, pd.CategoricalDtype)]
+    if cats:
+        part = part.assign(**{c: part[c].cat.remove_unused_categories() for c in cats})
+    return part
+
+
+def _frame_from_parts(parts: Sequence[bytes], columns: Sequence[str] | None = None
+                      ) -> pd.DataFrame:
+    """A table (only ``columns`` of it if given) from its Parquet parts (in order),
+    converted to pandas once."""
+    if len(parts) == 1:
+        return _frame_from_parquet(parts[0], columns)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = None if columns is None else list(columns)
+    table = pa.concat_tables([pq.read_table(io.BytesIO(p), columns=cols) for p in parts])
+    return _lists_from_arrays(table.to_pandas())
 
 
 def content_hash(ds: Dataset) -> str:
@@ -503,8 +613,41 @@ def _migrate_v1_to_v2(s: Session) -> None:
     _add_missing_columns(s, RunRow.__table__, ("host", "heartbeat_at"))
 
 
+def _write_id_chunks(s: Session, run_id: int, kind: str, ids: np.ndarray) -> None:
+    """A matrix's ids as ``embedding_id_chunks`` rows of ``ID_CHUNK_ROWS`` ids each."""
+    for c, start in enumerate(range(0, len(ids), ID_CHUNK_ROWS)):
+        s.execute(insert(EmbeddingIdChunkRow), [{
+            "run_id": run_id, "kind": kind, "chunk": c,
+            "data": _ids_to_chunk(ids[start:start + ID_CHUNK_ROWS])}])
+
+
+def _migrate_v2_to_v3(s: Session) -> None:
+    """Schema 2 -> 3: each matrix's ids move from the one ``embeddings.ids`` blob (which
+    SQLite refuses past 1e9 bytes) into ``embedding_id_chunks`` (created by ``create_all``
+    before this step; the blob is emptied; one matrix in memory at a time), and each dataset
+    table's one Parquet blob becomes part 0 of it in ``dataset_table_parts``."""
+    keys = s.execute(select(EmbeddingRow.run_id, EmbeddingRow.kind)).all()
+    for run_id, kind in keys:
+        have = s.scalar(select(func.count()).select_from(EmbeddingIdChunkRow)
+                        .where(EmbeddingIdChunkRow.run_id == run_id,
+                               EmbeddingIdChunkRow.kind == kind))
+        blob = s.scalar(select(EmbeddingRow.ids).where(EmbeddingRow.run_id == run_id,
+                                                       EmbeddingRow.kind == kind))
+        if have or not blob:
+            continue
+        _write_id_chunks(s, run_id, kind, _ids_from_bytes(bytes(blob)))
+        s.execute(update(EmbeddingRow).where(EmbeddingRow.run_id == run_id,
+                                             EmbeddingRow.kind == kind).values(ids=b""))
+    old = DatasetTableRow.__table__
+    s.execute(insert(DatasetPartRow).from_select(
+        ["dataset_id", "kind", "part", "data"],
+        select(old.c.dataset_id, old.c.kind, literal(0), old.c.data)))
+    s.execute(delete(DatasetTableRow))
+
+
 #: ``from_version -> step`` of each migration, applied in order up to ``SCHEMA_VERSION``.
-_MIGRATIONS: dict[int, Callable[[Session], None]] = {1: _migrate_v1_to_v2}
+_MIGRATIONS: dict[int, Callable[[Session], None]] = {1: _migrate_v1_to_v2,
+                                                     2: _migrate_v2_to_v3}
 
 
 def _migrate(s: Session, from_version: int) -> None:
@@ -606,8 +749,10 @@ class Store:
         with self._session(write=True) as s:
             s.add(row)
             s.flush()
-            for kind, data in tables.items():
-                s.add(DatasetTableRow(dataset_id=row.id, kind=kind, data=data))
+            for kind, parts in tables.items():
+                for part, data in enumerate(parts):
+                    s.execute(insert(DatasetPartRow), [{"dataset_id": row.id, "kind": kind,
+                                                        "part": part, "data": data}])
             dataset_id = int(row.id)
         log.info("stored dataset %s (%s)", dataset_id, row.name)
         return dataset_id
@@ -654,17 +799,36 @@ class Store:
             r = s.get(DatasetRow, int(dataset_id))
             if r is None:
                 raise StoreError(f"no dataset with id {dataset_id}")
-            tables = dict(s.execute(select(DatasetTableRow.kind, DatasetTableRow.data)
-                                    .where(DatasetTableRow.dataset_id == r.id)).all())
+            parts: dict[str, list[bytes]] = {k: [] for k in DATASET_KINDS}
+            for kind, data in s.execute(select(DatasetPartRow.kind, DatasetPartRow.data)
+                                        .where(DatasetPartRow.dataset_id == r.id)
+                                        .order_by(DatasetPartRow.kind, DatasetPartRow.part)):
+                parts[kind].append(data)
             meta = self._dataset_dict(r)
             truth = _truth_from_json(r.truth)
         return Dataset(
-            interactions=_frame_from_parquet(tables["interactions"]),
-            users=_frame_from_parquet(tables["users"]),
-            items=_frame_from_parquet(tables["items"]),
+            interactions=_frame_from_parts(parts["interactions"]),
+            users=_frame_from_parts(parts["users"]),
+            items=_frame_from_parts(parts["items"]),
             format=meta.format, name=meta.name, rating_scale=meta.rating_scale,
             warnings=meta.warnings, truth=truth,
         )
+
+    def load_dataset_table(self, dataset_id: int, kind: str,
+                           columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """One canonical table of a stored dataset ("interactions", "users" or "items"),
+        read in one query and converted once (a loaded run reads each when it needs it);
+        ``columns``: only these columns (e.g. the interactions' ids, not their times)."""
+        if kind not in DATASET_KINDS:
+            raise ValueError(f"kind must be one of {DATASET_KINDS}, got {kind!r}")
+        with self._session() as s:
+            if s.get(DatasetRow, int(dataset_id)) is None:
+                raise StoreError(f"no dataset with id {dataset_id}")
+            parts = list(s.scalars(select(DatasetPartRow.data)
+                                   .where(DatasetPartRow.dataset_id == int(dataset_id),
+                                          DatasetPartRow.kind == kind)
+                                   .order_by(DatasetPartRow.part)))
+        return _frame_from_parts(parts, columns)
 
     def delete_dataset(self, dataset_id: int) -> None:
         """Delete a dataset with its runs and everything they own."""
@@ -796,7 +960,8 @@ class Store:
         n, dim = vectors.shape
         s.execute(insert(EmbeddingRow), [{
             "run_id": run_id, "kind": kind, "n": n, "dim": dim, "chunk_rows": CHUNK_ROWS,
-            "ids": _ids_to_bytes(ids)}])
+            "ids": b""}])
+        _write_id_chunks(s, run_id, kind, ids)
         for c, start in enumerate(range(0, n, CHUNK_ROWS)):
             self._write_chunk(s, run_id, kind, c, vectors[start:start + CHUNK_ROWS])
 
@@ -895,33 +1060,62 @@ class Store:
             raise StoreError(f"run {run_id} has no stored {kind} embeddings (it did not succeed)")
         return head
 
-    def load_embeddings(self, run_id: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
-        """All ids and vectors of one kind ("user"/"item"): ``(ids (N,), vectors (N, D))``.
+    @staticmethod
+    def _load_ids(s: Session, head: EmbeddingRow) -> np.ndarray:
+        """All ids of a matrix (N,), in row order, from its id chunks."""
+        parts = [_ids_from_chunk(data) for (data,) in s.execute(
+            select(EmbeddingIdChunkRow.data)
+            .where(EmbeddingIdChunkRow.run_id == head.run_id,
+                   EmbeddingIdChunkRow.kind == head.kind)
+            .order_by(EmbeddingIdChunkRow.chunk).execution_options(yield_per=1))]
+        ids = (np.concatenate(parts) if len(parts) > 1 else parts[0] if parts
+               else np.empty(0, dtype="<U1"))
+        if len(ids) != head.n:
+            raise StoreError(f"run {head.run_id}: stored {head.kind} ids are incomplete")
+        return ids
 
-        One query returns the id blob and the matrix's few chunks; the float32 matrix is
-        assembled into one writable C-contiguous array.
+    def _read_matrix(self, run_id: int, kind: str, columns: bool
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Ids (N,) and the matrix, (N, D) or, with ``columns``, dimension-major (D, N).
+
+        One query; rows streamed one chunk at a time, so the peak memory is the matrix plus
+        one chunk (not the matrix twice).
         """
         with self._session() as s:
             head = self._embedding_header(s, run_id, kind)
             n, dim, rows_per = head.n, head.dim, head.chunk_rows
-            ids = _ids_from_bytes(head.ids)
-            out = np.empty((n, dim), dtype=np.float32)                    # (N, D)
-            flat = out.reshape(-1)
-            # one query; rows streamed one chunk at a time, so the peak memory is the matrix
-            # plus one chunk (not the matrix twice)
+            ids = self._load_ids(s, head)
+            out = np.empty((dim, n) if columns else (n, dim), dtype=np.float32)
             result = s.execute(select(EmbeddingChunkRow.chunk, EmbeddingChunkRow.data)
                                .where(EmbeddingChunkRow.run_id == int(run_id),
                                       EmbeddingChunkRow.kind == kind)
                                .execution_options(yield_per=1))
             seen = 0
             for chunk, data in result:
-                block = np.frombuffer(data, dtype=np.float32)
-                start = chunk * rows_per * dim
-                flat[start:start + block.size] = block
+                block = np.frombuffer(data, dtype=np.float32).reshape(-1, dim)   # (r, D)
+                start = chunk * rows_per
+                if columns:
+                    put_columns(out, start, block)
+                else:
+                    out[start:start + len(block)] = block
                 seen += block.size
         if seen != n * dim:
             raise StoreError(f"run {run_id}: stored {kind} embeddings are incomplete")
         return ids, out
+
+    def load_embeddings(self, run_id: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """All ids and vectors of one kind ("user"/"item"): ``(ids (N,), vectors (N, D))``.
+
+        One query returns the id chunks, one the matrix's chunks; the float32 matrix is
+        assembled into one writable C-contiguous array.
+        """
+        return self._read_matrix(run_id, kind, columns=False)
+
+    def load_embedding_columns(self, run_id: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`load_embeddings` but the matrix dimension-major: ``(ids (N,),
+        columns (D, N))`` C-contiguous, the layout :class:`~.retrieval.UserIndex` searches
+        (each chunk is transposed as it arrives: no second full copy)."""
+        return self._read_matrix(run_id, kind, columns=True)
 
     def get_vectors(self, run_id: int, kind: str, ids: Sequence[str]) -> np.ndarray:
         """Vectors of some ids (in the given order), reading only the chunks that hold them.
@@ -931,7 +1125,7 @@ class Store:
         want = np.asarray([str(i) for i in ids])
         with self._session() as s:
             head = self._embedding_header(s, run_id, kind)
-            all_ids = _ids_from_bytes(head.ids)
+            all_ids = self._load_ids(s, head)
             rows = _find_rows(all_ids, want)
             if (rows < 0).any():
                 missing = [str(x) for x in want[rows < 0]]

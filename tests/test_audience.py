@@ -503,3 +503,121 @@ def test_map_frame_of_users_and_items(run: aud.LoadedRun) -> None:
     assert items["first genre"].tolist() == ["Drama", "Comedy"]
     with pytest.raises(ValueError, match="kind must be"):
         aud.map_frame(run, ["u1"], "group")
+
+
+# ----------------------------------------------------------------------------- lazy columns
+FAVOURITES = ["Drama", "Comedy", "(no history)", "Comedy", "Drama", "Drama"]
+# u1: A, C -> Drama 2, Romance 1; u4: B, A -> Comedy, Drama, Romance once each: alphabetical
+# first; u6: A -> Drama and Romance tie: Drama
+
+
+def test_opening_a_run_reads_vectors_only_and_columns_on_first_need(tmp_path: Path) -> None:
+    store, rid = make_tiny_store(f"sqlite:///{tmp_path / 'a.db'}")
+    run = aud.load_run(store, rid)
+    assert run.source._frames == {}                        # no user table, no interactions
+    assert run.index.ids_.tolist() == USER_IDS and run.index._lookup is None
+    np.testing.assert_allclose(run.index.columns_, USER_VECS.T, atol=1e-7)
+    r = build(run, items=["A"], top_n=2)
+    assert r.members["user_id"].tolist() == ["u1", "u2"]
+    assert sorted(run.source._frames) == ["pairs"]       # the user table is not kept
+    assert run.favourite_genre.tolist() == FAVOURITES
+    store.dispose()
+
+
+def test_lazily_loaded_columns_give_the_audience_and_insights_of_eager_ones(
+        tmp_path: Path) -> None:
+    """The stored run read lazily (user table shuffled, one user missing from it, one
+    extra, every text column categorical) equals the run built from the whole dataset."""
+    ds = tiny_dataset()
+    users = ds.users.iloc[[4, 0, 2, 1, 5]].reset_index(drop=True)      # u4 missing
+    users.loc[len(users)] = ["u9", "F", "25-34"]                          # not in the run
+    cat = Dataset(
+        interactions=ds.interactions.astype({"user_id": "category", "item_id": "category"}),
+        users=users.astype("category"), items=ds.items, format="ml-100k", name="cat")
+    store = Store(f"sqlite:///{tmp_path / 'c.db'}")
+    did = store.add_dataset(cat)
+    rid = store.create_run(did, {})
+    store.finish_run(rid, summary={}, weights=b"w", encoders={}, user_ids=USER_IDS,
+                     user_vectors=USER_VECS, item_ids=["A", "B", "C"], item_vectors=ITEM_VECS)
+    lazy = aud.load_run(store, rid)
+    plain = Dataset(interactions=ds.interactions, users=users.astype(str), items=ds.items,
+                    format="ml-100k", name="plain")
+    eager = aud.run_from_parts(rid, did, USER_IDS, USER_VECS, ["A", "B", "C"], ITEM_VECS,
+                               plain)
+    assert lazy.favourite_genre.tolist() == eager.favourite_genre.tolist() == FAVOURITES
+    assert lazy.users["gender"].astype(object).tolist() == ["F", "M", "F", np.nan, "M", "M"]
+    for req in (dict(items=["A"], top_n=6), dict(items=["B"], percent=50, exclude_seen=True),
+                dict(seed_users=["u2"], top_n=3, where={"gender": ["M", "F"]})):
+        a, b = build(lazy, **req), build(eager, **req)
+        assert a.members["user_id"].tolist() == b.members["user_id"].tolist()
+        assert a.members["gender"].astype(object).fillna("-").tolist() \
+            == b.members["gender"].astype(object).fillna("-").tolist()
+        pd.testing.assert_frame_equal(a.insights, b.insights)
+    ins = build(lazy, items=["A"], top_n=6).insights.set_index(["attribute", "value"])
+    assert ins.loc[("gender", "(missing)"), "audience_count"] == 1            # u4
+    assert ins.loc[("favourite genre", "Drama"), "population_count"] == 3
+    store.dispose()
+
+
+def test_favourite_genres_hand_worked_with_codes() -> None:
+    ds = tiny_dataset()
+    items = pd.concat([ds.items, pd.DataFrame({"item_id": ["A"], "title": ["dup"],
+                                               "genres": [["Western"]]})])  # first A wins
+    got = aud.favourite_genres(ds.interactions, items, np.array(USER_IDS))
+    assert got.tolist() == FAVOURITES
+    inter = ds.interactions.astype({"user_id": "category", "item_id": "category"})
+    assert aud.favourite_genres(inter, items, np.array(USER_IDS)).tolist() == FAVOURITES
+    assert aud.favourite_genres(inter.iloc[:0], items, np.array(USER_IDS)).tolist() \
+        == ["(no history)"] * 6
+
+
+# ----------------------------------------------------------------------------- fast layout
+def test_id_lookup_finds_ids_even_when_every_hash_collides(monkeypatch) -> None:
+    from dssm_core import retrieval
+
+    ids = np.array(["b", "a", "ccc", "用户", ""])
+    real = retrieval.IdLookup(ids)
+    assert real.find(np.array(["ccc", "a", "zz", "cccc", "用户", ""])).tolist() \
+        == [2, 1, -1, -1, 3, 4]                          # "cccc" is longer than any id
+    assert real.duplicates() == []
+    monkeypatch.setattr(retrieval, "hash_ids", lambda a: np.zeros(len(a), np.uint64))
+    same = retrieval.IdLookup(ids)
+    assert same.find(np.array(["ccc", "a", "zz", "b"])).tolist() == [2, 1, -1, 0]
+    assert retrieval.IdLookup(np.array(["x", "y", "x"])).duplicates() == ["x"]
+    with pytest.raises(ValueError, match=r"ids are not unique: \['x'\]"):
+        UserIndex().index(np.eye(3, dtype=np.float32), ["x", "y", "x"])
+
+
+def test_index_and_from_columns_lay_out_unit_columns(monkeypatch) -> None:
+    from dssm_core import retrieval
+
+    monkeypatch.setattr(retrieval, "LAYOUT_ROWS", 2)      # 6 rows: tiles of 2, blocks of 32
+    m = USER_VECS * np.array([[2], [1], [1], [3], [1], [5]], np.float32)   # not unit
+    idx = UserIndex().index(m, USER_IDS)
+    np.testing.assert_allclose(idx.columns_, USER_VECS.T, atol=1e-7)
+    assert idx.columns_.flags.c_contiguous and idx.positions(["u6", "u1"]).tolist() == [5, 0]
+    cols = np.ascontiguousarray(m.T)
+    fast = UserIndex.from_columns(cols, np.array(USER_IDS), block_rows=4)
+    assert fast.columns_ is cols                          # taken over, scaled in place
+    np.testing.assert_allclose(cols, USER_VECS.T, atol=1e-7)
+    assert fast.query(np.array([1, 0], np.float32), 2)[1].tolist() == [["u1", "u2"]]
+    with pytest.raises(ValueError, match="length zero.*'u2'"):
+        UserIndex.from_columns(np.array([[1, 0], [0, 0]], np.float32), np.array(["u1", "u2"]))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        UserIndex.from_columns(np.array([[np.nan], [1]], np.float32), np.array(["u1"]))
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        UserIndex.from_columns(np.ones((2, 3)), np.array(["a", "b", "c"]))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        UserIndex().index(np.array([[np.inf, 0]], np.float32), ["u"])
+
+
+def test_unicode_ids_from_arrow_text_numpy_and_numbers() -> None:
+    from dssm_core.retrieval import unicode_ids
+
+    assert unicode_ids(pd.Series(["a", "Zoë", "", "用户7"])).tolist() == ["a", "Zoë", "", "用户7"]
+    sliced = pd.Series(["a", "bcd", "ef", "g"], dtype="str").iloc[1:3]     # offsets from 1
+    assert unicode_ids(sliced).tolist() == ["bcd", "ef"]
+    assert unicode_ids(pd.Index([10, 2])).tolist() == ["10", "2"]
+    assert unicode_ids(pd.Series(["x", "yy"], dtype=object)).dtype == np.dtype("<U2")
+    ids = np.array(["u1", "u22"])
+    assert unicode_ids(ids) is ids

@@ -577,3 +577,93 @@ def test_the_same_dataset_is_recognised_and_reused(tmp_path: Path) -> None:
     copy = store.add_dataset(small_dataset(), name="copy")             # asked for: a copy
     assert copy not in (first,) and len(store.list_datasets()) == 3
     store.dispose()
+
+
+# ----------------------------------------------------------------------------- chunked ids
+def test_id_chunks_round_trip_unicode_empty_and_nul_free() -> None:
+    ascii_ids = np.array(["u1", "", "user-000042", "a b"])
+    blob = store_mod._ids_to_chunk(ascii_ids)
+    # 4 ids: int64 count, 5 int64 offsets, then the UTF-8 bytes back to back
+    assert np.frombuffer(blob[:48], "<i8").tolist() == [4, 0, 2, 2, 13, 16]
+    assert blob[48:] == b"u1user-000042a b"
+    assert store_mod._ids_from_chunk(blob).tolist() == ["u1", "", "user-000042", "a b"]
+    uni = np.array(["Zoë", "用户7", "", "x"])       # non-ASCII: 3 + 7 + 0 + 1 UTF-8 bytes
+    blob = store_mod._ids_to_chunk(uni)
+    assert np.frombuffer(blob[8:48], "<i8").tolist() == [0, 4, 11, 11, 12]
+    assert store_mod._ids_from_chunk(blob).tolist() == ["Zoë", "用户7", "", "x"]
+    empty = store_mod._ids_to_chunk(np.array([], dtype=str))
+    assert len(empty) == 16 and store_mod._ids_from_chunk(empty).tolist() == []
+    blanks = store_mod._ids_to_chunk(np.array(["", ""]))
+    assert store_mod._ids_from_chunk(blanks).tolist() == ["", ""]
+
+
+def test_ids_spanning_many_chunks_round_trip(store: Store, monkeypatch) -> None:
+    monkeypatch.setattr(store_mod, "ID_CHUNK_ROWS", 3)   # 8 ids -> chunks of 3, 3, 2
+    monkeypatch.setattr(store_mod, "CHUNK_ROWS", 5)
+    did = store.add_dataset(small_dataset())
+    uids = ["b", "Zoë", "a" * 40, "用户", "u5", "6", "é", "z"]   # widths differ per chunk
+    uvec = np.arange(16, dtype=np.float32).reshape(8, 2) + 1
+    rid = store.create_run(did, {})
+    store.finish_run(rid, summary={}, weights=b"", encoders={}, user_ids=uids,
+                     user_vectors=uvec, item_ids=["i"], item_vectors=np.ones((1, 2)))
+    assert count(store, store_mod.EmbeddingIdChunkRow.__table__, run_id=rid, kind="user") == 3
+    ids, vec = store.load_embeddings(rid, "user")
+    assert ids.tolist() == uids and vec.tobytes() == uvec.tobytes()
+    ids, cols = store.load_embedding_columns(rid, "user")
+    assert ids.tolist() == uids and cols.shape == (2, 8) and cols.flags.c_contiguous
+    assert cols[:, 3].tolist() == [7.0, 8.0]                               # row 3 = "用户"
+    assert store.get_vectors(rid, "user", ["é", "b"]).tolist() == [[13.0, 14.0], [1.0, 2.0]]
+
+
+def test_a_schema_2_store_with_one_id_blob_is_migrated(tmp_path: Path) -> None:
+    """Schema 2 kept a matrix's ids as one .npy blob in ``embeddings.ids`` and each dataset
+    table as one Parquet blob: opening the store moves them into chunks and parts, and both
+    load as before."""
+    url = f"sqlite:///{tmp_path / 'v2.db'}"
+    store = Store(url)
+    rid, uvec, _ = finished_run(store, store.add_dataset(small_dataset()), n_users=4)
+    store.dispose()
+    engine = create_engine(url)
+    with engine.begin() as conn:                  # back to schema 2's layout
+        conn.execute(text("DELETE FROM embedding_id_chunks"))
+        for kind, ids in (("user", ["u1", "u2", "u3", "u4"]), ("item", ["i1", "i2", "i3"])):
+            conn.execute(text("UPDATE embeddings SET ids = :b WHERE kind = :k"),
+                         {"b": store_mod._ids_to_bytes(np.array(ids)), "k": kind})
+        conn.execute(text("INSERT INTO dataset_tables (dataset_id, kind, data) "
+                          "SELECT dataset_id, kind, data FROM dataset_table_parts"))
+        conn.execute(text("DELETE FROM dataset_table_parts"))
+        conn.execute(text("UPDATE schema_version SET version = 2"))
+    engine.dispose()
+    store = Store(url)
+    try:
+        got = store.load_dataset(1)
+        pd.testing.assert_frame_equal(got.users, small_dataset().users)
+        assert got.items["genres"].tolist() == [["Drama", "Romance"], [], ["Comedy"]]
+        assert store.find_same_dataset(small_dataset()).id == 1      # the same hash as before
+        ids, vec = store.load_embeddings(rid, "user")
+        assert ids.tolist() == ["u1", "u2", "u3", "u4"] and vec.tobytes() == uvec.tobytes()
+        assert store.load_embeddings(rid, "item")[0].tolist() == ["i1", "i2", "i3"]
+        with store.engine.connect() as conn:
+            assert conn.execute(text("SELECT version FROM schema_version")).scalar() == 3
+            assert set(conn.execute(text("SELECT ids FROM embeddings")).scalars()) == {b""}
+    finally:
+        store.dispose()
+
+
+def test_a_long_dataset_table_is_stored_in_parts(store: Store, monkeypatch) -> None:
+    ds = small_dataset()
+    ds.interactions = ds.interactions.astype({"user_id": "category"})
+    size = len(store_mod._frame_to_parquet(ds.interactions))
+    monkeypatch.setattr(store_mod, "DATASET_PART_BYTES", size // 2 + 1)  # 4 rows -> 2 + 2
+    did = store.add_dataset(ds)
+    parts = store_mod.Base.metadata.tables["dataset_table_parts"]
+    assert count(store, parts, dataset_id=did, kind="interactions") == 2
+    got = store.load_dataset(did)
+    pd.testing.assert_frame_equal(got.interactions, ds.interactions)
+    pd.testing.assert_frame_equal(got.users, ds.users)
+    assert got.items["genres"].tolist() == [["Drama", "Romance"], [], ["Comedy"]]
+    pd.testing.assert_frame_equal(store.load_dataset_table(did, "interactions"),
+                                  ds.interactions)
+    assert store.add_dataset(small_dataset().__class__(**{**ds.__dict__}), reuse=True) == did
+    with pytest.raises(ValueError, match="kind must be one of"):
+        store.load_dataset_table(did, "ratings")
