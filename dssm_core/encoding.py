@@ -55,7 +55,7 @@ import numpy as np
 import pandas as pd
 
 from .dataset import Dataset
-from .events import EventLog, NegativeSampler, as_str_array
+from .events import EventLog, NegativeSampler, as_str_array, distinct, sorted_search
 from .features import (
     DenseFeature,
     Feature,
@@ -96,25 +96,6 @@ def _lookup(vocab: Sequence[str], values: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     idx = pd.Index(list(vocab), dtype=object).get_indexer(values)
     return (idx + 1).astype(np.int64)
-
-
-def _query_order(keys: np.ndarray) -> np.ndarray | None:
-    """The order that sorts ``keys`` (stable), or None when they are already sorted."""
-    if len(keys) < 2 or bool(np.all(keys[1:] >= keys[:-1])):
-        return None
-    return np.argsort(keys, kind="stable")
-
-
-def sorted_search(table: np.ndarray, queries: np.ndarray, side: str = "left") -> np.ndarray:
-    """``np.searchsorted(table, queries, side)`` with the queries searched in sorted order
-    (same answers; cache-friendly for large unsorted queries) -> (N,) int64."""
-    queries = np.asarray(queries)
-    order = _query_order(queries)
-    if order is None:
-        return np.searchsorted(table, queries, side=side).astype(np.int64, copy=False)
-    out = np.empty(len(queries), np.int64)
-    out[order] = np.searchsorted(table, queries[order], side=side)
-    return out
 
 
 class _EventIndex:
@@ -472,35 +453,42 @@ class FeatureEncoder:
         user_negatives: int = 0,
         pair_negatives: int = 0,
         rngs: tuple[np.random.Generator, ...] = (),
+        features: bool = True,
     ) -> dict[str, np.ndarray]:
         """``transform_events`` for one batch of checked ``rows``, its negatives drawn with
         ``sampler`` and the three generators ``rngs`` (item, user, pair negatives). Rows
         that are events of the context's pool take their as-of bounds from its sorted pass;
         an item negative shares its row's user features (same user, same time) and a user
-        negative its row's item features."""
+        negative its row's item features. ``features=False``: ``label`` and ``item_ref``
+        only (the same draws)."""
         ucode, icode, ts, ranks, events = self._query(ctx, rows)
         if self.implicit_:
             label = np.ones(len(rows), dtype=np.float32)
         else:
             label = (ctx.log.rating[rows] > self.label_threshold).astype(np.float32)
-        user = self._user_features(ctx, ucode, ts, ranks, events)
-        item = self._item_features(ctx, icode, ts, ranks, events)
+        def users(u: np.ndarray, src: np.ndarray, ev: np.ndarray | None = None
+                  ) -> dict[str, np.ndarray]:
+            return self._user_features(ctx, u, ts[src], ranks[src], ev) if features else {}
+
+        def items(i: np.ndarray, src: np.ndarray, ev: np.ndarray | None = None
+                  ) -> dict[str, np.ndarray]:
+            return self._item_features(ctx, i, ts[src], ranks[src], ev) if features else {}
+
+        every = np.arange(len(rows))
+        user, item = users(ucode, every, events), items(icode, every, events)
         parts = [(user, item, icode)]
         if negatives > 0 and len(rows):
             assert sampler is not None
             keep, draw = sampler.items(ucode, negatives, rngs[0])
             src = keep // negatives
-            parts.append((_take(user, src),
-                          self._item_features(ctx, draw, ts[src], ranks[src]), draw))
+            parts.append((_take(user, src), items(draw, src), draw))
         for n, rng, random_items in ((user_negatives, 1, False), (pair_negatives, 2, True)):
             if n > 0 and len(rows):
                 assert sampler is not None
                 keep, ic, uc = sampler.users(icode, ts, n, rngs[rng], random_items)
                 src = keep // n
-                u_part = self._user_features(ctx, uc, ts[src], ranks[src])
-                i_part = (self._item_features(ctx, ic, ts[src], ranks[src]) if random_items
-                          else _take(item, src))
-                parts.append((u_part, i_part, ic))
+                parts.append((users(uc, src), items(ic, src) if random_items
+                              else _take(item, src), ic))
         if len(parts) == 1:
             out = {**user, **item}
         else:
@@ -898,7 +886,7 @@ class _Context:
         # dataset row -> this pool's event (or -1): a row asked about at its own time
         self.row_event = np.full(len(elog), -1, dtype=np.int64)
         self.row_event[rows] = np.arange(len(rows))
-        self.times = np.unique(ts)                                 # sorted distinct seconds
+        self.times = distinct(ts)                                  # sorted distinct seconds
         rank = sorted_search(self.times, ts)
         self.rank = rank
         stride = len(self.times) + 1
