@@ -178,12 +178,14 @@ class NegativeSampler:
         n_items = self.log.n_items
         uc = np.repeat(np.asarray(ucode, dtype=np.int64), n)
         draw = self._choice(rng, len(uc))
-        hit = np.zeros(len(draw), dtype=bool)
-        for _ in range(_REDRAWS):   # redraw the few that hit an item the user has seen
-            hit = is_in_sorted(self._seen_ui, uc * n_items + draw)
+        hit = is_in_sorted(self._seen_ui, uc * n_items + draw)
+        for r in range(_REDRAWS):   # redraw the few that hit an item the user has seen
             if not hit.any():
                 break
-            draw[hit] = self._choice(rng, int(hit.sum()))
+            again = np.flatnonzero(hit)
+            draw[again] = self._choice(rng, len(again))
+            if r + 1 < _REDRAWS:    # the last redraw is not checked: those go below
+                hit[again] = is_in_sorted(self._seen_ui, uc[again] * n_items + draw[again])
         keep = np.ones(len(draw), dtype=bool)
         if hit.any():
             # heavy users: draw directly from the items they have not seen (few rows)
@@ -225,10 +227,13 @@ class NegativeSampler:
         draw = np.zeros(len(ic), dtype=np.int64)
         live = ~hit
         draw[live] = draw_for(live)
-        for _ in range(_REDRAWS):
-            hit = live & is_in_sorted(self._seen_iu, ic * n_users + draw)
+        hit = live & is_in_sorted(self._seen_iu, ic * n_users + draw)
+        for r in range(_REDRAWS):
             if not hit.any():
                 break
-            draw[hit] = draw_for(hit)
+            again = np.flatnonzero(hit)
+            draw[again] = draw_for(hit)
+            if r + 1 < _REDRAWS:    # the last redraw is not checked: those are dropped
+                hit[again] = is_in_sorted(self._seen_iu, ic[again] * n_users + draw[again])
         keep = np.flatnonzero(live & ~hit)
         return keep, ic[keep], draw[keep]
