@@ -86,6 +86,8 @@ _SECONDS_PER_DAY = 86400.0
 RECENT_WINDOW = 10
 #: Seed offsets of the item, user and pair negatives' generators (``transform_events``).
 _NEGATIVE_SEED_OFFSETS = (0, 7919, 104729)
+#: Training rows whose statistics the scalers read at once (``FeatureEncoder.fit``).
+_FIT_CHUNK = 262_144
 #: Events between two checkpoints of the per-genre running sums (see ``_GenrePrefix``).
 _GENRE_BLOCK = 16
 
@@ -280,11 +282,14 @@ class FeatureEncoder:
         # Dense scalers from the training rows' as-of-event statistics.
         self.dense_mean_, self.dense_scale_ = {}, {}
         self.stats_version_ = _JSON_VERSION
-        raw = self._raw_events(self.context(dataset, pool, event_log=elog), rows)
-        for name in raw:
-            x = raw[name]
-            self.dense_mean_[name] = x.mean(axis=0).tolist()
-            sd = x.std(axis=0)
+        ctx = self.context(dataset, pool, event_log=elog)
+        moments: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
+        for lo in range(0, len(rows), _FIT_CHUNK):       # bounded memory at any size
+            for name, x in self._raw_events(ctx, rows[lo:lo + _FIT_CHUNK]).items():
+                moments[name] = _merge_moments(moments.get(name), x)
+        for name, (_, mean, m2) in moments.items():
+            sd = np.sqrt(m2 / len(rows))
+            self.dense_mean_[name] = mean.tolist()
             self.dense_scale_[name] = np.where(sd > 1e-12, sd, 1.0).tolist()
         self._build_specs()
         log.info("encoder fitted on %d rows: %d users, %d items, %d user attributes",
@@ -993,6 +998,20 @@ class _Context:
         idx = last[:, None] - np.arange(length)[None, :]                    # (N, L)
         idx[(idx <= first[:, None]) | ~valid[:, None]] = 0
         return self.pos_items[idx]
+
+
+def _merge_moments(acc: tuple[int, np.ndarray, np.ndarray] | None, x: np.ndarray
+                   ) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, mean, sum of squared deviations) per column of the rows seen so far and
+    ``x`` (N, D): Chan et al.'s pairwise update, as exact as one pass over all rows."""
+    n_b, mean_b = len(x), x.mean(axis=0)
+    m2_b = ((x - mean_b) ** 2).sum(axis=0)
+    if acc is None:
+        return n_b, mean_b, m2_b
+    n_a, mean_a, m2_a = acc
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return n, mean_a + delta * (n_b / n), m2_a + m2_b + delta ** 2 * (n_a * n_b / n)
 
 
 def _take(features: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
