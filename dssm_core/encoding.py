@@ -55,6 +55,7 @@ import numpy as np
 import pandas as pd
 
 from .dataset import Dataset
+from .events import EventLog, NegativeSampler, as_str_array, distinct, sorted_search
 from .features import (
     DenseFeature,
     Feature,
@@ -83,17 +84,12 @@ _JSON_VERSION = 3
 _SECONDS_PER_DAY = 86400.0
 #: The user's mean of this many most recent ratings is one of ``user_stats``.
 RECENT_WINDOW = 10
-
-
-def as_str_array(values: pd.Series | np.ndarray | Sequence[Any]) -> np.ndarray:
-    """Ids as an object array of ``str`` (works for the ``category`` dtype too) -> (N,)."""
-    s = pd.Series(values) if not isinstance(values, pd.Series) else values
-    if isinstance(s.dtype, pd.CategoricalDtype):
-        cats = np.asarray(s.cat.categories.astype(str), dtype=object)
-        codes = s.cat.codes.to_numpy()
-        out = np.where(codes >= 0, cats[np.maximum(codes, 0)], "")
-        return out.astype(object)
-    return s.astype(str).to_numpy(dtype=object)
+#: Seed offsets of the item, user and pair negatives' generators (``transform_events``).
+_NEGATIVE_SEED_OFFSETS = (0, 7919, 104729)
+#: Training rows whose statistics the scalers read at once (``FeatureEncoder.fit``).
+_FIT_CHUNK = 262_144
+#: Events between two checkpoints of the per-genre running sums (see ``_GenrePrefix``).
+_GENRE_BLOCK = 16
 
 
 def _lookup(vocab: Sequence[str], values: np.ndarray) -> np.ndarray:
@@ -104,62 +100,49 @@ def _lookup(vocab: Sequence[str], values: np.ndarray) -> np.ndarray:
     return (idx + 1).astype(np.int64)
 
 
-def _query_order(keys: np.ndarray) -> np.ndarray | None:
-    """The order that sorts ``keys`` (stable), or None when they are already sorted."""
-    if len(keys) < 2 or bool(np.all(keys[1:] >= keys[:-1])):
-        return None
-    return np.argsort(keys, kind="stable")
-
-
-def sorted_search(table: np.ndarray, queries: np.ndarray, side: str = "left") -> np.ndarray:
-    """``np.searchsorted(table, queries, side)`` with the queries searched in sorted order
-    (same answers; cache-friendly for large unsorted queries) -> (N,) int64."""
-    queries = np.asarray(queries)
-    order = _query_order(queries)
-    if order is None:
-        return np.searchsorted(table, queries, side=side).astype(np.int64, copy=False)
-    out = np.empty(len(queries), np.int64)
-    out[order] = np.searchsorted(table, queries[order], side=side)
-    return out
-
-
 class _EventIndex:
     """Events of one entity kind (users or items) sorted by (entity code, time rank).
 
-    Answers "how many / which events of entity e strictly before time t" by binary search
-    over ``key = code * stride + time_rank``.
+    Answers "which events of entity e strictly before time t" as a range ``[start, end)`` of
+    the sorted events: ``start`` is the entity's segment start (no search), ``end`` a binary
+    search over ``key = code * stride + time_rank`` for queries at other times, and for the
+    index's own events at their own time precomputed in the one sorted pass
+    (``own_end``: the first position of the event's (entity, second) group).
     """
 
     def __init__(self, codes: np.ndarray, ranks: np.ndarray, stride: int,
-                 values: dict[str, np.ndarray]) -> None:
+                 values: dict[str, np.ndarray], n_codes: int) -> None:
         key = codes.astype(np.int64) * stride + ranks
         order = np.argsort(key, kind="stable")
         self.stride = stride
-        self.key = key[order]
-        self.order = order
+        self.key = key[order]                                               # (E,) int64
+        self.order = order.astype(np.int32 if len(order) < 2**31 else np.int64)
+        # segment start of every code (and the end of the last): events with a smaller code
+        self.seg = np.zeros(n_codes + 1, dtype=np.int64)                    # (C + 1,)
+        np.cumsum(np.bincount(codes, minlength=n_codes)[:n_codes], out=self.seg[1:])
+        group_first = np.arange(len(key), dtype=np.int64)
+        if len(key):
+            new = np.empty(len(key), dtype=bool)
+            new[0] = True
+            np.not_equal(self.key[1:], self.key[:-1], out=new[1:])
+            group_first = np.maximum.accumulate(np.where(new, group_first, 0))
+        self.own_end = np.empty(len(key), dtype=self.order.dtype)           # (E,)
+        self.own_end[order] = group_first
         self.prefix = {}
         for name, v in values.items():
-            cs = np.zeros(len(order) + 1, dtype=np.float64)
-            np.cumsum(v[order], out=cs[1:])
-            self.prefix[name] = cs
+            self.add(name, v)
 
-    def bounds(self, codes: np.ndarray, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(start, end) positions of each query's events strictly before its time rank.
+    def ends(self, codes: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+        """End of each query's events strictly before its time rank (``codes`` >= 0).
 
         The queries are searched in sorted order (then put back): numpy narrows each search
         from the previous answer and the table is walked front to back, instead of one cache
         miss per probe (at 20M events the unsorted search took 98.7 % of the encoding)."""
-        base = codes.astype(np.int64) * self.stride                       # (N,)
-        top = base + ranks                                                 # (N,)
-        order = _query_order(top)
-        if order is None:
-            return (np.searchsorted(self.key, base, side="left"),
-                    np.searchsorted(self.key, top, side="left"))
-        # sorted by (code, rank) means sorted by code too
-        start, end = np.empty(len(top), np.int64), np.empty(len(top), np.int64)
-        start[order] = np.searchsorted(self.key, base[order], side="left")
-        end[order] = np.searchsorted(self.key, top[order], side="left")
-        return start, end
+        return sorted_search(self.key, codes.astype(np.int64) * self.stride + ranks)
+
+    def bounds(self, codes: np.ndarray, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(start, end) positions of each query's events strictly before its time rank."""
+        return self.seg[codes], self.ends(codes, ranks)
 
     def sums(self, name: str, start: np.ndarray, end: np.ndarray) -> np.ndarray:
         cs = self.prefix[name]
@@ -213,30 +196,39 @@ class FeatureEncoder:
             raise ValueError(f"smoothing must be >= 0, got {self.smoothing}")
 
     def fit(self, dataset: Dataset, train_rows: np.ndarray | Sequence[int], *,
-            pool: np.ndarray | Sequence[int] | None = None) -> "FeatureEncoder":
+            pool: np.ndarray | Sequence[int] | None = None,
+            event_log: EventLog | None = None) -> "FeatureEncoder":
         """Fit vocabularies, buckets, priors and scalers on ``train_rows`` (positions into
         ``dataset.interactions``) only; ``pool`` as in ``transform_events`` (the scalers see
-        the same statistics training will). Returns ``self``."""
+        the same statistics training will); ``event_log``: the dataset's ``EventLog`` when
+        the caller has it. Returns ``self``."""
         self._check_params()
         rows = _check_rows(dataset, train_rows)
         if len(rows) == 0:
             raise ValueError("cannot fit the encoder on zero training rows")
-        inter = dataset.interactions
-        tr_users = as_str_array(inter["user_id"].iloc[rows])
-        tr_items = as_str_array(inter["item_id"].iloc[rows])
-        ratings = inter["rating"].to_numpy(dtype=np.float64)[rows]
+        elog = EventLog.of(dataset) if event_log is None else event_log
+        ucodes, icodes = elog.user[rows], elog.item[rows]
+        ratings = elog.rating[rows].astype(np.float64)
         self.implicit_ = bool(dataset.implicit)
-        self.user_vocab_ = sorted(set(tr_users.tolist()))
-        self.item_vocab_ = sorted(set(tr_items.tolist()))
+        if (ucodes < 0).any() or (icodes < 0).any():   # ids missing from the tables
+            inter = dataset.interactions
+            tr_items = as_str_array(inter["item_id"].iloc[rows])
+            self.user_vocab_ = sorted(set(as_str_array(inter["user_id"].iloc[rows]).tolist()))
+            self.item_vocab_ = sorted(set(tr_items.tolist()))
+            item_index = _lookup(self.item_vocab_, tr_items)
+        else:                      # each distinct code once, not one string per row
+            seen_u, seen_i = np.flatnonzero(np.bincount(ucodes)), np.flatnonzero(np.bincount(icodes))
+            self.user_vocab_ = sorted(elog.user_ids[seen_u].tolist())
+            self.item_vocab_ = sorted(elog.item_ids[seen_i].tolist())
+            item_index = _lookup(self.item_vocab_, elog.item_ids)[icodes]
         likes = self._likes(ratings)
         self.global_mean_rating_ = float(ratings.mean())
         self.global_like_rate_ = float(likes.mean())
         # every training event a positive: the label is "interacted", not "liked"
         self.affinity_ = "share" if self.global_like_rate_ >= 1.0 else "residual"
         # Training popularity per item vocabulary index (index 0 = unknown: 0 events).
-        counts = np.zeros(len(self.item_vocab_) + 1, dtype=np.int64)
-        np.add.at(counts, _lookup(self.item_vocab_, tr_items), 1)
-        self.item_counts_ = counts.tolist()
+        counts = np.bincount(item_index, minlength=len(self.item_vocab_) + 1)
+        self.item_counts_ = counts.astype(np.int64).tolist()
 
         # User attributes, fitted on users seen in training.
         users = dataset.users
@@ -290,12 +282,14 @@ class FeatureEncoder:
         # Dense scalers from the training rows' as-of-event statistics.
         self.dense_mean_, self.dense_scale_ = {}, {}
         self.stats_version_ = _JSON_VERSION
-        raw = self._raw_events(dataset, rows, None if pool is None else _check_rows(dataset,
-                                                                                   pool))
-        for name in raw:
-            x = raw[name]
-            self.dense_mean_[name] = x.mean(axis=0).tolist()
-            sd = x.std(axis=0)
+        ctx = self.context(dataset, pool, event_log=elog)
+        moments: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
+        for lo in range(0, len(rows), _FIT_CHUNK):       # bounded memory at any size
+            for name, x in self._raw_events(ctx, rows[lo:lo + _FIT_CHUNK]).items():
+                moments[name] = _merge_moments(moments.get(name), x)
+        for name, (_, mean, m2) in moments.items():
+            sd = np.sqrt(m2 / len(rows))
+            self.dense_mean_[name] = mean.tolist()
             self.dense_scale_[name] = np.where(sd > 1e-12, sd, 1.0).tolist()
         self._build_specs()
         log.info("encoder fitted on %d rows: %d users, %d items, %d user attributes",
@@ -376,6 +370,34 @@ class FeatureEncoder:
         return {s.name: s.vocab_size for s in self.user_specs_ + self.item_specs_
                 if not isinstance(s, DenseFeature)}
 
+    def context(self, dataset: Dataset, pool: np.ndarray | Sequence[int] | None = None, *,
+                event_log: EventLog | None = None) -> "_Context":
+        """The as-of lookup tables of ``dataset`` with history and statistics from ``pool``
+        (default: every interaction), built in one sorted pass. Pass it as ``context=`` to
+        every transform of the same dataset and pool: a run builds one per pool, not one
+        per call. ``event_log``: the dataset's ``EventLog`` when the caller has it."""
+        return _Context(self, dataset, pool, event_log)
+
+    def negative_sampler(self, elog: EventLog, known: np.ndarray | None = None,
+                         by: str = "popularity") -> NegativeSampler:
+        """What negatives are drawn with for events of ``elog``: items by training
+        popularity (``count ** 0.75 + 1``) or uniformly, users among the training users,
+        never a pair of the ``known`` rows (positions; default: all)."""
+        self._check_fitted()
+        if by not in ("popularity", "uniform"):
+            raise ValueError(f"by must be 'popularity' or 'uniform', got {by!r}")
+        if by == "popularity":
+            counts = np.asarray(self.item_counts_, dtype=np.float64)
+            weights = counts[_lookup(self.item_vocab_, elog.item_ids)] ** 0.75 + 1.0
+        else:
+            weights = np.ones(elog.n_items)
+        pool_users = elog.user_index.get_indexer(np.asarray(self.user_vocab_, dtype=object))
+        vocab_items = elog.item_index.get_indexer(np.asarray(self.item_vocab_, dtype=object))
+        known = np.arange(len(elog)) if known is None else np.asarray(known, dtype=np.int64)
+        return NegativeSampler(elog, known, weights,
+                               pool_users[pool_users >= 0].astype(np.int64),
+                               vocab_items[vocab_items >= 0].astype(np.int64))
+
     def transform_events(
         self,
         dataset: Dataset,
@@ -388,6 +410,7 @@ class FeatureEncoder:
         negatives_by: str = "popularity",
         user_negatives: int = 0,
         pair_negatives: int = 0,
+        context: "_Context | None" = None,
     ) -> dict[str, np.ndarray]:
         """Both towers' features for the events at ``rows`` (positions into
         ``dataset.interactions``), each as of its own time, plus ``"label"`` (float32 0/1:
@@ -408,39 +431,79 @@ class FeatureEncoder:
             item), which item negatives alone never ask.
         pair_negatives: per event, this many random (existing user, training item) pairs
             never interacted with, label 0, at the event's time.
+        context: ``self.context(dataset, pool)`` when the caller has it (``pool`` is then
+            the context's).
+
+        Everything here is ``encode_rows`` over all the rows at once (one batch).
         """
         self._check_fitted()
         rows = _check_rows(dataset, rows)
-        inter = dataset.interactions
-        users = as_str_array(inter["user_id"].iloc[rows])
-        items = as_str_array(inter["item_id"].iloc[rows])
-        ts = inter["timestamp"].to_numpy(dtype=np.int64)[rows]
+        ctx = context if context is not None else _Context(self, dataset, pool)
+        sampler = None
+        if max(negatives, user_negatives, pair_negatives) > 0 and len(rows):
+            sampler = self.negative_sampler(
+                ctx.log, None if known is None else _check_rows(dataset, known), negatives_by)
+        rngs = tuple(np.random.default_rng(seed + k) for k in _NEGATIVE_SEED_OFFSETS)
+        return self.encode_rows(ctx, rows, sampler, negatives=negatives,
+                                user_negatives=user_negatives, pair_negatives=pair_negatives,
+                                rngs=rngs)
+
+    def encode_rows(
+        self,
+        ctx: "_Context",
+        rows: np.ndarray,
+        sampler: NegativeSampler | None = None,
+        *,
+        negatives: int = 0,
+        user_negatives: int = 0,
+        pair_negatives: int = 0,
+        rngs: tuple[np.random.Generator, ...] = (),
+        features: bool = True,
+    ) -> dict[str, np.ndarray]:
+        """``transform_events`` for one batch of checked ``rows``, its negatives drawn with
+        ``sampler`` and the three generators ``rngs`` (item, user, pair negatives). Rows
+        that are events of the context's pool take their as-of bounds from its sorted pass;
+        an item negative shares its row's user features (same user, same time) and a user
+        negative its row's item features. ``features=False``: ``label`` and ``item_ref``
+        only (the same draws)."""
+        ucode, icode, ts, ranks, events = self._query(ctx, rows)
         if self.implicit_:
             label = np.ones(len(rows), dtype=np.float32)
         else:
-            label = (inter["rating"].to_numpy(dtype=np.float64)[rows]
-                     > self.label_threshold).astype(np.float32)
-        drawn = []
+            label = (ctx.log.rating[rows] > self.label_threshold).astype(np.float32)
+        def users(u: np.ndarray, src: np.ndarray, ev: np.ndarray | None = None
+                  ) -> dict[str, np.ndarray]:
+            return self._user_features(ctx, u, ts[src], ranks[src], ev) if features else {}
+
+        def items(i: np.ndarray, src: np.ndarray, ev: np.ndarray | None = None
+                  ) -> dict[str, np.ndarray]:
+            return self._item_features(ctx, i, ts[src], ranks[src], ev) if features else {}
+
+        every = np.arange(len(rows))
+        user, item = users(ucode, every, events), items(icode, every, events)
+        parts = [(user, item, icode)]
         if negatives > 0 and len(rows):
-            drawn.append(self.sample_negatives(dataset, rows, negatives, seed=seed,
-                                               known=known, by=negatives_by))
-        if user_negatives > 0 and len(rows):
-            drawn.append(self.sample_user_negatives(dataset, rows, user_negatives,
-                                                    seed=seed + 7919, known=known))
-        if pair_negatives > 0 and len(rows):
-            drawn.append(self.sample_user_negatives(dataset, rows, pair_negatives,
-                                                    seed=seed + 104729, known=known,
-                                                    random_items=True))
-        for neg_items, neg_users, neg_ts in drawn:
-            users = np.concatenate([users, neg_users])
-            items = np.concatenate([items, neg_items])
-            ts = np.concatenate([ts, neg_ts])
-            label = np.concatenate([label, np.zeros(len(neg_items), dtype=np.float32)])
-        out = self.transform_pairs(dataset, users, items, ts, pool=pool)
-        out["label"] = label
+            assert sampler is not None
+            keep, draw = sampler.items(ucode, negatives, rngs[0])
+            src = keep // negatives
+            parts.append((_take(user, src), items(draw, src), draw))
+        for n, rng, random_items in ((user_negatives, 1, False), (pair_negatives, 2, True)):
+            if n > 0 and len(rows):
+                assert sampler is not None
+                keep, ic, uc = sampler.users(icode, ts, n, rngs[rng], random_items)
+                src = keep // n
+                parts.append((users(uc, src), items(ic, src) if random_items
+                              else _take(item, src), ic))
+        if len(parts) == 1:
+            out = {**user, **item}
+        else:
+            out = {k: np.concatenate([p[0][k] for p in parts]) for k in user}
+            out.update({k: np.concatenate([p[1][k] for p in parts]) for k in item})
+        n_neg = sum(len(p[2]) for p in parts[1:])
+        out["label"] = np.concatenate([label, np.zeros(n_neg, dtype=np.float32)])
         # each row's item as a position in dataset.items (-1: not listed): lets baselines key
         # items the vocabulary maps to "unknown" (first seen after the training rows)
-        out["item_ref"] = pd.Index(as_str_array(dataset.items["item_id"])).get_indexer(items)
+        out["item_ref"] = np.concatenate([p[2] for p in parts]).astype(np.int64)
         return out
 
     def transform_pairs(
@@ -451,17 +514,19 @@ class FeatureEncoder:
         times: np.ndarray,
         *,
         pool: np.ndarray | Sequence[int] | None = None,
+        context: "_Context | None" = None,
     ) -> dict[str, np.ndarray]:
         """Both towers' features for arbitrary (user, item, time) triples (no label)."""
         self._check_fitted()
         times = np.asarray(times, dtype=np.int64)
         if not (len(user_ids) == len(item_ids) == len(times)):
             raise ValueError("user_ids, item_ids and times must have the same length")
-        ctx = _Context(self, dataset, pool)
+        ctx = context if context is not None else _Context(self, dataset, pool)
         ucode = ctx.user_codes(np.asarray(user_ids, dtype=object))
         icode = ctx.item_codes(np.asarray(item_ids, dtype=object))
-        out = self._user_features(ctx, ucode, times)
-        out.update(self._item_features(ctx, icode, times))
+        ranks = ctx.ranks(times)
+        out = self._user_features(ctx, ucode, times, ranks)
+        out.update(self._item_features(ctx, icode, times, ranks))
         return out
 
     def user_table(
@@ -470,12 +535,13 @@ class FeatureEncoder:
         as_of: int | np.ndarray | None = None,
         *,
         pool: np.ndarray | Sequence[int] | None = None,
+        context: "_Context | None" = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Every user of ``dataset.users`` with the user tower's features as of ``as_of``
         (a timestamp, one per user aligned with ``dataset.users``, or None = after every
         event). Returns ``(user_ids, features)``."""
         self._check_fitted()
-        ctx = _Context(self, dataset, pool)
+        ctx = context if context is not None else _Context(self, dataset, pool)
         n = len(dataset.users)
         times = _as_of_times(as_of, n)
         return ctx.user_ids.copy(), self._user_features(ctx, np.arange(n), times)
@@ -486,41 +552,50 @@ class FeatureEncoder:
         as_of: int | np.ndarray | None = None,
         *,
         pool: np.ndarray | Sequence[int] | None = None,
+        context: "_Context | None" = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Every item of ``dataset.items`` with the item tower's features as of ``as_of``
         (see ``user_table``). Returns ``(item_ids, features)``."""
         self._check_fitted()
-        ctx = _Context(self, dataset, pool)
+        ctx = context if context is not None else _Context(self, dataset, pool)
         n = len(dataset.items)
         times = _as_of_times(as_of, n)
         return ctx.item_ids.copy(), self._item_features(ctx, np.arange(n), times)
 
-    def _raw_events(self, dataset: Dataset, rows: np.ndarray,
-                    pool: np.ndarray | None) -> dict[str, np.ndarray]:
-        ctx = _Context(self, dataset, pool)
-        inter = dataset.interactions
-        ucode = ctx.user_codes(as_str_array(inter["user_id"].iloc[rows]))
-        icode = ctx.item_codes(as_str_array(inter["item_id"].iloc[rows]))
-        ts = inter["timestamp"].to_numpy(dtype=np.int64)[rows]
-        r_user = ctx.ranks(ts)
-        out = {"user_stats": self._stats(ctx, "user", ucode, r_user, ts),
-               "item_stats": self._stats(ctx, "item", icode, r_user, ts)}
+    def _query(self, ctx: "_Context", rows: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(user code, item code, time, time rank, own pool event or -1) of ``rows``."""
+        elog = ctx.log
+        ucode = elog.user[rows].astype(np.int64)
+        icode = elog.item[rows].astype(np.int64)
+        ts = elog.time[rows]
+        events = ctx.row_event[rows]
+        own = events >= 0
+        ranks = np.empty(len(rows), dtype=np.int64)
+        ranks[own] = ctx.rank[events[own]]
+        if not own.all():
+            ranks[~own] = ctx.ranks(ts[~own])
+        return ucode, icode, ts, ranks, events
+
+    def _raw_events(self, ctx: "_Context", rows: np.ndarray) -> dict[str, np.ndarray]:
+        ucode, icode, ts, ranks, events = self._query(ctx, rows)
+        u_start, u_end = ctx.bounds(ctx.by_user, ucode, ranks, events)
+        i_start, i_end = ctx.bounds(ctx.by_item, icode, ranks, events)
+        out = {"user_stats": self._stats(ctx, "user", u_start, u_end, ts),
+               "item_stats": self._stats(ctx, "item", i_start, i_end, ts)}
         if self._has_affinity():
-            out["genre_affinity"] = ctx.genre_affinity(ucode, r_user)
+            out["genre_affinity"] = ctx.genre_affinity(ucode, u_start, u_end)
         return out
 
     def _has_affinity(self) -> bool:
         return bool(self.genre_vocab_) and self.stats_version_ >= 2
 
-    def _stats(self, ctx: "_Context", kind: str, codes: np.ndarray, ranks: np.ndarray,
+    def _stats(self, ctx: "_Context", kind: str, start: np.ndarray, end: np.ndarray,
                times: np.ndarray) -> np.ndarray:
-        """Raw (unscaled) statistics of users or items before each query's time (``ranks``:
-        ``ctx.ranks(times)``) -> (N, n_stats) float64 (see the module docstring for the
-        columns)."""
+        """Raw (unscaled) statistics of users or items over their events ``[start, end)``
+        (``ctx.bounds``) before each query's time -> (N, n_stats) float64 (see the module
+        docstring for the columns)."""
         index = ctx.by_user if kind == "user" else ctx.by_item
-        valid = codes >= 0
-        start, end = index.bounds(np.maximum(codes, 0), ranks)
-        start, end = np.where(valid, start, 0), np.where(valid, end, 0)
         n = (end - start).astype(np.float64)
         recency = (ctx.recency(index, start, end, times)[:, None]
                    if kind == "user" and self.stats_version_ >= 3 else np.empty((len(n), 0)))
@@ -549,27 +624,31 @@ class FeatureEncoder:
         scale = np.asarray(self.dense_scale_[name], dtype=np.float64)
         return ((x - mean) / scale).astype(np.float32)
 
-    def _user_features(self, ctx: "_Context", ucode: np.ndarray,
-                       times: np.ndarray) -> dict[str, np.ndarray]:
-        ranks = ctx.ranks(times)
+    def _user_features(self, ctx: "_Context", ucode: np.ndarray, times: np.ndarray,
+                       ranks: np.ndarray | None = None, events: np.ndarray | None = None
+                       ) -> dict[str, np.ndarray]:
+        ranks = ctx.ranks(times) if ranks is None else ranks
         valid = ucode >= 0
         safe = np.maximum(ucode, 0)
+        start, end = ctx.bounds(ctx.by_user, ucode, ranks, events)
         out: dict[str, np.ndarray] = {
             "user_id": np.where(valid, ctx.user_vocab_idx[safe] if len(ctx.user_vocab_idx)
                                 else 0, 0).astype(np.int64)}
         for a in self.user_attrs_:
             codes = ctx.user_attr_codes[a["name"]]
             out[a["name"]] = np.where(valid, codes[safe] if len(codes) else 0, 0).astype(np.int64)
-        out["hist"] = ctx.history(safe, ranks, valid, int(self.history_len))
+        out["hist"] = ctx.history(start, end, valid, int(self.history_len))
         out["user_stats"] = self._scaled("user_stats",
-                                         self._stats(ctx, "user", ucode, ranks, times))
+                                         self._stats(ctx, "user", start, end, times))
         if self._has_affinity():
             out["genre_affinity"] = self._scaled("genre_affinity",
-                                                 ctx.genre_affinity(ucode, ranks))
+                                                 ctx.genre_affinity(ucode, start, end))
         return out
 
-    def _item_features(self, ctx: "_Context", icode: np.ndarray,
-                       times: np.ndarray) -> dict[str, np.ndarray]:
+    def _item_features(self, ctx: "_Context", icode: np.ndarray, times: np.ndarray,
+                       ranks: np.ndarray | None = None, events: np.ndarray | None = None
+                       ) -> dict[str, np.ndarray]:
+        ranks = ctx.ranks(times) if ranks is None else ranks
         valid = icode >= 0
         safe = np.maximum(icode, 0)
         out: dict[str, np.ndarray] = {
@@ -582,8 +661,9 @@ class FeatureEncoder:
         for a in self.item_attrs_:
             codes = ctx.item_attr_codes[a["name"]]
             out[a["name"]] = np.where(valid, codes[safe] if len(codes) else 0, 0).astype(np.int64)
-        out["item_stats"] = self._scaled(
-            "item_stats", self._stats(ctx, "item", icode, ctx.ranks(times), times))
+        start, end = ctx.bounds(ctx.by_item, icode, ranks, events)
+        out["item_stats"] = self._scaled("item_stats",
+                                         self._stats(ctx, "item", start, end, times))
         if self.year_ is not None:
             y = ctx.item_years[safe] if len(ctx.item_years) else np.full(len(icode), np.nan)
             y = np.where(valid, y, np.nan)
@@ -613,50 +693,12 @@ class FeatureEncoder:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         rows = _check_rows(dataset, rows)
-        rng = np.random.default_rng(seed)
-        inter = dataset.interactions
-        all_items = as_str_array(dataset.items["item_id"])
-        n_items = len(all_items)
-        if by == "popularity":
-            cnt = np.asarray(self.item_counts_, dtype=np.float64)[_lookup(self.item_vocab_,
-                                                                         all_items)]
-            w = cnt ** 0.75 + 1.0
-        else:
-            w = np.ones(n_items)
-        p = w / w.sum()
-        item_index = pd.Index(all_items)
-        user_index = pd.Index(as_str_array(dataset.users["user_id"]))
-        ucode_all = user_index.get_indexer(as_str_array(inter["user_id"]))
-        icode_all = item_index.get_indexer(as_str_array(inter["item_id"]))
-        k_rows = np.arange(len(inter)) if known is None else _check_rows(dataset, known)
-        seen = np.unique(ucode_all[k_rows].astype(np.int64) * n_items + icode_all[k_rows])
-        ucode = np.repeat(ucode_all[rows], n)
-        ts = np.repeat(inter["timestamp"].to_numpy(dtype=np.int64)[rows], n)
-        draw = rng.choice(n_items, size=len(ucode), p=p)
-        hit = np.zeros(len(draw), dtype=bool)
-        for _ in range(10):  # redraw the few that hit an item the user has seen
-            hit = np.isin(ucode.astype(np.int64) * n_items + draw, seen)
-            if not hit.any():
-                break
-            draw[hit] = rng.choice(n_items, size=int(hit.sum()), p=p)
-        keep = np.ones(len(draw), dtype=bool)
-        if hit.any():
-            # heavy users: draw directly from the items they have not seen (few rows)
-            seen_u = seen // n_items
-            for pos in np.flatnonzero(hit):
-                u = int(ucode[pos])
-                mine = seen[seen_u == u] - u * n_items
-                free = np.setdiff1d(np.arange(n_items), mine)
-                if len(free) == 0:       # the user has seen every item: no negative exists
-                    keep[pos] = False
-                    continue
-                pf = p[free] / p[free].sum()
-                draw[pos] = free[rng.choice(len(free), p=pf)]
-            if not keep.all():
-                log.info("%d negatives dropped: their users have seen every item",
-                         int((~keep).sum()))
-        draw, ucode, ts = draw[keep], ucode[keep], ts[keep]
-        return all_items[draw], as_str_array(dataset.users["user_id"])[ucode], ts
+        elog = EventLog.of(dataset)
+        sampler = self.negative_sampler(
+            elog, None if known is None else _check_rows(dataset, known), by)
+        keep, draw = sampler.items(elog.user[rows], n, np.random.default_rng(seed))
+        src = rows[keep // n]
+        return elog.item_ids[draw], elog.user_ids[elog.user[src]], elog.time[src]
 
     def sample_user_negatives(
         self,
@@ -681,49 +723,12 @@ class FeatureEncoder:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         rows = _check_rows(dataset, rows)
-        rng = np.random.default_rng(seed)
-        inter = dataset.interactions
-        all_users = as_str_array(dataset.users["user_id"])
-        user_index = pd.Index(all_users)
-        pool_users = user_index.get_indexer(np.asarray(self.user_vocab_, dtype=object))
-        pool_users = pool_users[pool_users >= 0]
-        if len(pool_users) == 0:
-            empty = np.zeros(0, dtype=object)
-            return empty, empty, np.zeros(0, dtype=np.int64)
-        n_users = len(all_users)
-        item_index = pd.Index(as_str_array(dataset.items["item_id"]))
-        ucode_all = user_index.get_indexer(as_str_array(inter["user_id"])).astype(np.int64)
-        icode_all = item_index.get_indexer(as_str_array(inter["item_id"])).astype(np.int64)
-        k_rows = np.arange(len(inter)) if known is None else _check_rows(dataset, known)
-        seen = np.unique(icode_all[k_rows] * n_users + ucode_all[k_rows])
-        times = inter["timestamp"].to_numpy(dtype=np.int64)
-        first = np.full(n_users, np.iinfo(np.int64).max)
-        np.minimum.at(first, ucode_all[k_rows], times[k_rows])
-        by_first = pool_users[np.argsort(first[pool_users], kind="stable")]
-        first_sorted = first[by_first]
-        icode = np.repeat(icode_all[rows], n)
-        if random_items:
-            vocab_items = item_index.get_indexer(np.asarray(self.item_vocab_, dtype=object))
-            vocab_items = vocab_items[vocab_items >= 0]
-            icode = vocab_items[rng.integers(0, len(vocab_items), size=len(icode))]
-        ts = np.repeat(times[rows], n)
-        existing = np.searchsorted(first_sorted, ts, side="left")     # users before ts
-        hit = existing == 0
-
-        def draw_for(mask: np.ndarray) -> np.ndarray:
-            return by_first[(rng.random(int(mask.sum())) * existing[mask]).astype(np.int64)]
-
-        draw = np.zeros(len(icode), dtype=np.int64)
-        live = ~hit
-        draw[live] = draw_for(live)
-        for _ in range(10):
-            hit = live & np.isin(icode * n_users + draw, seen)
-            if not hit.any():
-                break
-            draw[hit] = draw_for(hit)
-        keep = live & ~hit
-        return (as_str_array(dataset.items["item_id"])[icode[keep]], all_users[draw[keep]],
-                ts[keep])
+        elog = EventLog.of(dataset)
+        sampler = self.negative_sampler(elog, None if known is None else _check_rows(dataset,
+                                                                                     known))
+        keep, ic, uc = sampler.users(elog.item[rows], elog.time[rows], n,
+                                     np.random.default_rng(seed), random_items)
+        return elog.item_ids[ic], elog.user_ids[uc], elog.time[rows[keep // n]]
 
     # ---------------------------------------------------------------- JSON
     def to_json(self) -> dict[str, Any]:
@@ -781,16 +786,84 @@ class FeatureEncoder:
         return enc
 
 
+class _GenrePrefix:
+    """Per genre, the sum of a per-event value (and the count of events) over the first
+    ``p`` events of the by-user order, for any ``p`` without a search per genre.
+
+    Checkpoints every ``_GENRE_BLOCK`` events hold the running (count, sum) per genre; a
+    query adds the at most ``_GENRE_BLOCK - 1`` events since its checkpoint. Memory:
+    (E / 16 + 1) x G float64 per kind (25M events, 19 genres: 240 MB for counts and sums).
+    """
+
+    def __init__(self, item_of: np.ndarray, value: np.ndarray | None,
+                 item_genres: np.ndarray, n_genres: int) -> None:
+        self.item_of = item_of                    # (E,) item code of each by-user position
+        self.value = value                        # (E,) float64, None: counts only
+        self.genres = item_genres                 # (I, Lg) genre index + 1, 0 = padding
+        self.n_genres = n_genres
+        b, g = _GENRE_BLOCK, n_genres
+        n_blocks = len(item_of) // b + 1
+        self.counts = np.zeros((n_blocks, g))                              # (nb, G)
+        self.sums = None if value is None else np.zeros((n_blocks, g))     # (nb, G)
+        chunk = b * 65536
+        for lo in range(0, len(item_of), chunk):
+            hi = min(len(item_of), lo + chunk)
+            gm = item_genres[item_of[lo:hi]]                                # (n, Lg)
+            ev, slot = np.nonzero(gm)
+            # an event at position q counts in every checkpoint after its block
+            first = lo // b + 1
+            local = (lo + ev) // b + 1 - first
+            flat = local * g + gm[ev, slot] - 1
+            size = ((hi - 1) // b + 2 - first) * g
+            top = min(n_blocks, first + size // g)
+            width = (top - first) * g
+            self.counts[first:top] += np.bincount(flat, minlength=size)[:width].reshape(-1, g)
+            if self.sums is not None:
+                w = value[lo + ev]
+                self.sums[first:top] += np.bincount(flat, weights=w,
+                                                    minlength=size)[:width].reshape(-1, g)
+        np.cumsum(self.counts, axis=0, out=self.counts)
+        if self.sums is not None:
+            np.cumsum(self.sums, axis=0, out=self.sums)
+
+    def at(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(counts, sums) per genre over the by-user positions ``[0, p)`` -> (N, G) each."""
+        b, g = _GENRE_BLOCK, self.n_genres
+        p = np.asarray(p, dtype=np.int64)
+        blk = p // b
+        counts = self.counts[blk]                                           # (N, G)
+        sums = None if self.sums is None else self.sums[blk]                # (N, G)
+        rest = p - blk * b                                                  # (N,) < b
+        total = int(rest.sum())
+        if total:
+            query = np.repeat(np.arange(len(p)), rest)
+            pos = np.repeat(blk * b - np.cumsum(rest) + rest, rest) + np.arange(total)
+            gm = self.genres[self.item_of[pos]]                             # (R, Lg)
+            ev, slot = np.nonzero(gm)
+            flat = query[ev] * g + gm[ev, slot] - 1
+            counts += np.bincount(flat, minlength=len(p) * g).reshape(-1, g)
+            if sums is not None:
+                sums += np.bincount(flat, weights=self.value[pos[ev]],
+                                    minlength=len(p) * g).reshape(-1, g)
+        return counts, sums
+
+
 class _Context:
-    """Per-call lookup tables for one dataset and pool (never cached across calls)."""
+    """Lookup tables for one dataset and pool: built once, then asked for any rows.
+
+    Built from an ``events.EventLog`` (codes, no strings). Every pool event's own as-of
+    bounds come from the one sorted pass (``_EventIndex.own_end``), so a training row's
+    features take no search; other queries (negatives, tables as of a time) search with
+    their keys sorted first.
+    """
 
     def __init__(self, enc: FeatureEncoder, dataset: Dataset,
-                 pool: np.ndarray | Sequence[int] | None) -> None:
-        inter = dataset.interactions
-        self.user_ids = as_str_array(dataset.users["user_id"])
-        self.item_ids = as_str_array(dataset.items["item_id"])
-        self._user_index = pd.Index(self.user_ids)
-        self._item_index = pd.Index(self.item_ids)
+                 pool: np.ndarray | Sequence[int] | None,
+                 event_log: EventLog | None = None) -> None:
+        self.log = elog = EventLog.of(dataset) if event_log is None else event_log
+        if len(elog) != len(dataset.interactions):
+            raise ValueError("the event log is not this dataset's")
+        self.user_ids, self.item_ids = elog.user_ids, elog.item_ids
         self.user_vocab_idx = _lookup(enc.user_vocab_, self.user_ids)
         self.item_vocab_idx = _lookup(enc.item_vocab_, self.item_ids)
         self.user_attr_codes = {
@@ -808,20 +881,23 @@ class _Context:
         else:
             self.item_years = np.full(len(self.item_ids), np.nan)
 
-        rows = np.arange(len(inter)) if pool is None else _check_rows(dataset, pool)
-        ucode = self._user_index.get_indexer(as_str_array(inter["user_id"].iloc[rows]))
-        icode = self._item_index.get_indexer(as_str_array(inter["item_id"].iloc[rows]))
+        rows = np.arange(len(elog)) if pool is None else _check_rows(dataset, pool)
+        ucode, icode = elog.user[rows], elog.item[rows]
         keep = (ucode >= 0) & (icode >= 0)
-        ts = inter["timestamp"].to_numpy(dtype=np.int64)[rows][keep]
-        ucode, icode = ucode[keep], icode[keep]
-        rating = inter["rating"].to_numpy(dtype=np.float64)[rows][keep]
+        rows, ucode, icode = rows[keep], ucode[keep], icode[keep]
+        ts = elog.time[rows]
+        rating = elog.rating[rows].astype(np.float64)
         like = enc._likes(rating)
-        self.times = np.unique(ts)                                 # sorted distinct seconds
+        # dataset row -> this pool's event (or -1): a row asked about at its own time
+        self.row_event = np.full(len(elog), -1, dtype=np.int64)
+        self.row_event[rows] = np.arange(len(rows))
+        self.times = distinct(ts)                                  # sorted distinct seconds
         rank = sorted_search(self.times, ts)
+        self.rank = rank
         stride = len(self.times) + 1
         values = {"rating": rating, "like": like}
-        self.by_user = _EventIndex(ucode, rank, stride, values)
-        self.by_item = _EventIndex(icode, rank, stride, values)
+        self.by_user = _EventIndex(ucode, rank, stride, values, len(self.user_ids))
+        self.by_item = _EventIndex(icode, rank, stride, values, len(self.item_ids))
         self._enc = enc
         self._n_genres = len(enc.genre_vocab_)
         self._affinity = enc.affinity_
@@ -831,55 +907,59 @@ class _Context:
             k, g = float(enc.smoothing), enc.global_mean_rating_
 
             def mean_before(index: _EventIndex, codes: np.ndarray) -> np.ndarray:
-                st, en = index.bounds(codes, rank)
+                st, en = index.seg[codes], index.own_end.astype(np.int64)
                 return (index.sums("rating", st, en) + k * g) / np.maximum(en - st + k, 1e-12)
 
             res_vs_item = rating - mean_before(self.by_item, icode)
             self.by_user.add("residual", res_vs_item)
             self.by_item.add("residual", rating - mean_before(self.by_user, ucode))
+        order = self.by_user.order
+        self.genre_prefix: _GenrePrefix | None = None
         if self._n_genres and enc.stats_version_ >= 2:
-            # per event, what its genres' affinity sums: 1 (shares) or its residual
-            per_event = (np.ones(len(rating)) if enc.implicit_ or self._affinity == "share"
-                         else res_vs_item)
-            # events exploded by genre, keyed by user * n_genres + genre
-            gm = self.item_genres[icode]                                    # (E, Lg)
-            ev, slot = np.nonzero(gm > 0)
-            gcode = ucode[ev].astype(np.int64) * self._n_genres + (gm[ev, slot] - 1)
-            self.by_user_genre = _EventIndex(gcode, rank[ev], stride,
-                                             {"affinity": per_event[ev]})
-        # Positives only, per user, for the history: item vocabulary index in time order.
-        pos = like > 0
-        self.pos_index = _EventIndex(ucode[pos], rank[pos], stride, {})
-        self.pos_items = self.item_vocab_idx[icode[pos]][self.pos_index.order]
+            # per event, what its genres' affinity sums: 1 (shares: counts) or its residual
+            share = enc.implicit_ or self._affinity == "share"
+            self.genre_prefix = _GenrePrefix(
+                icode[order], None if share else res_vs_item[order], self.item_genres,
+                self._n_genres)
+            self._genre_start = self.genre_prefix.at(self.by_user.seg[:-1])  # (U, G) each
+        # Positives, in by-user order, for the history: item vocabulary index. The positives
+        # of any by-user range [start, end) are [likes before start, likes before end).
+        self.pos_items = np.concatenate(
+            [[0], self.item_vocab_idx[icode[order][like[order] > 0]]]).astype(np.int64)
 
-    def genre_affinity(self, ucode: np.ndarray, ranks: np.ndarray) -> np.ndarray:
-        """Per genre, the user's smoothed mean residual or share of events (see the module
-        docstring) strictly before each rank -> (N, n_genres) float64."""
-        n_g, k = self._n_genres, float(self._enc.smoothing)
-        valid = ucode >= 0
-        safe = np.maximum(ucode, 0).astype(np.int64)
-        ranks = np.asarray(ranks, dtype=np.int64)
-        # Sorted by (user, rank) once: every genre's keys (user * G + g, rank) are then sorted
-        # in that same order, so each genre's search walks the table front to back.
-        order = _query_order(safe * self.by_user_genre.stride + ranks)
-        if order is not None:
-            safe, ranks = safe[order], ranks[order]
-        index = self.by_user_genre
-        s = np.empty((len(safe), n_g))                                     # (N, G)
-        counts = np.empty((len(safe), n_g))                                # (N, G)
-        for g in range(n_g):
-            st, en = index.bounds(safe * n_g + g, ranks)
-            s[:, g] = index.sums("affinity", st, en)
-            counts[:, g] = en - st
-        if self._enc.implicit_ or self._affinity == "share":
-            ust, uen = self.by_user.bounds(safe, ranks)
-            out = s / (uen - ust + k)[:, None]
+    def bounds(self, index: _EventIndex, codes: np.ndarray, ranks: np.ndarray,
+               events: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(start, end) in ``index`` of each query's events strictly before its rank; (0, 0)
+        for an unknown code (< 0). ``events``: the query's own pool event (-1: none), whose
+        end was found in the sorted pass."""
+        valid = codes >= 0
+        safe = np.maximum(codes, 0)
+        start = index.seg[safe]
+        if events is None:
+            end = index.ends(safe, ranks)
         else:
-            out = s / (counts + k)
-        if order is not None:
-            back = np.empty_like(out)
-            back[order] = out
-            out = back
+            own = events >= 0
+            end = np.empty(len(codes), dtype=np.int64)
+            end[own] = index.own_end[events[own]]
+            if not own.all():
+                end[~own] = index.ends(safe[~own], ranks[~own])
+        return np.where(valid, start, 0), np.where(valid, end, 0)
+
+    def genre_affinity(self, ucode: np.ndarray, start: np.ndarray, end: np.ndarray
+                       ) -> np.ndarray:
+        """Per genre, the user's smoothed mean residual or share of events (see the module
+        docstring) over the by-user range ``[start, end)`` -> (N, n_genres) float64."""
+        assert self.genre_prefix is not None
+        k = float(self._enc.smoothing)
+        valid = ucode >= 0
+        safe = np.maximum(ucode, 0)
+        counts, sums = self.genre_prefix.at(end)
+        start_counts, start_sums = self._genre_start
+        counts -= start_counts[safe]
+        if sums is None:                            # shares: every event's value is 1
+            out = counts / (end - start + k)[:, None]
+        else:
+            out = (sums - start_sums[safe]) / (counts + k)
         return np.where(valid[:, None], out, 0.0)
 
     def recency(self, index: _EventIndex, start: np.ndarray, end: np.ndarray,
@@ -902,22 +982,41 @@ class _Context:
         return sorted_search(self.times, np.asarray(times, dtype=np.int64), side="left")
 
     def user_codes(self, ids: np.ndarray) -> np.ndarray:
-        return self._user_index.get_indexer(ids)
+        return self.log.user_index.get_indexer(ids)
 
     def item_codes(self, ids: np.ndarray) -> np.ndarray:
-        return self._item_index.get_indexer(ids)
+        return self.log.item_index.get_indexer(ids)
 
-    def history(self, ucode: np.ndarray, ranks: np.ndarray, valid: np.ndarray,
+    def history(self, start: np.ndarray, end: np.ndarray, valid: np.ndarray,
                 length: int) -> np.ndarray:
-        """The last ``length`` positive items strictly before each rank, most recent first,
-        right-padded with 0 -> (N, length) int64."""
-        start, end = self.pos_index.bounds(ucode, ranks)
-        idx = end[:, None] - 1 - np.arange(length)[None, :]         # (N, L)
-        ok = (idx >= start[:, None]) & valid[:, None]
-        if len(self.pos_items) == 0:
-            return np.zeros((len(ucode), length), dtype=np.int64)
-        hist = np.where(ok, self.pos_items[np.clip(idx, 0, len(self.pos_items) - 1)], 0)
-        return hist.astype(np.int64)
+        """The last ``length`` positive items in the by-user range ``[start, end)``, most
+        recent first, right-padded with 0 -> (N, length) int64."""
+        likes = self.by_user.prefix["like"]
+        first = likes[start].astype(np.int64)               # positives before the range
+        last = likes[end].astype(np.int64)
+        # 1-based positions into pos_items (whose 0 is the padding)
+        idx = last[:, None] - np.arange(length)[None, :]                    # (N, L)
+        idx[(idx <= first[:, None]) | ~valid[:, None]] = 0
+        return self.pos_items[idx]
+
+
+def _merge_moments(acc: tuple[int, np.ndarray, np.ndarray] | None, x: np.ndarray
+                   ) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, mean, sum of squared deviations) per column of the rows seen so far and
+    ``x`` (N, D): Chan et al.'s pairwise update, as exact as one pass over all rows."""
+    n_b, mean_b = len(x), x.mean(axis=0)
+    m2_b = ((x - mean_b) ** 2).sum(axis=0)
+    if acc is None:
+        return n_b, mean_b, m2_b
+    n_a, mean_a, m2_a = acc
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return n, mean_a + delta * (n_b / n), m2_a + m2_b + delta ** 2 * (n_a * n_b / n)
+
+
+def _take(features: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows ``idx`` of every feature."""
+    return {k: v[idx] for k, v in features.items()}
 
 
 def _check_rows(dataset: Dataset, rows: np.ndarray | Sequence[int]) -> np.ndarray:

@@ -48,6 +48,8 @@ import pandas as pd
 from .config import TrainConfig
 from .dataset import Dataset
 from .encoding import FeatureEncoder, as_str_array
+from .events import EventLog
+from .stream import EventBatches
 from . import evaluation, metrics, peers
 
 log = logging.getLogger(__name__)
@@ -247,20 +249,24 @@ def _train(
 
     t0 = time.perf_counter()
     sp = split(dataset, cfg)
-    enc = make_encoder(cfg).fit(dataset, sp.train, pool=sp.pool)
+    elog = EventLog.of(dataset)                     # the ids are mapped here, once
+    enc = make_encoder(cfg).fit(dataset, sp.train, pool=sp.pool, event_log=elog)
+    tf = time.perf_counter()
+    ctx = enc.context(dataset, sp.pool, event_log=elog)      # shared by every trial
+    samplers: dict[str, Any] = {}
     known = sp.known
-    monitor, validator = _monitor(enc, dataset, sp, cfg)
+    t_features = time.perf_counter() - tf
+    monitor, validator = _monitor(enc, dataset, sp, cfg, event_log=elog)
     space = [cfg.with_(**o) for o in TUNE_SPACES[cfg.tune]] or [cfg]
     trials: list[dict[str, Any]] = []
-    best: tuple[float, int, Any, Any, dict, dict] | None = None
+    best: tuple[float, int, Any, Any, EventBatches, EventBatches] | None = None
     epoch_offset = 0
-    t_features = 0.0
     for k, trial_cfg in enumerate(space):
         tf = time.perf_counter()
-        x_train, x_val = (_events(enc, dataset, sp, trial_cfg, rows, seed, known)
+        x_train, x_val = (_events(enc, ctx, samplers, dataset, trial_cfg, rows, seed, known)
                           for rows, seed in ((sp.train, cfg.seed), (sp.val, cfg.seed + 1)))
         t_features += time.perf_counter() - tf
-        if x_train["label"].min() == x_train["label"].max():
+        if _single_class(enc, elog, x_train):
             raise ValueError("the training rows hold a single class: change label_threshold")
         model = DSSM(enc.user_specs_, enc.item_specs_, trial_cfg)
         fr = training.fit(model, x_train, x_val, trial_cfg,
@@ -283,14 +289,19 @@ def _train(
     _, chosen, model, fr, x_train, x_val = best
     cfg_used = space[chosen]
     tf = time.perf_counter()
-    x_test = _events(enc, dataset, sp, cfg_used, sp.test, cfg.seed + 2, None)
+    neg = int(cfg_used.negatives) if dataset.implicit else int(cfg_used.explicit_negatives)
+    x_test = enc.transform_events(dataset, sp.test, seed=cfg.seed + 2, negatives=neg,
+                                  negatives_by=cfg_used.negatives_by,
+                                  user_negatives=int(cfg_used.user_negatives),
+                                  pair_negatives=int(cfg_used.pair_negatives), context=ctx)
     t_features += time.perf_counter() - tf
     fitted = model                          # validation figures are this model's
-    if cfg.refit and fr.best_epoch >= 1 and len(x_val["label"]):
+    if cfg.refit and fr.best_epoch >= 1 and len(x_val):
         # the epoch count was chosen on validation; now learn from the whole past (the
         # validation rows are its most recent part) for that many epochs
         model = DSSM(enc.user_specs_, enc.item_specs_, cfg_used)
-        both = {k: np.concatenate([x_train[k], x_val[k]]) for k in x_train}
+        both = _events(enc, ctx, samplers, dataset, cfg_used,
+                       np.concatenate([x_train.rows, x_val.rows]), cfg.seed, known)
         refit = training.fit(model, both, None,
                              cfg_used.with_(epochs=int(fr.best_epoch),
                                             early_stopping_patience=0),
@@ -299,13 +310,15 @@ def _train(
             raise TrainingCancelled("training cancelled")
     t1 = time.perf_counter()
     eval_u, eval_i = eval_vectors(model, enc, dataset, sp)
-    summary = evaluate(model, enc, dataset, sp, cfg_used, x_train=x_train, x_val=x_val,
-                       x_test=x_test, vectors=(eval_u, eval_i), val_model=fitted)
+    summary = evaluate(model, enc, dataset, sp, cfg_used, x_train=x_train.labels(),
+                       x_val=x_val.labels(), x_test=x_test, vectors=(eval_u, eval_i),
+                       val_model=fitted)
     t_eval = time.perf_counter() - t1
 
     # what the audience pages search: everyone as of the end of the data
-    user_ids, u_table = enc.user_table(dataset, None)
-    item_ids, i_table = enc.item_table(dataset, None)
+    ctx_end = ctx if sp.pool is None else enc.context(dataset, None, event_log=elog)
+    user_ids, u_table = enc.user_table(dataset, None, context=ctx_end)
+    item_ids, i_table = enc.item_table(dataset, None, context=ctx_end)
     user_vectors = training.embed(model, "user", u_table)                  # (n_users, D)
     item_vectors = training.embed(model, "item", i_table)                  # (n_items, D)
 
@@ -341,16 +354,33 @@ def _train(
                                 "total": time.perf_counter() - t0})
 
 
-def _events(enc: FeatureEncoder, dataset: Dataset, sp: Split, cfg: TrainConfig,
-            rows: np.ndarray, seed: int, known: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Rows' features plus the negatives ``cfg`` draws. Implicit data: ``cfg.negatives``
-    sampled items (else there is no class 0); rated data: ``cfg.explicit_negatives``. The
-    test gets them exactly as training does."""
+def _events(enc: FeatureEncoder, ctx: Any, samplers: dict[str, Any], dataset: Dataset,
+            cfg: TrainConfig, rows: np.ndarray, seed: int, known: np.ndarray
+            ) -> EventBatches:
+    """Rows with the negatives ``cfg`` draws, encoded a batch at a time. Implicit data:
+    ``cfg.negatives`` sampled items (else there is no class 0); rated data:
+    ``cfg.explicit_negatives``; never a pair of the ``known`` rows (the run's, always the
+    same). ``samplers`` keeps the negative samplers built so far (one per item
+    distribution), for the trials and the refit to share. The test gets its negatives
+    exactly as training does (``transform_events``)."""
     neg = int(cfg.negatives) if dataset.implicit else int(cfg.explicit_negatives)
-    return enc.transform_events(dataset, rows, pool=sp.pool, seed=seed, known=known,
-                                negatives=neg, negatives_by=cfg.negatives_by,
-                                user_negatives=int(cfg.user_negatives),
-                                pair_negatives=int(cfg.pair_negatives))
+    sampler = None
+    if neg or cfg.user_negatives or cfg.pair_negatives:
+        if cfg.negatives_by not in samplers:
+            samplers[cfg.negatives_by] = enc.negative_sampler(ctx.log, known,
+                                                              cfg.negatives_by)
+        sampler = samplers[cfg.negatives_by]
+    return EventBatches(enc, ctx, rows, sampler, negatives=neg,
+                        user_negatives=int(cfg.user_negatives),
+                        pair_negatives=int(cfg.pair_negatives), seed=seed)
+
+
+def _single_class(enc: FeatureEncoder, elog: EventLog, rows: EventBatches) -> bool:
+    """Whether every training row holds one label (no negatives drawn, one rating side)."""
+    if rows.per_event > 1 and len(rows):
+        return False
+    like = enc._likes(elog.rating[rows.rows].astype(np.float64))
+    return len(like) == 0 or bool(like.min() == like.max())
 
 
 def _numbered(cb: Callable[[dict[str, Any]], None] | None, offset: int, trial: int,
@@ -376,7 +406,8 @@ def judged_by_retrieval(dataset: Dataset, cfg: TrainConfig) -> bool:
     return bool(len(ratings)) and float(np.nanmin(ratings)) > cfg.label_threshold
 
 
-def _monitor(enc: FeatureEncoder, dataset: Dataset, sp: Split, cfg: TrainConfig
+def _monitor(enc: FeatureEncoder, dataset: Dataset, sp: Split, cfg: TrainConfig, *,
+             event_log: EventLog | None = None
              ) -> tuple[str, Callable[[Any], dict[str, Any]] | None]:
     """What early stopping watches (``cfg.monitor``; "auto" = what the task is judged by)
     and, for retrieval, the per-epoch validator that measures it."""
@@ -389,7 +420,7 @@ def _monitor(enc: FeatureEncoder, dataset: Dataset, sp: Split, cfg: TrainConfig
     from . import training
 
     val_q = validation_question(dataset, sp)
-    u_table, i_table = eval_tables(enc, dataset, sp, validation=True)
+    u_table, i_table = eval_tables(enc, dataset, sp, validation=True, event_log=event_log)
 
     def validate(m: Any) -> dict[str, Any]:
         scorer = evaluation.VectorScorer(training.embed(m, "user", u_table),
@@ -470,22 +501,26 @@ def eval_vectors(model: Any, enc: FeatureEncoder, dataset: Dataset, sp: Split, *
     return training.embed(model, "user", u_table), training.embed(model, "item", i_table)
 
 
-def eval_tables(enc: FeatureEncoder, dataset: Dataset, sp: Split, *, validation: bool = False
+def eval_tables(enc: FeatureEncoder, dataset: Dataset, sp: Split, *, validation: bool = False,
+                event_log: EventLog | None = None
                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The user and item tower features ``eval_vectors`` embeds (see there)."""
+    """The user and item tower features ``eval_vectors`` embeds (see there); ``event_log``:
+    the dataset's, when the caller has it."""
     if validation:
         as_of, pool = None, sp.train
     elif sp.protocol == "T":
         as_of, pool = sp.split_time, None
     else:
         as_of, pool = None, sp.pool
-    user_as_of = _own_last_event(dataset, pool) if sp.protocol == "L" else as_of
-    _, u_table = enc.user_table(dataset, user_as_of, pool=pool)
-    _, i_table = enc.item_table(dataset, as_of, pool=pool)
+    ctx = enc.context(dataset, pool, event_log=event_log)      # one for both tables
+    user_as_of = _own_last_event(dataset, pool, ctx.log) if sp.protocol == "L" else as_of
+    _, u_table = enc.user_table(dataset, user_as_of, context=ctx)
+    _, i_table = enc.item_table(dataset, as_of, context=ctx)
     return u_table, i_table
 
 
-def _own_last_event(dataset: Dataset, rows: np.ndarray) -> np.ndarray:
+def _own_last_event(dataset: Dataset, rows: np.ndarray, event_log: EventLog | None = None
+                    ) -> np.ndarray:
     """Protocol L's user "now": just after each user's own last event in ``rows`` (a user
     with none: after every event). Leave-last-out asks what each user does next, at a time
     of their own that the question does not say; a shared end of the data would measure
@@ -494,13 +529,11 @@ def _own_last_event(dataset: Dataset, rows: np.ndarray) -> np.ndarray:
     ``dataset.users`` row."""
     from .encoding import END_OF_TIME
 
-    inter = dataset.interactions
+    elog = EventLog.of(dataset) if event_log is None else event_log
     rows = np.asarray(rows, dtype=np.int64)
-    users = pd.Index(as_str_array(dataset.users["user_id"]))
-    code = users.get_indexer(as_str_array(inter["user_id"].iloc[rows]))
-    ts = inter["timestamp"].to_numpy(dtype=np.int64)[rows]
+    code, ts = elog.user[rows], elog.time[rows]
     keep = code >= 0
-    last = np.full(len(users), np.iinfo(np.int64).min, dtype=np.int64)
+    last = np.full(elog.n_users, np.iinfo(np.int64).min, dtype=np.int64)
     np.maximum.at(last, code[keep], ts[keep])
     return np.where(last == np.iinfo(np.int64).min, END_OF_TIME, last + 1)
 

@@ -16,7 +16,7 @@ task watches when nobody says.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -36,6 +36,8 @@ class Pointwise:
     name = "pointwise"
     default_monitor = "val_logloss"
     collects_logits = True
+    #: whether the rows it trains on include the sampled negatives
+    uses_negatives = True
 
     def __init__(self, model: DSSM, cfg: TrainConfig) -> None:
         self.model = model
@@ -43,6 +45,10 @@ class Pointwise:
     def rows(self, x: dict[str, Tensor], y: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """The rows this objective trains on (every labelled row)."""
         return x, y
+
+    def row_mask(self, y: Tensor) -> Tensor | None:
+        """Which rows of a batch it trains on (None: all)."""
+        return None
 
     def metric_rows(self, x: dict[str, Tensor], y: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """The labelled rows train metrics are measured on after an epoch (unused here: the
@@ -75,6 +81,7 @@ class InBatch:
         self.model = model
         self.seed = int(cfg.seed)
         self.positives_only = positives_only
+        self.uses_negatives = not positives_only
         self.n_metric_rows = int(metric_rows)
         specs = model.feature_specs
         self.item_key, self.user_key = model.id_feature("item"), model.id_feature("user")
@@ -93,11 +100,15 @@ class InBatch:
         )
 
     def rows(self, x: dict[str, Tensor], y: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        pos = (torch.nonzero(y > 0.5).squeeze(1) if self.positives_only
-               else torch.arange(len(y)))
+        keep = self.row_mask(y)
+        pos = torch.nonzero(keep).squeeze(1) if keep is not None else torch.arange(len(y))
         if len(pos) < 2:
             raise ValueError("the in-batch objective needs at least 2 positive training rows")
         return {k: v[pos] for k, v in x.items()}, y[pos]
+
+    def row_mask(self, y: Tensor) -> Tensor | None:
+        """The positive rows (``positives_only``), else None (every row)."""
+        return y > 0.5 if self.positives_only else None
 
     def metric_rows(self, x: dict[str, Tensor], y: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         sample = np.random.default_rng(self.seed).permutation(len(y))
@@ -122,21 +133,26 @@ class InBatch:
         if len(pos) < 2:
             return None
         pos = pos[torch.randperm(len(pos), generator=torch.Generator().manual_seed(seed + 1))]
+        return self.val_loss_batches(({k: v[idx] for k, v in x.items()}, y[idx])
+                                     for idx in pos.split(batch_size))
+
+    def val_loss_batches(self, batches: Iterable[tuple[dict[str, Tensor], Tensor]]
+                         ) -> float | None:
+        """The softmax over each batch of validation positives (eval mode, frequency
+        estimate read but not updated), weighted by batch size; None without any."""
         model = self.model
         was_training = model.training
         model.eval()
         total, n = 0.0, 0
         try:
             with torch.no_grad():
-                for start in range(0, len(pos), batch_size):
-                    idx = pos[start:start + batch_size]
-                    if len(idx) < 2:
+                for batch, yb in batches:
+                    if len(yb) < 2:
                         continue
-                    batch = {k: v[idx] for k, v in x.items()}
                     loss = self.criterion(model.user_tower(batch), model.item_tower(batch),
                                           *self._ids(batch), update=False)
-                    total += float(loss) * len(idx)
-                    n += len(idx)
+                    total += float(loss) * len(yb)
+                    n += len(yb)
         finally:
             model.train(was_training)
         return total / n if n else None

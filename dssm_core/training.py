@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from .config import TrainConfig
 from .features import DenseFeature, Feature
 from . import optim, tasks
 from .model import DSSM
+from .stream import EventBatches
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,8 @@ class FitResult:
 
 def fit(
     model: DSSM,
-    train: Mapping[str, np.ndarray],
-    val: Mapping[str, np.ndarray] | None,
+    train: Mapping[str, np.ndarray] | EventBatches,
+    val: Mapping[str, np.ndarray] | EventBatches | None,
     cfg: TrainConfig,
     *,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
@@ -176,14 +177,20 @@ def fit(
     if monitor == "val_recall@50" and validator is None:
         raise ValueError("monitor 'val_recall@50' needs a validator that measures it")
     specs = model.feature_specs
-    x_train, y_train = _as_tensors(train, specs, "train", need_label=True)
-    if y_train is None:
-        raise ValueError("train: missing columns ['label']")
-    x_val, y_val = (None, None)
-    if val is not None:
+    streaming = isinstance(train, EventBatches)
+    x_train = y_train = None
+    if not streaming:
+        x_train, y_train = _as_tensors(train, specs, "train", need_label=True)
+        if y_train is None:
+            raise ValueError("train: missing columns ['label']")
+    x_val, y_val, val_stream = None, None, None
+    if isinstance(val, EventBatches):
+        val_stream = val if len(val) else None
+    elif val is not None:
         x_val, y_val = _as_tensors(val, specs, "val", need_label=True)
         if y_val is not None and len(y_val) == 0:
             x_val, y_val = None, None
+    has_val = x_val is not None or val_stream is not None
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(int(cfg.num_threads))
@@ -197,10 +204,16 @@ def fit(
         task = tasks.for_config(model, cfg, item_to_user_weight=item_to_user_weight,
                                 temperature=temperature, logq=logq,
                                 positives_only=positives_only)
-        metric_x, metric_y = (None, None) if task.collects_logits else \
-            task.metric_rows(x_train, y_train)
-        x_train, y_train = task.rows(x_train, y_train)
-        n = len(y_train)
+        if streaming:
+            metric_x, metric_y = (None, None) if task.collects_logits else _as_tensors(
+                train.sample(task.n_metric_rows, int(cfg.seed)), specs, "train",
+                need_label=True)
+            n = len(train)
+        else:
+            metric_x, metric_y = (None, None) if task.collects_logits else \
+                task.metric_rows(x_train, y_train)
+            x_train, y_train = task.rows(x_train, y_train)
+            n = len(y_train)
         if n == 0:
             raise ValueError("no training rows")
 
@@ -214,7 +227,7 @@ def fit(
         # --- end distributed hook ---
         precision = resolve_precision(str(getattr(cfg, "precision", "float32")))
         autocast = precision == "bfloat16"
-        result = FitResult(monitor=monitor if x_val is not None else None, train_rows=n,
+        result = FitResult(monitor=monitor if has_val else None, train_rows=n,
                            precision=precision)
         higher = MONITORS[monitor]
         best_value = -math.inf if higher else math.inf
@@ -226,32 +239,36 @@ def fit(
         for epoch in range(1, int(cfg.epochs) + 1):
             t0 = time.perf_counter()
             model.train()
-            perm = torch.randperm(n, generator=order_gen)
-            xs = {k: v[perm] for k, v in x_train.items()}        # one gather per epoch
-            ys = y_train[perm]
+            if streaming:
+                epoch_batches = _stream_batches(train, epoch, bs, specs, task.uses_negatives,
+                                                task.row_mask)
+            else:
+                epoch_batches = _array_batches(x_train, y_train,
+                                               torch.randperm(n, generator=order_gen), bs)
             loss_sum, loss_rows = 0.0, 0
             logits_seen: list[Tensor] = []
             labels_seen: list[Tensor] = []
             cancelled = False
-            for start in range(0, n, bs):
+            for full, y_full in epoch_batches:
                 stop = main and should_stop is not None and should_stop()
                 if dist is not None:
                     stop = bool(dist.broadcast_decision(int(stop))[0])
                 if stop:
                     cancelled = True
                     break
-                end = min(start + bs, n)
+                start, end = 0, len(y_full)
                 if end - start < 2:      # batch norm / softmax need 2 rows; drop a lone last row
                     continue
                 if dist is not None:     # this rank's slice of the batch
                     if not dist.usable(start, end):
                         continue
                     start, end = dist.slice(start, end)
-                batch = {k: v[start:end] for k, v in xs.items()}
-                loss, logits = task.loss(batch, ys[start:end], autocast)
+                batch = {k: v[start:end] for k, v in full.items()}
+                y_batch = y_full[start:end]
+                loss, logits = task.loss(batch, y_batch, autocast)
                 if logits is not None:
                     logits_seen.append(logits)
-                    labels_seen.append(ys[start:end])
+                    labels_seen.append(y_batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if dist is not None:
@@ -262,6 +279,8 @@ def fit(
                 loss_sum += float(loss.detach()) * (end - start)
                 loss_rows += end - start
             result.train_seconds += time.perf_counter() - t0
+            if streaming and epoch == 1:
+                result.train_rows = loss_rows if dist is None else len(train) * train.per_event
             if dist is not None:
                 loss_sum, loss_rows = dist.sum_floats(loss_sum, loss_rows)
             if cancelled:
@@ -288,6 +307,9 @@ def fit(
                 val_auc, val_logloss = _auc_logloss(y_val.numpy(),
                                                     torch.sigmoid(val_logits).numpy())
                 val_loss = task.val_loss(x_val, y_val, val_logits, bs, int(cfg.seed))
+            elif val_stream is not None:
+                val_auc, val_logloss, val_loss = _stream_validation(model, val_stream, task,
+                                                                    specs, bs)
             record = {
                 "epoch": epoch,
                 "train_loss": loss_sum / max(loss_rows, 1),
@@ -298,7 +320,7 @@ def fit(
                 "val_logloss": val_logloss,
                 "seconds": time.perf_counter() - t0,
             }
-            if validator is not None and x_val is not None:
+            if validator is not None and has_val:
                 model.eval()
                 record.update(validator(model))
             result.history.append(record)
@@ -308,7 +330,7 @@ def fit(
 
             value = record.get(monitor)
             stop_now = False
-            if x_val is None or value is None:
+            if not has_val or value is None:
                 best_state, result.best_epoch = None, epoch     # no validation: keep the last
             elif (value > best_value) if higher else (value < best_value):
                 best_value, since_best, result.best_epoch = value, 0, epoch
@@ -360,6 +382,51 @@ def embed(model: DSSM, tower: str, table: Mapping[str, np.ndarray], batch_size: 
 
 
 # ---------------------------------------------------------------------------------------------
+
+def _array_batches(x: Mapping[str, Tensor], y: Tensor, perm: Tensor, batch_size: int
+                   ) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+    """Materialised rows in the order ``perm``: one gather per epoch, contiguous batches."""
+    xs = {k: v[perm] for k, v in x.items()}
+    ys = y[perm]
+    for start in range(0, len(ys), batch_size):
+        yield {k: v[start:start + batch_size] for k, v in xs.items()}, \
+            ys[start:start + batch_size]
+
+
+def _stream_batches(source: EventBatches, epoch: int, batch_size: int,
+                    specs: Mapping[str, Feature], negatives: bool,
+                    mask: Callable[[Tensor], Tensor | None]
+                    ) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+    """The rows ``mask`` keeps of each batch ``source`` encodes (with its negatives when
+    ``negatives``)."""
+    for data in source.batches(epoch, batch_size, negatives=negatives):
+        x, y = _as_tensors(data, specs, "train", need_label=True)
+        assert y is not None
+        keep = mask(y)
+        if keep is not None:
+            x, y = {k: v[keep] for k, v in x.items()}, y[keep]
+        yield x, y
+
+
+def _stream_validation(model: DSSM, source: EventBatches, task: Any,
+                       specs: Mapping[str, Feature], batch_size: int
+                       ) -> tuple[float | None, float | None, float | None]:
+    """(AUC, logloss, the objective) on the validation events, encoded in chunks with the
+    same draws every epoch (eval mode)."""
+    logits, labels = [], []
+    for data in source.batches(0, 8192, shuffle=False):
+        x, y = _as_tensors(data, specs, "val", need_label=True)
+        logits.append(_logits_tensors(model, x, 8192))                          # (b,)
+        labels.append(y)
+    if not logits:
+        return None, None, None
+    val_logits, y_val = torch.cat(logits), torch.cat(labels)
+    auc, logloss = _auc_logloss(y_val.numpy(), torch.sigmoid(val_logits).numpy())
+    if task.collects_logits:
+        return auc, logloss, task.val_loss({}, y_val, val_logits, batch_size, 0)
+    return auc, logloss, task.val_loss_batches(
+        _stream_batches(source, 0, batch_size, specs, False, lambda y: y > 0.5))
+
 
 def _rows(x: Mapping[str, Tensor]) -> int:
     return len(next(iter(x.values()))) if x else 0

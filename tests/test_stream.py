@@ -1,0 +1,176 @@
+"""stream / events: features encoded per batch equal the materialised ones, hand-worked."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dssm_core.config import TrainConfig
+from dssm_core.encoding import FeatureEncoder, _GenrePrefix
+from dssm_core.events import EventLog, NegativeSampler, codes_in, is_in_sorted
+from dssm_core.model import DSSM
+from dssm_core.stream import EventBatches
+from dssm_core import training
+from test_encoding import TRAIN, _tiny, _unscale
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_event_log_maps_ids_to_table_positions_once() -> None:
+    ds = _tiny()
+    log = EventLog.of(ds)
+    # users u1, u2, u3 and items a, b, c, d are rows 0.. of their tables
+    assert log.user.tolist() == [0, 0, 1, 0, 1, 0, 2, 1]
+    assert log.item.tolist() == [0, 1, 0, 2, 1, 3, 0, 2]
+    assert log.user.dtype == np.int32 and log.time.dtype == np.int64
+    # a categorical column is mapped through its categories; an id absent from the table
+    # is -1
+    index = pd.Index(["x", "y", "z"])
+    col = pd.Series(["z", "x", "w", "z"], dtype="category")
+    assert codes_in(index, col).tolist() == [2, 0, -1, 2]
+    assert codes_in(index, pd.Series(["y", "q"])).tolist() == [1, -1]
+    assert is_in_sorted(np.array([2, 5, 9]), np.array([5, 1, 9, 10])).tolist() == \
+        [True, False, True, False]
+
+
+def test_streamed_rows_equal_the_materialised_rows_hand_worked() -> None:
+    """The 8-event dataset of test_encoding, encoded 3 events per batch in row order: every
+    batch holds exactly the rows transform_events gives, whose values are hand-worked."""
+    ds = _tiny()
+    enc = FeatureEncoder(history_len=3, embedding_dim=4).fit(ds, TRAIN)
+    rows = np.arange(8)
+    source = EventBatches(enc, enc.context(ds), rows)
+    batches = list(source.batches(0, 3, shuffle=False))
+    assert [len(b["label"]) for b in batches] == [3, 3, 2]
+    x = _concat(batches)
+    _assert_same(x, enc.transform_events(ds, rows))
+    a, b = 1, 2
+    np.testing.assert_array_equal(x["hist"][3], [a, 0, 0])     # u1 before 300: a only
+    np.testing.assert_array_equal(x["hist"][7], [b, a, 0])     # u2 before 500
+    np.testing.assert_array_equal(x["label"], [1, 0, 1, 1, 1, 1, 1, 0])
+    np.testing.assert_allclose(_unscale(enc, "user_stats", x["user_stats"][3]),
+                               [3.976190, 0.738095, math.log1p(2), -4 / 21, 23 / 6,
+                                math.log1p(100 / 86400)], atol=1e-5)
+    np.testing.assert_allclose(_unscale(enc, "genre_affinity", x["genre_affinity"][7]),
+                               [-11 / 216, 43 / 216, -11 / 216, 0.0], atol=1e-5)
+    assert x["item_ref"].tolist() == [0, 1, 0, 2, 1, 3, 0, 2]
+    # a shuffled epoch holds the same rows in another order (seeded)
+    shuffled = _concat(list(source.batches(1, 3)))
+    assert sorted(shuffled["item_ref"].tolist()) == sorted(x["item_ref"].tolist())
+    assert shuffled["item_ref"].tolist() != x["item_ref"].tolist()
+    _assert_same(shuffled, _concat(list(source.batches(1, 3))))
+
+
+def test_streamed_features_equal_materialised_on_synthetic_data(tiny_synthetic) -> None:
+    """A pool that is not every row (protocol A's past): rows inside the pool take their
+    bounds from the sorted pass, rows after it (the test) are searched; both equal what
+    transform_events computes for the whole table at once."""
+    ds = tiny_synthetic
+    n = len(ds.interactions)
+    past = np.arange(int(n * 0.8))
+    enc = FeatureEncoder(history_len=5).fit(ds, past[:4000], pool=past)
+    ctx = enc.context(ds, past)
+    for rows in (past[:4000], np.arange(int(n * 0.8), n)):
+        want = enc.transform_events(ds, rows, pool=past)
+        got = _concat(list(EventBatches(enc, ctx, rows).batches(0, 997, shuffle=False)))
+        _assert_same(got, want)
+
+
+def test_item_negatives_share_their_row_and_avoid_known_pairs(tiny_synthetic) -> None:
+    ds = tiny_synthetic
+    enc = FeatureEncoder(history_len=5, label_threshold=0.0).fit(ds, np.arange(4000))
+    elog = EventLog.of(ds)
+    known = np.arange(4000)
+    sampler = enc.negative_sampler(elog, known, "uniform")
+    rows = np.arange(100, 150)
+    source = EventBatches(enc, enc.context(ds), rows, sampler, negatives=3, seed=4)
+    assert source.per_event == 4
+    batch = source.encode(rows[:10], (0, 0))                   # 10 events + 30 negatives
+    assert len(batch["label"]) == 40 and batch["label"].tolist() == [1] * 10 + [0] * 30
+    # each negative repeats its event's user features; its item is one the user never had
+    users = batch["user_id"]
+    np.testing.assert_array_equal(users[10:], np.repeat(users[:10], 3))
+    np.testing.assert_array_equal(batch["hist"][10:], np.repeat(batch["hist"][:10], 3, axis=0))
+    pairs = set(zip(elog.user[known].tolist(), elog.item[known].tolist()))
+    neg_users = np.repeat(elog.user[rows[:10]], 3)
+    assert not any((int(u), int(i)) in pairs for u, i in zip(neg_users, batch["item_ref"][10:]))
+    # the same (seed, epoch, chunk) draws the same negatives; another epoch others
+    np.testing.assert_array_equal(source.encode(rows[:10], (0, 0))["item_ref"],
+                                  batch["item_ref"])
+    other = source.encode(rows[:10], (1, 0))
+    assert not np.array_equal(other["item_ref"][10:], batch["item_ref"][10:])
+    # an epoch: 50 events and their 150 negatives, mixed, in batches of 40 rows
+    epoch = list(source.batches(0, 40))
+    assert [len(b["label"]) for b in epoch] == [40] * 5
+    assert sum(float(b["label"].sum()) for b in epoch) == 50
+    assert 0 < epoch[0]["label"].sum() < 40
+    _assert_same(_concat(epoch), _concat(list(source.batches(0, 40))))
+    # labels only: the same counts without features
+    lab = source.labels(batch_size=40)
+    assert set(lab) == {"label", "item_ref"} and len(lab["label"]) == 50 * 4
+
+
+def test_negative_sampler_drops_users_who_have_seen_every_item() -> None:
+    """u1 rated a, b, c, d (every item): no negative exists for it; u2 had a, b, c."""
+    ds = _tiny()
+    elog = EventLog.of(ds)
+    sampler = NegativeSampler(elog, np.arange(8), np.ones(4), np.array([0, 1]),
+                              np.array([0, 1, 2, 3]))
+    keep, items = sampler.items(np.array([0, 1]), 2, np.random.default_rng(0))
+    assert keep.tolist() == [2, 3] and items.tolist() == [3, 3]       # only d is new to u2
+
+
+def test_genre_prefix_checkpoints_match_a_direct_count() -> None:
+    """Counts and sums per genre over the first p positions, for every p, across several
+    checkpoint blocks (40 events, blocks of 16)."""
+    rng = np.random.default_rng(0)
+    genres = np.array([[1, 2], [3, 0], [2, 0], [0, 0]])             # 4 items, 3 genres
+    item_of = rng.integers(0, 4, 40)
+    value = rng.normal(size=40)
+    gp = _GenrePrefix(item_of, value, genres, 3)
+    counts, sums = gp.at(np.arange(41))
+    for p in range(41):
+        onehot = np.zeros((p, 3))
+        for q in range(p):
+            for g in genres[item_of[q]]:
+                if g:
+                    onehot[q, g - 1] += 1
+        np.testing.assert_array_equal(counts[p], onehot.sum(axis=0))
+        np.testing.assert_allclose(sums[p], (onehot * value[:p, None]).sum(axis=0), atol=1e-12)
+
+
+def test_fit_reads_a_stream_like_the_materialised_rows(tiny_synthetic) -> None:
+    """Training from EventBatches runs the same loop: epochs recorded, validation measured
+    in chunks (AUC, logloss, loss), the rows per epoch counted with their negatives."""
+    ds = tiny_synthetic
+    enc = FeatureEncoder(history_len=5, embedding_dim=8).fit(ds, np.arange(4000))
+    ctx = enc.context(ds)
+    sampler = enc.negative_sampler(ctx.log, np.arange(5000), "popularity")
+    train = EventBatches(enc, ctx, np.arange(4000), sampler, negatives=1, seed=1)
+    val = EventBatches(enc, ctx, np.arange(4000, 5000), sampler, negatives=1, seed=2)
+    cfg = TrainConfig(epochs=2, batch_size=512, embedding_dim=8, seed=3,
+                      early_stopping_patience=0)
+    for objective in ("pointwise", "inbatch"):
+        c = cfg.with_(objective=objective)
+        model = DSSM(enc.user_specs_, enc.item_specs_, c)
+        fr = training.fit(model, train, val, c)
+        assert len(fr.history) == 2
+        rec = fr.history[-1]
+        assert 0.5 < rec["val_auc"] <= 1.0 and rec["val_loss"] is not None
+        if objective == "pointwise":
+            assert fr.train_rows == 8000                    # 4000 events + 1 negative each
+        else:                                               # positives only, no negatives
+            like = (ds.interactions["rating"].to_numpy()[:4000] > 3.0).sum()
+            assert fr.train_rows == like
+    with pytest.raises(ValueError, match="sampler"):
+        EventBatches(enc, ctx, np.arange(4), negatives=1)
