@@ -4,6 +4,15 @@
 ``block_rows`` (memory bounded at any N), keeping each query's best k by partial selection;
 ties go to the lower row. ``index(matrix, ids)`` then ``query(vectors, k) -> (scores, ids)``
 (TFRS ``BruteForce`` style). Audiences use it (``audience`` re-exports ``UserIndex``).
+
+:func:`top_k_rows` is the same exact top-K for a block of many queries' score rows at once,
+with per-query exclusions (a sparse matrix) and a candidate mask: partial selection in
+float32 (an O(N) ``partition`` per query finds its k-th best score, only the candidates at or
+above it are sorted), ties to the lower row. Evaluation ranks every question through it
+(``evaluation.ask``, ``metrics.top_k``), in query chunks of :func:`chunk_rows` so a chunk's
+score block stays within :data:`BLOCK_BYTES` at any N. (``UserIndex.query_rows`` could keep
+its per-block cut-off pass by calling it on each (Q, block) of scores and merging; it is left
+as it is while its build/storage layout changes.)
 """
 from __future__ import annotations
 
@@ -11,6 +20,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from .dataset import shorten
 
@@ -19,6 +29,8 @@ from .dataset import shorten
 DEFAULT_BLOCK_ROWS = 131_072
 #: The first cut-off of a query is the k-th best score of its first SAMPLE_FACTOR * k rows.
 SAMPLE_FACTOR = 64
+#: Bytes of one chunk's float32 score block (queries x candidates) ranked at once.
+BLOCK_BYTES = 256 * 2**20
 
 def _name_unknown(kind: str, missing: Sequence[str], where: str = "") -> str:
     shown = ", ".join(repr(shorten(m)) for m in missing[:10])
@@ -261,3 +273,79 @@ class UserIndex:
         """
         s, r = self.query_rows(vectors, k, allowed=allowed)
         return s, self.ids_[r]
+
+
+# --------------------------------------------------------------------------------------------
+# Many queries at once: exact top-K of a score block
+# --------------------------------------------------------------------------------------------
+def chunk_rows(n_candidates: int, block_bytes: int = BLOCK_BYTES) -> int:
+    """Queries per chunk so that one chunk's float32 scores (Q, ``n_candidates``) take at
+    most ``block_bytes`` (at least 1 query)."""
+    if int(block_bytes) < 1:
+        raise ValueError(f"block_bytes must be >= 1, got {block_bytes}")
+    return max(1, int(block_bytes) // (4 * max(1, int(n_candidates))))
+
+
+def top_k_rows(scores: Any, k: int, *, exclude: Any = None, allowed: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's ``k`` best candidates of a score block, best first:
+    ``(scores (Q, k'), rows (Q, k'))`` with ``k' = min(k, N)``; a query with fewer than k'
+    candidates left is padded with row -1 and score -inf. Exact: every candidate is ranked;
+    equal scores go to the lower row.
+
+    ``scores``: (Q, N), higher is better, finite (float64 stays float64, anything else is
+    ranked in float32; the block is never modified). ``exclude``: a (Q, N) sparse matrix (or
+    anything ``scipy.sparse.csr_matrix`` takes) whose stored entries are candidates removed
+    from that query's ranking (already seen). ``allowed``: a boolean mask (N,); False
+    candidates are never returned. Memory beyond the block: two rows of N scores and the
+    candidates at or above each query's k-th best.
+    """
+    s = np.asarray(scores)
+    if s.ndim != 2:
+        raise ValueError(f"scores must be (queries, candidates), got shape {s.shape}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    dtype = np.float64 if s.dtype == np.float64 else np.float32
+    nq, n = s.shape
+    k = min(int(k), n)
+    out_s = np.full((nq, k), -np.inf, dtype=dtype)                          # (Q, k)
+    out_r = np.full((nq, k), -1, dtype=np.int64)                            # (Q, k)
+    if k == 0 or nq == 0:
+        return out_s, out_r
+    bad = None
+    if allowed is not None:
+        allowed = np.asarray(allowed, dtype=bool)
+        if allowed.shape != (n,):
+            raise ValueError(f"allowed must be a boolean mask of shape ({n},), got "
+                             f"{allowed.shape}")
+        bad = np.flatnonzero(~allowed)
+    ex = None
+    if exclude is not None:
+        ex = sparse.csr_matrix(exclude)
+        if ex.shape != (nq, n):
+            raise ValueError(f"exclude has shape {ex.shape}, scores have {(nq, n)}")
+    row = np.empty(n, dtype=dtype)          # the query's scores, masked       (N,)
+    work = np.empty(n, dtype=dtype)         # partition scratch                (N,)
+    for j in range(nq):
+        row[:] = s[j]
+        if bad is not None:
+            row[bad] = -np.inf
+        if ex is not None:
+            row[ex.indices[ex.indptr[j]:ex.indptr[j + 1]]] = -np.inf
+        if k < n:
+            work[:] = row
+            work.partition(n - k)
+            if np.isnan(work[n - k:]).any():     # NaN sorts last: any NaN lands up here
+                raise ValueError(f"scores of query {j} hold NaN")
+            kth = work[n - k]
+            # ascending rows at or above the k-th best (ties at it included, lowest first)
+            cand = np.flatnonzero(row >= kth) if kth > -np.inf else np.flatnonzero(
+                row > -np.inf)
+        else:
+            if np.isnan(row).any():
+                raise ValueError(f"scores of query {j} hold NaN")
+            cand = np.flatnonzero(row > -np.inf)
+        best = cand[np.argsort(-row[cand], kind="stable")[:k]]   # stable: lower row first
+        out_r[j, :len(best)] = best
+        out_s[j, :len(best)] = row[best]
+    return out_s, out_r
