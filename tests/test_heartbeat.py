@@ -183,7 +183,8 @@ def test_a_schema_1_store_written_by_main_is_migrated(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{path}")
     try:
         with sqlite3.connect(path) as conn:
-            assert conn.execute("select version from schema_version").fetchone() == (2,)
+            assert conn.execute("select version from schema_version").fetchone() == (
+                SCHEMA_VERSION,)
         old, running = store.get_run(1), store.get_run(2)
         assert (str(old.status), old.summary["test_auc"], old.host) == ("succeeded", 0.75, None)
         ids, vecs = store.load_embeddings(1, "user")
@@ -218,7 +219,7 @@ def test_migration_on_each_backend(db_url: str) -> None:  # noqa: F811
         assert {"host", "heartbeat_at"} <= cols
         with store.engine.connect() as conn:
             assert conn.execute(text("SELECT version FROM schema_version")).scalar() \
-                == SCHEMA_VERSION == 2
+                == SCHEMA_VERSION == 3
         did = store.add_dataset(small_dataset())
         rid = store.create_run(did, {})
         store.mark_running(rid, pid=3, host=THERE)
