@@ -31,6 +31,11 @@ DEFAULT_BLOCK_ROWS = 131_072
 SAMPLE_FACTOR = 64
 #: Bytes of one chunk's float32 score block (queries x candidates) ranked at once.
 BLOCK_BYTES = 256 * 2**20
+#: ``top_k_rows`` with at most this many candidates sorts whole blocks of queries at once
+#: (vectorised; per-query partial selection pays off above it) ...
+SORT_ALL_MAX = 8_192
+#: ... ``SORT_ALL_CELLS`` scores a block (12 bytes each while sorting: 24 MiB).
+SORT_ALL_CELLS = 2_000_000
 
 def _name_unknown(kind: str, missing: Sequence[str], where: str = "") -> str:
     shown = ", ".join(repr(shorten(m)) for m in missing[:10])
@@ -286,6 +291,51 @@ def chunk_rows(n_candidates: int, block_bytes: int = BLOCK_BYTES) -> int:
     return max(1, int(block_bytes) // (4 * max(1, int(n_candidates))))
 
 
+def _desc_keys(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """int64 keys whose ascending order is ``values`` (float32) descending, then ``rows``
+    ascending (rows below 2**32): the score's bits mapped to an order-keeping integer,
+    negated, above the row."""
+    bits = (values + np.float32(0.0)).view(np.int32).astype(np.int64)     # -0.0 -> +0.0
+    bits ^= (bits >> 31) & 0x7FFFFFFF          # negative floats: integer order = float order
+    return (-bits << 32) | rows.astype(np.int64)
+
+
+def _top_k_sorted(s: np.ndarray, k: int, ex: sparse.csr_matrix | None, bad: np.ndarray | None,
+                  out_s: np.ndarray, out_r: np.ndarray) -> None:
+    """``top_k_rows`` for few candidates (N <= ``SORT_ALL_MAX``): whole blocks of queries
+    masked and sorted at once (one int64 key sort per block), into ``out_s`` / ``out_r``."""
+    nq, n = s.shape
+    step = max(1, SORT_ALL_CELLS // n)
+    cols = np.arange(n, dtype=np.int64)
+    for start in range(0, nq, step):
+        blk = np.array(s[start:start + step], dtype=np.float32)              # (b, N) copy
+        if bad is not None:
+            blk[:, bad] = -np.inf
+        if ex is not None:
+            part = ex[start:start + len(blk)]
+            blk[np.repeat(np.arange(len(blk)), np.diff(part.indptr)), part.indices] = -np.inf
+        if np.isnan(blk).any():
+            raise ValueError(f"scores of query {start + int(np.isnan(blk).any(axis=1).argmax())}"
+                             " hold NaN")
+        keys = _desc_keys(blk, cols[None, :])                                # (b, N)
+        keys.sort(axis=1)
+        rows = keys[:, :k] & 0xFFFFFFFF                                      # (b, k)
+        vals = np.take_along_axis(blk, rows, axis=1)
+        rows[vals == -np.inf] = -1
+        out_r[start:start + len(blk)] = rows
+        out_s[start:start + len(blk)] = vals
+
+
+def _desc_rows(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``rows`` (ascending, below 2**32) ordered by ``values`` descending, equal values by
+    lower row. float32: one sort of int64 keys (the score's bits mapped to an order-keeping
+    integer, negated, then the row) - several times faster than a stable float sort;
+    anything else: a stable sort."""
+    if values.dtype != np.float32:
+        return rows[np.argsort(-values, kind="stable")]
+    return np.sort(_desc_keys(values, rows)) & 0xFFFFFFFF
+
+
 def top_k_rows(scores: Any, k: int, *, exclude: Any = None, allowed: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
     """Each query's ``k`` best candidates of a score block, best first:
@@ -324,6 +374,9 @@ def top_k_rows(scores: Any, k: int, *, exclude: Any = None, allowed: np.ndarray 
         ex = sparse.csr_matrix(exclude)
         if ex.shape != (nq, n):
             raise ValueError(f"exclude has shape {ex.shape}, scores have {(nq, n)}")
+    if n <= SORT_ALL_MAX and dtype == np.float32:
+        _top_k_sorted(s, k, ex, bad, out_s, out_r)
+        return out_s, out_r
     row = np.empty(n, dtype=dtype)          # the query's scores, masked       (N,)
     work = np.empty(n, dtype=dtype)         # partition scratch                (N,)
     for j in range(nq):
@@ -345,7 +398,7 @@ def top_k_rows(scores: Any, k: int, *, exclude: Any = None, allowed: np.ndarray 
             if np.isnan(row).any():
                 raise ValueError(f"scores of query {j} hold NaN")
             cand = np.flatnonzero(row > -np.inf)
-        best = cand[np.argsort(-row[cand], kind="stable")[:k]]   # stable: lower row first
+        best = _desc_rows(row[cand], cand)[:k]
         out_r[j, :len(best)] = best
         out_s[j, :len(best)] = row[best]
     return out_s, out_r

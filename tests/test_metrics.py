@@ -123,10 +123,13 @@ def test_queries_without_relevant_items_are_skipped() -> None:
 
 
 # --------------------------------------------------------------------------- retrieval.top_k_rows
-def test_top_k_rows_hand_worked_exclusions_mask_and_ties() -> None:
+@pytest.mark.parametrize("sort_all_max", [0, 8_192])   # per-query partition / block sort
+def test_top_k_rows_hand_worked_exclusions_mask_and_ties(sort_all_max, monkeypatch) -> None:
     from scipy import sparse
 
     from dssm_core import retrieval
+
+    monkeypatch.setattr(retrieval, "SORT_ALL_MAX", sort_all_max)
 
     s = np.array([[0.5, 0.9, 0.5, 0.1, 0.5],     # q0: 1, then the 0.5 tie in row order 0, 2, 4
                   [0.3, 0.3, 0.3, 0.3, 0.3]], dtype=np.float32)
@@ -152,13 +155,18 @@ def test_top_k_rows_hand_worked_exclusions_mask_and_ties() -> None:
     assert retrieval.chunk_rows(10, block_bytes=4) == 1
 
 
-def test_top_k_rows_equals_a_full_stable_sort_on_ties() -> None:
+@pytest.mark.parametrize("sort_all_max", [0, 8_192])
+def test_top_k_rows_equals_a_full_stable_sort_on_ties(sort_all_max, monkeypatch) -> None:
     from scipy import sparse
 
     from dssm_core import retrieval
 
+    monkeypatch.setattr(retrieval, "SORT_ALL_MAX", sort_all_max)
+    monkeypatch.setattr(retrieval, "SORT_ALL_CELLS", 1_000)      # several blocks of queries
+
     rng = np.random.default_rng(7)
-    s = rng.integers(0, 6, size=(40, 300)).astype(np.float32)    # many ties
+    s = rng.integers(-3, 3, size=(40, 300)).astype(np.float32)   # many ties, signs, -0.0
+    s[0, :10] = -0.0
     ex = sparse.random(40, 300, density=0.2, random_state=3, format="csr")
     allowed = rng.random(300) > 0.1
     masked = np.where(ex.toarray() != 0, -np.inf, s)
