@@ -141,6 +141,7 @@ line once some of it is done, and its last). Whole lines
             tty = bool(isatty()) if isatty is not None else False
         self.tty = tty
         self._drawn = False         # a bar is on the terminal's current line
+        self._said: tuple[str, str] | None = None   # (stage, percent) of the last log line
         self._show = Throttled(self._draw, PROGRESS_BAR_S if tty else PROGRESS_LINE_S, clock)
 
     def __call__(self, stage: str, fraction: float, message: str | None = None) -> None:
@@ -158,6 +159,10 @@ line once some of it is done, and its last). Whole lines
             self.stream.write(f"\r[{bar}] {text}\x1b[K")    # \x1b[K: clear to the line's end
             self._drawn = True
         else:
+            said = (stage, f"{100 * fraction:3.0f}")
+            if said == self._said:          # a log line only when the percent moved
+                return
+            self._said = said
             self.stream.write(f"progress: {text}\n")
         self.stream.flush()
 

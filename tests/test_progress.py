@@ -141,3 +141,20 @@ def test_cli_progress_bar_on_a_terminal_is_redrawn_in_place() -> None:
         "\r[############------------] training  50% (stage 3/7)\x1b[K"
         "\r\x1b[Kepoch 1/2 loss 0.5\n"
         "\r[########################] training 100% (stage 3/7)\x1b[K\n")
+
+
+def test_cli_progress_lines_in_a_log_only_when_the_percent_moves() -> None:
+    buf = io.StringIO()
+    now = [0.0]
+    log = cli._ProgressPrinter(buf, tty=False, clock=lambda: now[0])
+    log("load", 0.0)                          # no 0 % line
+    log("load", 1.0)
+    log("train", 0.101)
+    now[0] = 10.0
+    log("train", 0.104)                       # 10 % again: no new line
+    now[0] = 20.0
+    log("train", 0.2, "epoch 2")
+    log("train", 0.25)                        # within 5 s of the last line: held back
+    assert buf.getvalue() == ("progress: loading data 100% (stage 1/7)\n"
+                              "progress: training  10% (stage 3/7)\n"
+                              "progress: training  20% (stage 3/7): epoch 2\n")
