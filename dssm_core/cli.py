@@ -11,8 +11,9 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import Callable, NoReturn, Sequence, TextIO
 
 from .dataset import DataValidationError, shorten
 
@@ -115,6 +116,72 @@ def _cmd_projector(args: argparse.Namespace) -> int:
 
 
 # --- train ------------------------------------------------------------------------------------
+#: stderr not a terminal (a log file): a progress line at each stage's start and end and at
+#: most this often (seconds) in between.
+PROGRESS_LINE_S = 5.0
+#: stderr a terminal: the bar is redrawn at most this often (seconds).
+PROGRESS_BAR_S = 0.1
+#: Characters of the bar.
+PROGRESS_BAR_WIDTH = 24
+
+
+class _ProgressPrinter:
+    """A training's progress (``dssm_core.progress``) on stderr: one bar redrawn in place
+    when stderr is a terminal, else a line now and then (``PROGRESS_LINE_S``; a stage's first
+line once some of it is done, and its last). Whole lines
+    (an epoch's figures) go through :meth:`line`, above the bar. stdout is never touched."""
+
+    def __init__(self, stream: TextIO | None = None, *, tty: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        from .progress import Throttled
+
+        self.stream = stream if stream is not None else sys.stderr
+        if tty is None:
+            isatty = getattr(self.stream, "isatty", None)
+            tty = bool(isatty()) if isatty is not None else False
+        self.tty = tty
+        self._drawn = False         # a bar is on the terminal's current line
+        self._said: tuple[str, str] | None = None   # (stage, percent) of the last log line
+        self._show = Throttled(self._draw, PROGRESS_BAR_S if tty else PROGRESS_LINE_S, clock)
+
+    def __call__(self, stage: str, fraction: float, message: str | None = None) -> None:
+        if fraction > 0.0 or self.tty:   # a log gets no "0 %" line (nor one before an error)
+            self._show(stage, fraction, message)
+
+    def _draw(self, stage: str, fraction: float, message: str | None) -> None:
+        from .progress import STAGES, stage_label, stage_number
+
+        text = (f"{stage_label(stage)} {100 * fraction:3.0f}% (stage {stage_number(stage)}/"
+                f"{len(STAGES)})" + (f": {message}" if message else ""))
+        if self.tty:
+            filled = int(round(fraction * PROGRESS_BAR_WIDTH))
+            bar = "#" * filled + "-" * (PROGRESS_BAR_WIDTH - filled)
+            self.stream.write(f"\r[{bar}] {text}\x1b[K")    # \x1b[K: clear to the line's end
+            self._drawn = True
+        else:
+            said = (stage, f"{100 * fraction:3.0f}")
+            if said == self._said:          # a log line only when the percent moved
+                return
+            self._said = said
+            self.stream.write(f"progress: {text}\n")
+        self.stream.flush()
+
+    def line(self, text: str) -> None:
+        """Print a whole line (above the bar, which the next report redraws)."""
+        if self._drawn:
+            self.stream.write("\r\x1b[K")
+            self._drawn = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the bar's line (terminal only)."""
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
+
+
 def _train_config(args: argparse.Namespace):  # -> TrainConfig
     """The preset, then ``--config-json`` overrides, then the explicit flags."""
     from .config import PRESETS, TrainConfig
@@ -242,6 +309,8 @@ def _train_ranked(args: argparse.Namespace, dist) -> int:  # dist: distributed.D
         dist.barrier()          # rank 0 has stored the run
         return 0
 
+    shown = _ProgressPrinter()
+
     def on_epoch(rec: dict) -> None:
         def f(key: str) -> str:
             v = rec.get(key)
@@ -252,20 +321,21 @@ def _train_ranked(args: argparse.Namespace, dist) -> int:  # dist: distributed.D
         trial = (f"trial {rec['trial']}/{len(pipeline.TUNE_SPACES[cfg.tune])} "
                  if rec.get("trial") else "")
         epoch = rec.get("trial_epoch", rec["epoch"])
-        print(f"{trial}epoch {epoch}/{cfg.epochs} loss {f('train_loss')} "
-              f"train_auc {f('train_auc')} val_auc {f('val_auc')} "
-              f"val_logloss {f('val_logloss')}{recall} {rec.get('seconds', 0.0):.2f}s",
-              file=sys.stderr, flush=True)
+        shown.line(f"{trial}epoch {epoch}/{cfg.epochs} loss {f('train_loss')} "
+                   f"train_auc {f('train_auc')} val_auc {f('val_auc')} "
+                   f"val_logloss {f('val_logloss')}{recall} {rec.get('seconds', 0.0):.2f}s")
 
     try:
         if args.report:
             _check_writable(args.report, "--report")
         if args.db:
+            if args.data:
+                shown("load", 0.0, "reading DATA")
             store, dataset_id = _train_target(args, cfg)
             dist.broadcast_decision(int(dataset_id))       # the helper ranks load it too
             run_id = pipeline.run_training(
                 store, int(dataset_id), cfg, run_id=args.run_id, on_epoch_end=on_epoch,
-                project=not args.no_project and not dist.active, dist=dist)
+                project=not args.no_project and not dist.active, dist=dist, progress=shown)
             if dist.active:     # release the helper ranks before the maps, then draw them
                 dist.barrier()
                 if not args.no_project:
@@ -281,14 +351,20 @@ def _train_ranked(args: argparse.Namespace, dist) -> int:  # dist: distributed.D
         else:
             if args.dataset_id is not None or args.run_id is not None:
                 raise CliError("--dataset-id and --run-id need --db")
-            result = pipeline.train(_train_dataset(args), cfg, on_epoch_end=on_epoch,
-                                    dist=dist)
+            shown("load", 0.0, "reading DATA" if args.data else "the synthetic demo")
+            dataset = _train_dataset(args)
+            shown("load", 1.0)
+            result = pipeline.train(dataset, cfg, on_epoch_end=on_epoch, dist=dist,
+                                    progress=shown)
             dist.barrier()
             run_id, summary = None, result.summary
             out = {"run_id": None, **summary}
     except pipeline.TrainingCancelled:
+        shown.close()
         print("error: training cancelled", file=sys.stderr)
         return 3
+    finally:
+        shown.close()
     print(json.dumps(out, default=str))
     if args.report:
         with open(args.report, "w", encoding="utf-8") as fh:

@@ -4,7 +4,8 @@ A ``Question`` holds, in user/item codes (positions in ``dataset.users`` / ``dat
 the past pairs (what the scorers may know; excluded from every ranking), the relevant future
 pairs, and which users and items are candidates at all. ``ask`` ranks, for every query of
 each direction, all candidates (exact: every candidate scored, already-seen ones removed,
-ties to the lower index) and returns recall@K pooled over relevant pairs (micro), per-query
+ties to the lower index; ranked by ``retrieval.top_k_rows`` in float32, query chunks of
+bounded memory, partial selection for the largest cut-off needed) and returns recall@K pooled over relevant pairs (micro), per-query
 recall (macro), NDCG@K, and item->user recall at 1 % and 5 % of the candidate users.
 
 Builders:
@@ -22,21 +23,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 from scipy import sparse
 
-from . import metrics
+from . import metrics, retrieval
 from .peers import Scorer, interaction_matrix
 
 #: Cut-offs of every retrieval metric in a summary.
 KS = (10, 50, 100)
 #: Audience sizes as shares of the candidate users (item->user only).
 SHARES = (0.01, 0.05)
-#: Score cells (queries x candidates) ranked at once; bounds memory on large catalogues.
-CHUNK_CELLS = 8_000_000
 DIRECTIONS = ("i2u", "u2i")
+#: ``progress(done, total)``: queries ranked so far of all that ``ask`` ranks.
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -119,17 +120,26 @@ def share_k(share: float, n_candidates: int) -> int:
 
 
 def ask(question: Question, scorers: Mapping[str, Scorer], *, ks: Iterable[int] = KS,
-        shares: Iterable[float] = SHARES, prefix: str = "") -> dict[str, Any]:
+        shares: Iterable[float] = SHARES, prefix: str = "",
+        progress: Progress | None = None) -> dict[str, Any]:
     """Every scorer's figures on ``question``: keys ``{prefix}{name}{direction}_{metric}``
     where ``name`` is "" for the scorer called "model" and ``baseline_<name>_`` otherwise;
     metrics ``recall@K`` (micro), ``macro_recall@K``, ``ndcg@K`` and, item->user only,
     ``recall@1%`` / ``recall@5%``. Also ``{prefix}{direction}_queries`` and
-    ``{prefix}{direction}_relevant``. A metric without any relevant pair is None."""
+    ``{prefix}{direction}_relevant``. A metric without any relevant pair is None.
+    ``progress(done, total)``: queries ranked so far, over every scorer and direction."""
     ks = tuple(sorted({int(k) for k in ks}))
     shares = tuple(shares)
     out: dict[str, Any] = {}
     by_query = {"u2i": question.relevant, "i2u": question.relevant.T.tocsr()}
     seen = {"u2i": question.past, "i2u": question.past.T.tocsr()}
+    n_queries = {d: int((np.diff(by_query[d].indptr) > 0).sum()) for d in DIRECTIONS}
+    total, done = len(scorers) * sum(n_queries.values()), 0
+
+    def tick(d: int, _: int) -> None:
+        if progress is not None:
+            progress(done + d, total)
+
     for direction in DIRECTIONS:
         rel = by_query[direction]
         queries = np.flatnonzero(np.diff(rel.indptr) > 0)
@@ -141,7 +151,9 @@ def ask(question: Question, scorers: Mapping[str, Scorer], *, ks: Iterable[int] 
         all_ks = tuple(sorted(set(ks) | set(share_ks.values())))
         for name, scorer in scorers.items():
             tag = "" if name == "model" else f"baseline_{name}_"
-            counts = _counts(scorer, direction, queries, rel, seen[direction], ok, all_ks)
+            counts = _counts(scorer, direction, queries, rel, seen[direction], ok, all_ks,
+                             tick)
+            done += len(queries)
             for k in ks:
                 out[f"{prefix}{tag}{direction}_recall@{k}"] = _micro(counts, k)
                 out[f"{prefix}{tag}{direction}_macro_recall@{k}"] = _macro(counts, k)
@@ -152,21 +164,31 @@ def ask(question: Question, scorers: Mapping[str, Scorer], *, ks: Iterable[int] 
 
 
 def _counts(scorer: Scorer, direction: str, queries: np.ndarray, rel: sparse.csr_matrix,
-            seen: sparse.csr_matrix, ok: np.ndarray | None, ks: tuple[int, ...]
-            ) -> dict[str, np.ndarray] | None:
+            seen: sparse.csr_matrix, ok: np.ndarray | None, ks: tuple[int, ...],
+            progress: Progress | None = None) -> dict[str, np.ndarray] | None:
+    """Per-query counts (``metrics.ranked_counts``) of ``scorer`` on ``queries``, ranked by
+    ``retrieval.top_k_rows`` in chunks of ``retrieval.chunk_rows`` queries (one chunk's
+    float32 score block within ``retrieval.BLOCK_BYTES``); relevance and exclusions stay
+    sparse. ``progress(done, total)`` after every chunk."""
     if len(queries) == 0:
         return None
     n = rel.shape[1]
-    chunk = max(1, min(len(queries), CHUNK_CELLS // max(n, 1)))
+    k = max(ks)
+    chunk = retrieval.chunk_rows(n)
     parts = []
     for start in range(0, len(queries), chunk):
         q = queries[start:start + chunk]
-        s = np.asarray(scorer.scores(direction, q))
-        relevant = rel[q].toarray() > 0
-        exclude = seen[q].toarray() > 0
+        s = scorer.scores(direction, q)                                      # (c, N)
+        ex = seen[q]                                                         # (c, N) sparse
+        _, top = retrieval.top_k_rows(s, k, exclude=ex, allowed=ok)         # (c, k')
+        del s
+        relevant = rel[q]
+        relevant = relevant - relevant.multiply(ex)          # a seen pair is never relevant
         if ok is not None:
-            exclude |= ~ok[None, :]
-        parts.append(metrics.ranking_counts(s, relevant, ks, exclude))
+            relevant = relevant.multiply(ok[None, :].astype(relevant.dtype))
+        parts.append(metrics.ranked_counts(top, sparse.csr_matrix(relevant), ks))
+        if progress is not None:
+            progress(start + len(q), len(queries))
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 

@@ -3,8 +3,10 @@
 The app (or anything else) calls :func:`start_training`; it creates the run in the store
 (status ``queued``), launches ``python -m dssm_core train --db URL --dataset-id N --run-id R
 --config-json ...`` in a new process session, and records the child's pid. The child reports
-status and per-epoch metrics through the store, so progress survives page reloads, several
-runs can train at once, and a server restart does not lose them. :func:`cancel` sets the
+status, per-epoch metrics and the stage it is in with the share of it done
+(``pipeline.run_training`` -> ``Store.set_progress``, read by the Train and Home pages) through
+the store, so progress survives page reloads, several runs can train at once, and a server
+restart does not lose them. :func:`cancel` sets the
 run's cancel flag (the trainer checks it between batches); :func:`reap_orphans` marks runs
 whose process died without finishing (kill -9, machine reboot) as failed.
 

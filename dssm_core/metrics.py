@@ -5,8 +5,10 @@ Retrieval, in either direction (a query is a user and the candidates items, or a
 item and the candidates users): ``recall_at_k``, ``hit_rate_at_k``, ``ndcg_at_k`` over a score
 matrix ``(Q, N)``, with exact ranking (every candidate scored; ties broken by the lower
 candidate index) and already-seen filtering (``exclude``: candidates removed from a query's
-ranking before the top K is taken). ``ranking_counts`` returns the per-query numbers so a
-caller can evaluate a large set chunk by chunk and ``summarize`` the totals.
+ranking before the top K is taken). Ranking is ``retrieval.top_k_rows`` (the one exact top-K);
+``ranking_counts`` returns the per-query numbers so a caller can evaluate a large set chunk by
+chunk and ``summarize`` the totals; ``ranked_counts`` counts from ranked lists a caller has
+already (``evaluation.ask``: sparse relevance, never a dense (Q, N) mask).
 
 Metric names are stable strings built by ``metric_name``: ``"recall@50"``, ``"ndcg@10"``...
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import numpy as np
+from scipy import sparse
 
 #: Probabilities are clipped to [EPS, 1 - EPS] before taking logs.
 EPS = 1e-7
@@ -94,21 +97,19 @@ def _as_mask(x: Relevance | None, shape: tuple[int, int], what: str) -> np.ndarr
 def top_k(scores: np.ndarray, k: int, exclude: Relevance | None = None) -> np.ndarray:
     """Indices (Q, min(k, N)) of each query's k best candidates, best first, excluded ones
     left out (a query with fewer than k candidates left is padded with -1). Exact: every
-    candidate is scored; ties go to the lower index."""
-    s = np.asarray(scores, dtype=np.float64)
+    candidate is scored; ties go to the lower index. Ranked by ``retrieval.top_k_rows``
+    (partial selection; float64 scores stay float64)."""
+    from .retrieval import top_k_rows
+
+    s = np.asarray(scores)
     if s.ndim != 2:
         raise ValueError(f"scores must be (queries, candidates), got shape {s.shape}")
+    if s.dtype != np.float64 and s.dtype != np.float32:
+        s = s.astype(np.float64)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     ex = _as_mask(exclude, s.shape, "exclude")
-    k = min(int(k), s.shape[1])
-    s = np.where(ex, -np.inf, s)
-    # stable sort of -score keeps the lower index first among equal scores
-    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    top = order.astype(np.int64)
-    taken = np.take_along_axis(ex, order, axis=1)
-    top[taken] = -1
-    return top
+    return top_k_rows(s, int(k), exclude=sparse.csr_matrix(ex) if ex.any() else None)[1]
 
 
 def ranking_counts(
@@ -127,22 +128,50 @@ def ranking_counts(
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 2:
         raise ValueError(f"scores must be (queries, candidates), got shape {s.shape}")
-    ks = sorted({int(k) for k in ks})
-    if not ks or ks[0] < 1:
-        raise ValueError(f"ks must be positive integers, got {ks}")
+    ks = _check_ks(ks)
     rel = _as_mask(relevant, s.shape, "relevant")
     ex = _as_mask(exclude, s.shape, "exclude")
-    rel = rel & ~ex
-    n_rel = rel.sum(axis=1)
-    out: dict[str, np.ndarray] = {"n_relevant": n_rel}
+    rel = sparse.csr_matrix(rel & ~ex)
     if s.shape[1] == 0:
-        for k in ks:
-            out[metric_name("hits", k)] = np.zeros(len(s))
-            out[metric_name("ndcg", k)] = np.zeros(len(s))
-        return out
-    top = top_k(s, max(ks), ex)                                   # (Q, K)
-    got = np.where(top >= 0, np.take_along_axis(rel, np.maximum(top, 0), axis=1), False)
-    discount = 1.0 / np.log2(np.arange(2, top.shape[1] + 2))       # (K,)
+        return ranked_counts(np.empty((len(s), 0), dtype=np.int64), rel, ks)
+    return ranked_counts(top_k(s, max(ks), ex), rel, ks)
+
+
+def _check_ks(ks: Iterable[int]) -> list[int]:
+    out = sorted({int(k) for k in ks})
+    if not out or out[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {out}")
+    return out
+
+
+def ranked_counts(top: np.ndarray, relevant: sparse.spmatrix, ks: Iterable[int]
+                  ) -> dict[str, np.ndarray]:
+    """``ranking_counts`` from each query's ranked list: ``top`` (Q, K) candidate indices,
+    best first (-1 = no candidate), and ``relevant`` a sparse (Q, N) matrix whose stored
+    entries are the query's relevant candidates (excluded ones already left out; every one
+    counts in ``n_relevant``). Needs ``K >= min(max(ks), N)``.
+
+    Returns ``n_relevant`` (Q,) and, per k, ``hits@k`` (Q,) and ``ndcg@k`` (Q,).
+    """
+    ks = _check_ks(ks)
+    top = np.asarray(top, dtype=np.int64)
+    rel = sparse.csr_matrix(relevant)
+    nq, n = rel.shape
+    if top.ndim != 2 or top.shape[0] != nq:
+        raise ValueError(f"top must be ({nq}, K), got shape {top.shape}")
+    if top.shape[1] < min(max(ks), n):
+        raise ValueError(f"top holds {top.shape[1]} candidates per query; k={max(ks)} needs "
+                         f"{min(max(ks), n)}")
+    rel.sum_duplicates()
+    rel.eliminate_zeros()
+    n_rel = np.diff(rel.indptr).astype(np.int64)                            # (Q,)
+    # membership of (query, candidate) in the relevant pairs by sorted integer keys
+    rel_keys = np.sort(np.repeat(np.arange(nq, dtype=np.int64), n_rel) * n + rel.indices)
+    top_keys = np.arange(nq, dtype=np.int64)[:, None] * n + np.maximum(top, 0)   # (Q, K)
+    pos = np.minimum(np.searchsorted(rel_keys, top_keys), max(len(rel_keys) - 1, 0))
+    got = (top >= 0) & (rel_keys[pos] == top_keys if len(rel_keys) else False)  # (Q, K)
+    discount = 1.0 / np.log2(np.arange(2, top.shape[1] + 2))                # (K,)
+    out: dict[str, np.ndarray] = {"n_relevant": n_rel}
     for k in ks:
         kk = min(k, top.shape[1])
         hits = got[:, :kk].sum(axis=1)

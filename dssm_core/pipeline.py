@@ -51,6 +51,7 @@ from .encoding import FeatureEncoder, as_str_array
 from .events import EventLog
 from .stream import EventBatches
 from . import evaluation, metrics, peers
+from .progress import Progress, Reporter, Throttled
 
 log = logging.getLogger(__name__)
 
@@ -220,19 +221,21 @@ def train(
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     dist: Any = None,
+    progress: Progress | None = None,
 ) -> TrainResult:
     """Split, encode, train, evaluate (with baselines) and embed, all in memory.
 
     Raises ``TrainingCancelled`` when ``should_stop`` stops the training, ``ValueError`` for
     data that cannot be trained on. ``dist``: a ``distributed.DistContext`` (every rank
-    calls this; rank 0's result is the product, see ``training.fit``).
+    calls this; rank 0's result is the product, see ``training.fit``). ``progress``: told
+    the stages "encode", "train", "evaluate", "embed" (``dssm_core.progress``).
     """
     import torch
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(int(cfg.num_threads))
     try:
-        return _train(dataset, cfg, on_epoch_end, should_stop, dist)
+        return _train(dataset, cfg, on_epoch_end, should_stop, dist, progress)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -243,14 +246,18 @@ def _train(
     on_epoch_end: Callable[[dict[str, Any]], None] | None,
     should_stop: Callable[[], bool] | None,
     dist: Any = None,
+    progress: Progress | None = None,
 ) -> TrainResult:
     from . import training
     from .model import DSSM
 
     t0 = time.perf_counter()
+    tell = Reporter(progress)
+    tell("encode", 0.0)
     sp = split(dataset, cfg)
     elog = EventLog.of(dataset)                     # the ids are mapped here, once
     enc = make_encoder(cfg).fit(dataset, sp.train, pool=sp.pool, event_log=elog)
+    tell("encode", 0.5)
     tf = time.perf_counter()
     ctx = enc.context(dataset, sp.pool, event_log=elog)      # shared by every trial
     samplers: dict[str, Any] = {}
@@ -266,12 +273,17 @@ def _train(
         x_train, x_val = (_events(enc, ctx, samplers, dataset, trial_cfg, rows, seed, known)
                           for rows, seed in ((sp.train, cfg.seed), (sp.val, cfg.seed + 1)))
         t_features += time.perf_counter() - tf
+        if k == 0:              # later trials' rows are encoded within the "train" stage
+            tell("encode", 1.0)
+            tell("train", 0.0)
         if _single_class(enc, elog, x_train):
             raise ValueError("the training rows hold a single class: change label_threshold")
         model = DSSM(enc.user_specs_, enc.item_specs_, trial_cfg)
-        fr = training.fit(model, x_train, x_val, trial_cfg,
-                          on_epoch_end=_numbered(on_epoch_end, epoch_offset, k, len(space)),
-                          should_stop=should_stop, monitor=monitor, validator=validator,
+        epoch_cb, stop_cb = _fit_progress(
+            tell, _numbered(on_epoch_end, epoch_offset, k, len(space)), should_stop,
+            _stream_rows(x_train), trial_cfg, k, len(space) + bool(cfg.refit))
+        fr = training.fit(model, x_train, x_val, trial_cfg, on_epoch_end=epoch_cb,
+                          should_stop=stop_cb, monitor=monitor, validator=validator,
                           dist=dist)
         if fr.stopped == "cancelled":
             raise TrainingCancelled("training cancelled")
@@ -302,25 +314,32 @@ def _train(
         model = DSSM(enc.user_specs_, enc.item_specs_, cfg_used)
         both = _events(enc, ctx, samplers, dataset, cfg_used,
                        np.concatenate([x_train.rows, x_val.rows]), cfg.seed, known)
-        refit = training.fit(model, both, None,
-                             cfg_used.with_(epochs=int(fr.best_epoch),
-                                            early_stopping_patience=0),
-                             should_stop=should_stop, dist=dist)
+        refit_cfg = cfg_used.with_(epochs=int(fr.best_epoch), early_stopping_patience=0)
+        epoch_cb, stop_cb = _fit_progress(tell, None, should_stop, _stream_rows(both),
+                                          refit_cfg, len(space), len(space) + 1)
+        refit = training.fit(model, both, None, refit_cfg, on_epoch_end=epoch_cb,
+                             should_stop=stop_cb, dist=dist)
         if refit.stopped == "cancelled":
             raise TrainingCancelled("training cancelled")
+    tell("train", 1.0)
+    tell("evaluate", 0.0)
     t1 = time.perf_counter()
     eval_u, eval_i = eval_vectors(model, enc, dataset, sp)
+    tell("evaluate", 0.2)
     summary = evaluate(model, enc, dataset, sp, cfg_used, x_train=x_train.labels(),
                        x_val=x_val.labels(), x_test=x_test, vectors=(eval_u, eval_i),
-                       val_model=fitted)
+                       val_model=fitted, progress=tell.part("evaluate", 0.4, 1.0))
     t_eval = time.perf_counter() - t1
 
     # what the audience pages search: everyone as of the end of the data
+    tell("embed", 0.0)
     ctx_end = ctx if sp.pool is None else enc.context(dataset, None, event_log=elog)
     user_ids, u_table = enc.user_table(dataset, None, context=ctx_end)
-    item_ids, i_table = enc.item_table(dataset, None, context=ctx_end)
     user_vectors = training.embed(model, "user", u_table)                  # (n_users, D)
+    tell("embed", 0.5)
+    item_ids, i_table = enc.item_table(dataset, None, context=ctx_end)
     item_vectors = training.embed(model, "item", i_table)                  # (n_items, D)
+    tell("embed", 1.0)
 
     seconds = [h["seconds"] for h in fr.history if h.get("seconds") is not None]
     summary.update({
@@ -375,12 +394,48 @@ def _events(enc: FeatureEncoder, ctx: Any, samplers: dict[str, Any], dataset: Da
                         pair_negatives=int(cfg.pair_negatives), seed=seed)
 
 
+def _stream_rows(rows: EventBatches) -> int:
+    """Training rows one epoch of ``rows`` feeds (each event with its negatives)."""
+    return len(rows) * rows.per_event
+
+
 def _single_class(enc: FeatureEncoder, elog: EventLog, rows: EventBatches) -> bool:
     """Whether every training row holds one label (no negatives drawn, one rating side)."""
     if rows.per_event > 1 and len(rows):
         return False
     like = enc._likes(elog.rating[rows.rows].astype(np.float64))
     return len(like) == 0 or bool(like.min() == like.max())
+
+
+def _fit_progress(tell: Reporter, on_epoch_end: Callable[[dict[str, Any]], None] | None,
+                  should_stop: Callable[[], bool] | None, rows: int, cfg: TrainConfig,
+                  slot: int, slots: int
+                  ) -> tuple[Callable[[dict[str, Any]], None], Callable[[], bool]]:
+    """``on_epoch_end`` and ``should_stop`` for ``training.fit`` that also report the "train"
+    stage: this fit is part ``slot`` of ``slots`` (tuning trials, then the refit) and its
+    epochs share that part; ``fit`` polls ``should_stop`` before every batch, which counts
+    the batches within an epoch."""
+    batches = max(1, math.ceil(int(rows) / int(cfg.batch_size)))
+    every = max(1, batches // 200)
+    done = [0, 0]                    # this fit's closure state: epochs ended, batches polled
+
+    def at() -> float:
+        epoch = done[0] + min(done[1], batches) / batches
+        return (slot + epoch / max(1, int(cfg.epochs))) / slots
+
+    def epoch_end(record: dict[str, Any]) -> None:
+        done[0], done[1] = done[0] + 1, 0
+        tell("train", at())
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+
+    def stop() -> bool:
+        done[1] += 1
+        if done[1] % every == 0:
+            tell("train", at())
+        return bool(should_stop()) if should_stop is not None else False
+
+    return epoch_end, stop
 
 
 def _numbered(cb: Callable[[dict[str, Any]], None] | None, offset: int, trial: int,
@@ -590,13 +645,15 @@ def evaluate(
     with_peers: bool = True,
     vectors: tuple[np.ndarray, np.ndarray] | None = None,
     val_model: Any = None,
+    progress: evaluation.Progress | None = None,
 ) -> dict[str, Any]:
     """Test AUC/logloss and the audience question (both directions) for the model and, on
     the same split, the peers: item-mean (AUC/logloss), popularity and EASE (retrieval).
     Also the validation figures (prefix ``val_``) every choice is made on. ``vectors``: the
     model's ``eval_vectors`` when the caller has them already. ``val_model``: the model
     whose validation figures are reported (the one fitted without the validation rows, when
-    ``model`` was refitted on them; default ``model``)."""
+    ``model`` was refitted on them; default ``model``). ``progress(done, total)``: queries
+    of the test question ranked so far."""
     out: dict[str, Any] = {"protocol": sp.protocol, "protocol_description": sp.description}
     y = x_test["label"]
     from . import training
@@ -628,7 +685,7 @@ def evaluate(
                           validation=True)
     out.update(evaluation.ask(val_q, {"model": evaluation.VectorScorer(Uv, Vv)},
                               prefix="val_"))
-    out.update(evaluation.ask(test_q, scorers))
+    out.update(evaluation.ask(test_q, scorers, progress=progress))
     out["test_targetable_users"] = test_q.candidates("i2u")
     out["test_known_items"] = test_q.candidates("u2i")
     return {k: (_finite(v) if isinstance(v, float) else v) for k, v in out.items()}
@@ -792,6 +849,7 @@ def run_training(
     should_stop: Callable[[], bool] | None = None,
     project: bool = True,
     dist: Any = None,
+    progress: Progress | None = None,
 ) -> int:
     """Train dataset ``dataset_id`` of ``store`` and store the run; returns its id.
 
@@ -803,6 +861,9 @@ def run_training(
     computed, by the store's warm projection worker when one is up (``projector.project``),
     else in this process (a failure there is logged and never fails the run).
     ``dist``: rank 0 of a distributed training (the other ranks call ``train`` with theirs).
+    ``progress``: told every stage ("load" ... "maps", ``dssm_core.progress``); the store
+    records them too (``Store.set_progress``, at most every ``PROGRESS_WRITE_S``), for the
+    pages.
     """
     if run_id is None:
         run_id = int(store.create_run(int(dataset_id), cfg.to_dict(), preset=cfg.preset,
@@ -813,8 +874,11 @@ def run_training(
 
     store.mark_running(run_id, os.getpid(), host=host_name())
     heartbeat = Heartbeat(store, run_id).start()  # the reaper's sign of life, every few s
+    tell = Reporter(_recording(store, run_id, progress))
     try:
+        tell("load", 0.0)
         dataset = store.load_dataset(int(dataset_id))
+        tell("load", 1.0)
 
         def epoch_cb(record: dict[str, Any]) -> None:
             store.add_epoch(run_id, record)
@@ -832,12 +896,15 @@ def run_training(
                 last_poll[1] = bool(store.cancel_requested(run_id))
             return bool(last_poll[1])
 
-        result = train(dataset, cfg, on_epoch_end=epoch_cb, should_stop=stop_cb, dist=dist)
+        result = train(dataset, cfg, on_epoch_end=epoch_cb, should_stop=stop_cb, dist=dist,
+                       progress=tell)
+        tell("store", 0.0)
         store.finish_run(
             run_id, summary=result.summary, weights=_weights_bytes(result.model),
             encoders=result.encoder.to_json(), user_ids=result.user_ids,
             user_vectors=result.audience_user_vectors, item_ids=result.item_ids,
             item_vectors=result.audience_item_vectors)
+        tell("store", 1.0)
     except (TrainingCancelled, KeyboardInterrupt):
         log.info("run %d cancelled", run_id)
         _safe_fail(store, run_id, "cancelled by request", "cancelled")
@@ -848,14 +915,45 @@ def run_training(
     finally:
         heartbeat.stop()
     if project:
+        tell("maps", 0.0)
         try:
             from . import projector
 
+            maps = [0]
+
+            def map_stored(kind: str, params: dict[str, Any]) -> None:
+                maps[0] += 1
+                tell("maps", maps[0] / 2)
+
             # by the store's warm worker when one is up, else in this process
-            projector.project(store, run_id)
+            projector.project(store, run_id, on_progress=map_stored)
         except Exception:  # noqa: BLE001 - maps are optional, the run stands
             log.exception("run %d: computing the embedding maps failed", run_id)
+        tell("maps", 1.0)
     return run_id
+
+
+#: Seconds between two progress writes of a run to the store (stage changes always write).
+PROGRESS_WRITE_S = 1.0
+
+
+def _recording(store: Any, run_id: int, progress: Progress | None) -> Progress:
+    """``progress`` that also records the stage in the store (``Store.set_progress``, at most
+    every ``PROGRESS_WRITE_S`` within a stage); a failed write is logged, never raised."""
+    def write(stage: str, fraction: float, message: str | None) -> None:
+        try:
+            store.set_progress(run_id, stage, fraction, message)
+        except Exception as exc:  # noqa: BLE001 - progress is never worth a failed run
+            log.warning("run %d: progress not recorded: %s", run_id, exc)
+
+    record = Throttled(write, PROGRESS_WRITE_S)
+
+    def both(stage: str, fraction: float, message: str | None = None) -> None:
+        record(stage, fraction, message)
+        if progress is not None:
+            progress(stage, fraction, message)
+
+    return both
 
 
 def _safe_fail(store: Any, run_id: int, text: str, status: str) -> None:

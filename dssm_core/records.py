@@ -122,6 +122,9 @@ class RunInfo(_Record):
     summary: dict[str, Any] = field(default_factory=dict)
     epoch: int = 0
     epochs_total: int = 0
+    #: Where the training process is: ``{"stage", "fraction", "message"}`` (see
+    #: ``dssm_core.progress``), None before it reports.
+    progress: dict[str, Any] | None = None
 
     @property
     def active(self) -> bool:

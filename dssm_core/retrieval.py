@@ -4,12 +4,22 @@
 ``block_rows`` (memory bounded at any N), keeping each query's best k by partial selection;
 ties go to the lower row. ``index(matrix, ids)`` then ``query(vectors, k) -> (scores, ids)``
 (TFRS ``BruteForce`` style). Audiences use it (``audience`` re-exports ``UserIndex``).
+
+:func:`top_k_rows` is the same exact top-K for a block of many queries' score rows at once,
+with per-query exclusions (a sparse matrix) and a candidate mask: partial selection in
+float32 (an O(N) ``partition`` per query finds its k-th best score, only the candidates at or
+above it are sorted), ties to the lower row. Evaluation ranks every question through it
+(``evaluation.ask``, ``metrics.top_k``), in query chunks of :func:`chunk_rows` so a chunk's
+score block stays within :data:`BLOCK_BYTES` at any N. (``UserIndex.query_rows`` could keep
+its per-block cut-off pass by calling it on each (Q, block) of scores and merging; it is left
+as it is while its build/storage layout changes.)
 """
 from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+from scipy import sparse
 
 from .dataset import shorten
 
@@ -26,6 +36,14 @@ FEW_IDS = 16
 #: Multiplier of the polynomial hash of ids' code points (FNV-1a 64-bit prime; wraps mod 2**64).
 _HASH_PRIME = np.uint64(1_099_511_628_211)
 
+
+#: Bytes of one chunk's float32 score block (queries x candidates) ranked at once.
+BLOCK_BYTES = 256 * 2**20
+#: ``top_k_rows`` with at most this many candidates sorts whole blocks of queries at once
+#: (vectorised; per-query partial selection pays off above it) ...
+SORT_ALL_MAX = 8_192
+#: ... ``SORT_ALL_CELLS`` scores a block (12 bytes each while sorting: 24 MiB).
+SORT_ALL_CELLS = 2_000_000
 
 def _name_unknown(kind: str, missing: Sequence[str], where: str = "") -> str:
     shown = ", ".join(repr(shorten(m)) for m in missing[:10])
@@ -486,3 +504,127 @@ class UserIndex:
         """
         s, r = self.query_rows(vectors, k, allowed=allowed)
         return s, self.ids_[r]
+
+
+# --------------------------------------------------------------------------------------------
+# Many queries at once: exact top-K of a score block
+# --------------------------------------------------------------------------------------------
+def chunk_rows(n_candidates: int, block_bytes: int = BLOCK_BYTES) -> int:
+    """Queries per chunk so that one chunk's float32 scores (Q, ``n_candidates``) take at
+    most ``block_bytes`` (at least 1 query)."""
+    if int(block_bytes) < 1:
+        raise ValueError(f"block_bytes must be >= 1, got {block_bytes}")
+    return max(1, int(block_bytes) // (4 * max(1, int(n_candidates))))
+
+
+def _desc_keys(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """int64 keys whose ascending order is ``values`` (float32) descending, then ``rows``
+    ascending (rows below 2**32): the score's bits mapped to an order-keeping integer,
+    negated, above the row."""
+    bits = (values + np.float32(0.0)).view(np.int32).astype(np.int64)     # -0.0 -> +0.0
+    bits ^= (bits >> 31) & 0x7FFFFFFF          # negative floats: integer order = float order
+    return (-bits << 32) | rows.astype(np.int64)
+
+
+def _top_k_sorted(s: np.ndarray, k: int, ex: sparse.csr_matrix | None, bad: np.ndarray | None,
+                  out_s: np.ndarray, out_r: np.ndarray) -> None:
+    """``top_k_rows`` for few candidates (N <= ``SORT_ALL_MAX``): whole blocks of queries
+    masked and sorted at once (one int64 key sort per block), into ``out_s`` / ``out_r``."""
+    nq, n = s.shape
+    step = max(1, SORT_ALL_CELLS // n)
+    cols = np.arange(n, dtype=np.int64)
+    for start in range(0, nq, step):
+        blk = np.array(s[start:start + step], dtype=np.float32)              # (b, N) copy
+        if bad is not None:
+            blk[:, bad] = -np.inf
+        if ex is not None:
+            part = ex[start:start + len(blk)]
+            blk[np.repeat(np.arange(len(blk)), np.diff(part.indptr)), part.indices] = -np.inf
+        if np.isnan(blk).any():
+            raise ValueError(f"scores of query {start + int(np.isnan(blk).any(axis=1).argmax())}"
+                             " hold NaN")
+        keys = _desc_keys(blk, cols[None, :])                                # (b, N)
+        keys.sort(axis=1)
+        rows = keys[:, :k] & 0xFFFFFFFF                                      # (b, k)
+        vals = np.take_along_axis(blk, rows, axis=1)
+        rows[vals == -np.inf] = -1
+        out_r[start:start + len(blk)] = rows
+        out_s[start:start + len(blk)] = vals
+
+
+def _desc_rows(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``rows`` (ascending, below 2**32) ordered by ``values`` descending, equal values by
+    lower row. float32: one sort of int64 keys (the score's bits mapped to an order-keeping
+    integer, negated, then the row) - several times faster than a stable float sort;
+    anything else: a stable sort."""
+    if values.dtype != np.float32:
+        return rows[np.argsort(-values, kind="stable")]
+    return np.sort(_desc_keys(values, rows)) & 0xFFFFFFFF
+
+
+def top_k_rows(scores: Any, k: int, *, exclude: Any = None, allowed: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's ``k`` best candidates of a score block, best first:
+    ``(scores (Q, k'), rows (Q, k'))`` with ``k' = min(k, N)``; a query with fewer than k'
+    candidates left is padded with row -1 and score -inf. Exact: every candidate is ranked;
+    equal scores go to the lower row.
+
+    ``scores``: (Q, N), higher is better, finite (float64 stays float64, anything else is
+    ranked in float32; the block is never modified). ``exclude``: a (Q, N) sparse matrix (or
+    anything ``scipy.sparse.csr_matrix`` takes) whose stored entries are candidates removed
+    from that query's ranking (already seen). ``allowed``: a boolean mask (N,); False
+    candidates are never returned. Memory beyond the block: two rows of N scores and the
+    candidates at or above each query's k-th best.
+    """
+    s = np.asarray(scores)
+    if s.ndim != 2:
+        raise ValueError(f"scores must be (queries, candidates), got shape {s.shape}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    dtype = np.float64 if s.dtype == np.float64 else np.float32
+    nq, n = s.shape
+    k = min(int(k), n)
+    out_s = np.full((nq, k), -np.inf, dtype=dtype)                          # (Q, k)
+    out_r = np.full((nq, k), -1, dtype=np.int64)                            # (Q, k)
+    if k == 0 or nq == 0:
+        return out_s, out_r
+    bad = None
+    if allowed is not None:
+        allowed = np.asarray(allowed, dtype=bool)
+        if allowed.shape != (n,):
+            raise ValueError(f"allowed must be a boolean mask of shape ({n},), got "
+                             f"{allowed.shape}")
+        bad = np.flatnonzero(~allowed)
+    ex = None
+    if exclude is not None:
+        ex = sparse.csr_matrix(exclude)
+        if ex.shape != (nq, n):
+            raise ValueError(f"exclude has shape {ex.shape}, scores have {(nq, n)}")
+    if n <= SORT_ALL_MAX and dtype == np.float32:
+        _top_k_sorted(s, k, ex, bad, out_s, out_r)
+        return out_s, out_r
+    row = np.empty(n, dtype=dtype)          # the query's scores, masked       (N,)
+    work = np.empty(n, dtype=dtype)         # partition scratch                (N,)
+    for j in range(nq):
+        row[:] = s[j]
+        if bad is not None:
+            row[bad] = -np.inf
+        if ex is not None:
+            row[ex.indices[ex.indptr[j]:ex.indptr[j + 1]]] = -np.inf
+        if k < n:
+            work[:] = row
+            work.partition(n - k)
+            if np.isnan(work[n - k:]).any():     # NaN sorts last: any NaN lands up here
+                raise ValueError(f"scores of query {j} hold NaN")
+            kth = work[n - k]
+            # ascending rows at or above the k-th best (ties at it included, lowest first)
+            cand = np.flatnonzero(row >= kth) if kth > -np.inf else np.flatnonzero(
+                row > -np.inf)
+        else:
+            if np.isnan(row).any():
+                raise ValueError(f"scores of query {j} hold NaN")
+            cand = np.flatnonzero(row > -np.inf)
+        best = _desc_rows(row[cand], cand)[:k]
+        out_r[j, :len(best)] = best
+        out_s[j, :len(best)] = row[best]
+    return out_s, out_r

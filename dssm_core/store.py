@@ -72,11 +72,13 @@ from .retrieval import hash_ids, ids_from_utf8, put_columns
 log = logging.getLogger(__name__)
 
 #: Version of the schema this code writes. A database with a newer version is refused.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Schema history: 1 = the first store; 2 = ``runs.host`` and ``runs.heartbeat_at`` (jobs that
 #: know their host; :func:`_migrate_v1_to_v2`); 3 = embedding ids in chunks
 #: (``embedding_id_chunks``; ``embeddings.ids`` left empty) and dataset tables in parts
-#: (``dataset_table_parts``; ``dataset_tables`` left empty): :func:`_migrate_v2_to_v3`.
+#: (``dataset_table_parts``; ``dataset_tables`` left empty): :func:`_migrate_v2_to_v3`;
+#: 4 = ``runs.progress`` (the stage a training is in, for the pages;
+#: :func:`_migrate_v3_to_v4`).
 #: Rows of an embedding matrix per stored chunk (d=64: 4 MiB a chunk; 1M rows: 62 chunks).
 CHUNK_ROWS = 16_384
 #: A dataset table whose Parquet is larger is stored in row parts of about this size (ML-25M's
@@ -184,6 +186,9 @@ class RunRow(Base):
     summary: Mapped[Any] = mapped_column(JSON, nullable=True)
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     epochs_total: Mapped[int] = mapped_column(Integer, default=0)
+    #: Where the training process is: {"stage", "fraction", "message"} (``set_progress``);
+    #: schema 3.
+    progress: Mapped[Any] = mapped_column(JSON, nullable=True)
 
 
 class EpochRow(Base):
@@ -645,9 +650,15 @@ def _migrate_v2_to_v3(s: Session) -> None:
     s.execute(delete(DatasetTableRow))
 
 
+def _migrate_v3_to_v4(s: Session) -> None:
+    """Schema 3 -> 4: ``runs.progress`` (NULL on existing runs: no stage recorded)."""
+    _add_missing_columns(s, RunRow.__table__, ("progress",))
+
+
 #: ``from_version -> step`` of each migration, applied in order up to ``SCHEMA_VERSION``.
 _MIGRATIONS: dict[int, Callable[[Session], None]] = {1: _migrate_v1_to_v2,
-                                                     2: _migrate_v2_to_v3}
+                                                     2: _migrate_v2_to_v3,
+                                                     3: _migrate_v3_to_v4}
 
 
 def _migrate(s: Session, from_version: int) -> None:
@@ -885,6 +896,18 @@ class Store:
                             .values(heartbeat_at=_now()))
             return bool(res.rowcount)
 
+    def set_progress(self, run_id: int, stage: str, fraction: float,
+                     message: str | None = None) -> None:
+        """Record where the run's training process is (``dssm_core.progress``: a stage and
+        the share of it done, 0..1) for the pages; ``StoreError`` if the run is unknown."""
+        value = {"stage": str(stage), "fraction": min(1.0, max(0.0, float(fraction))),
+                 "message": None if message is None else str(message)[:500]}
+        with self._session(write=True) as s:
+            res = s.execute(update(RunRow).where(RunRow.id == int(run_id))
+                            .values(progress=value))
+            if not res.rowcount:
+                raise StoreError(f"no run with id {run_id}")
+
     def add_epoch(self, run_id: int, metrics: dict[str, Any]) -> None:
         """Record one epoch's metrics (``metrics["epoch"]``, else the next number)."""
         with self._session(write=True) as s:
@@ -988,6 +1011,7 @@ class Store:
             started_at=started, finished_at=finished, duration_s=duration,
             error=r.error, summary=dict(r.summary) if r.summary else {},
             epoch=r.epoch or 0, epochs_total=r.epochs_total or 0,
+            progress=dict(r.progress) if r.progress else None,
         )
 
     def list_runs(self, dataset_id: int | None = None) -> list[RunInfo]:

@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dssm_core import jobs
 from dssm_core.config import MONITOR_LABELS, kept_epoch
 from dssm_core.pipeline import peer_standing, peer_verdict
+from dssm_core.progress import STAGES, stage_label, stage_number
 from dssm_core.dataset import DataValidationError
 from dssm_core.records import DatasetInfo, RunInfo, RunStatus
 from dssm_core.store import StoreError
@@ -464,11 +465,18 @@ def _progress_line(store: Any, run: RunInfo) -> None:
     done = int(run.epoch or 0)
     cols = st.columns([3, 2, 2, 2, 1.4])
     cols[0].markdown(f"**Run {run_id}** · {status_label(status)}")
-    if run.active and total:
+    stage = (run.progress or {}).get("stage")
+    if run.active and stage:
+        value, text = stage_progress(run.progress, done, total)
+        cols[0].progress(value, text=text)
+    elif run.active and total:
         text = "starting (loading data)…" if done == 0 else f"epoch {done} of {total} done"
         cols[0].progress(min(1.0, done / total), text=text)
     elif done:
         cols[0].caption(f"{done} epoch(s) trained")
+    if status is RunStatus.SUCCEEDED and stage == "maps" and run.progress.get(
+            "fraction", 1.0) < 1.0:
+        cols[0].caption("computing the embedding maps…")
     last = ep.iloc[-1] if len(ep) else None
     summary = summary_of(run)
     watched = summary.get("monitor") or ("val_recall@50" if "val_recall@50" in ep.columns
@@ -497,6 +505,21 @@ def _progress_line(store: Any, run: RunInfo) -> None:
             f"Run {run_id} finished: test AUC {fmt_metric(s.get('test_auc'))}, log loss "
             f"{fmt_metric(s.get('test_logloss'))}, item→user recall@50 "
             f"{fmt_metric(s.get('i2u_recall@50'))}.", icon=":material/check_circle:")
+
+
+def stage_progress(progress: dict[str, Any], done: int = 0, total: int = 0
+                   ) -> tuple[float, str]:
+    """``(value for st.progress, its text)`` of a run's recorded stage (``run.progress``):
+    e.g. ``(0.4, "training 40 % · stage 3 of 7 · epoch 2 of 5 done")``."""
+    fraction = min(1.0, max(0.0, float(progress.get("fraction") or 0.0)))
+    stage = progress.get("stage")
+    text = (f"{stage_label(stage)} {100 * fraction:.0f} % · stage {stage_number(stage)} "
+            f"of {len(STAGES)}")
+    if stage == "train" and total:
+        text += f" · epoch {done} of {total} done"
+    if progress.get("message"):
+        text += f" · {progress['message']}"
+    return fraction, text
 
 
 @st.fragment(run_every=POLL_SECONDS)

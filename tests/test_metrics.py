@@ -120,3 +120,59 @@ def test_queries_without_relevant_items_are_skipped() -> None:
     ex = [[], [4], [4]]
     assert metrics.recall_at_k(SCORES, rel, 1, ex) == pytest.approx(0.5)
     assert metrics.metric_name("recall", 50) == "recall@50"
+
+
+# --------------------------------------------------------------------------- retrieval.top_k_rows
+@pytest.mark.parametrize("sort_all_max", [0, 8_192])   # per-query partition / block sort
+def test_top_k_rows_hand_worked_exclusions_mask_and_ties(sort_all_max, monkeypatch) -> None:
+    from scipy import sparse
+
+    from dssm_core import retrieval
+
+    monkeypatch.setattr(retrieval, "SORT_ALL_MAX", sort_all_max)
+
+    s = np.array([[0.5, 0.9, 0.5, 0.1, 0.5],     # q0: 1, then the 0.5 tie in row order 0, 2, 4
+                  [0.3, 0.3, 0.3, 0.3, 0.3]], dtype=np.float32)
+    top_s, top_r = retrieval.top_k_rows(s, 3)
+    np.testing.assert_array_equal(top_r, [[1, 0, 2], [0, 1, 2]])
+    np.testing.assert_allclose(top_s, [[0.9, 0.5, 0.5], [0.3, 0.3, 0.3]])
+    # q0 excludes row 1 and 0; row 2 is not allowed: q0 keeps 4 then 3; q1 keeps 0, 1, 3
+    ex = sparse.csr_matrix(([1, 1], ([0, 0], [1, 0])), shape=(2, 5))
+    allowed = np.array([True, True, False, True, True])
+    _, top_r = retrieval.top_k_rows(s, 3, exclude=ex, allowed=allowed)
+    np.testing.assert_array_equal(top_r, [[4, 3, -1], [0, 1, 3]])    # q0: 2 candidates left
+    # k above N is clamped; float64 stays float64 (1 + 1e-12 beats 1.0)
+    s64 = np.array([[1.0, 1.0 + 1e-12]])
+    top_s, top_r = retrieval.top_k_rows(s64, 9)
+    assert top_s.dtype == np.float64 and top_r.tolist() == [[1, 0]]
+    with pytest.raises(ValueError, match="NaN"):
+        retrieval.top_k_rows(np.array([[0.1, np.nan, 0.2]], dtype=np.float32), 1)
+    with pytest.raises(ValueError):
+        retrieval.top_k_rows(s, 0)
+    with pytest.raises(ValueError):
+        retrieval.top_k_rows(s, 1, allowed=np.ones(4, dtype=bool))
+    assert retrieval.chunk_rows(1_000_000) == 67          # 256 MiB / 4 MB per query
+    assert retrieval.chunk_rows(10, block_bytes=4) == 1
+
+
+@pytest.mark.parametrize("sort_all_max", [0, 8_192])
+def test_top_k_rows_equals_a_full_stable_sort_on_ties(sort_all_max, monkeypatch) -> None:
+    from scipy import sparse
+
+    from dssm_core import retrieval
+
+    monkeypatch.setattr(retrieval, "SORT_ALL_MAX", sort_all_max)
+    monkeypatch.setattr(retrieval, "SORT_ALL_CELLS", 1_000)      # several blocks of queries
+
+    rng = np.random.default_rng(7)
+    s = rng.integers(-3, 3, size=(40, 300)).astype(np.float32)   # many ties, signs, -0.0
+    s[0, :10] = -0.0
+    ex = sparse.random(40, 300, density=0.2, random_state=3, format="csr")
+    allowed = rng.random(300) > 0.1
+    masked = np.where(ex.toarray() != 0, -np.inf, s)
+    masked[:, ~allowed] = -np.inf
+    for k in (1, 7, 50, 300):
+        _, top = retrieval.top_k_rows(s, k, exclude=ex, allowed=allowed)
+        full = np.argsort(-masked, axis=1, kind="stable")[:, :k]
+        want = np.where(np.take_along_axis(masked, full, axis=1) == -np.inf, -1, full)
+        np.testing.assert_array_equal(top, want)

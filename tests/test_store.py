@@ -644,7 +644,7 @@ def test_a_schema_2_store_with_one_id_blob_is_migrated(tmp_path: Path) -> None:
         assert ids.tolist() == ["u1", "u2", "u3", "u4"] and vec.tobytes() == uvec.tobytes()
         assert store.load_embeddings(rid, "item")[0].tolist() == ["i1", "i2", "i3"]
         with store.engine.connect() as conn:
-            assert conn.execute(text("SELECT version FROM schema_version")).scalar() == 3
+            assert conn.execute(text("SELECT version FROM schema_version")).scalar() == 4
             assert set(conn.execute(text("SELECT ids FROM embeddings")).scalars()) == {b""}
     finally:
         store.dispose()
