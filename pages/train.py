@@ -78,9 +78,11 @@ with st.form(f"train_form_{preset_name}"):
         "Epochs (max)", 1, 500, base.epochs, step=1,
         help=f"Training stops earlier when {watched.lower()} has not improved for "
              f"{base.early_stopping_patience} epoch(s), and keeps the epoch where it was best.")
-    batch_size = c[1].selectbox("Batch size (events)", BATCH_SIZES,
+    batch_size = c[1].selectbox("Batch size (rows)", BATCH_SIZES,
                                 index=BATCH_SIZES.index(base.batch_size)
-                                if base.batch_size in BATCH_SIZES else 0)
+                                if base.batch_size in BATCH_SIZES else 0,
+                                help="Training rows per step, sampled negatives included: with "
+                                     "4 + 4 negatives per event, 1024 rows hold 113 events.")
     embedding_dim = c[2].selectbox("Embedding size per feature", EMBED_DIMS,
                                    index=EMBED_DIMS.index(base.embedding_dim)
                                    if base.embedding_dim in EMBED_DIMS else 0)
