@@ -301,7 +301,7 @@ def _train(
     _, chosen, model, fr, x_train, x_val = best
     cfg_used = space[chosen]
     tf = time.perf_counter()
-    neg = int(cfg_used.negatives) if dataset.implicit else int(cfg_used.explicit_negatives)
+    neg = _item_negatives(dataset, cfg_used)
     x_test = enc.transform_events(dataset, sp.test, seed=cfg.seed + 2, negatives=neg,
                                   negatives_by=cfg_used.negatives_by,
                                   user_negatives=int(cfg_used.user_negatives),
@@ -382,7 +382,7 @@ def _events(enc: FeatureEncoder, ctx: Any, samplers: dict[str, Any], dataset: Da
     same). ``samplers`` keeps the negative samplers built so far (one per item
     distribution), for the trials and the refit to share. The test gets its negatives
     exactly as training does (``transform_events``)."""
-    neg = int(cfg.negatives) if dataset.implicit else int(cfg.explicit_negatives)
+    neg = _item_negatives(dataset, cfg)
     sampler = None
     if neg or cfg.user_negatives or cfg.pair_negatives:
         if cfg.negatives_by not in samplers:
@@ -392,6 +392,12 @@ def _events(enc: FeatureEncoder, ctx: Any, samplers: dict[str, Any], dataset: Da
     return EventBatches(enc, ctx, rows, sampler, negatives=neg,
                         user_negatives=int(cfg.user_negatives),
                         pair_negatives=int(cfg.pair_negatives), seed=seed)
+
+
+def _item_negatives(dataset: Dataset, cfg: TrainConfig) -> int:
+    """Sampled negative items per event: ``cfg.negatives`` for implicit data (else there is
+    no class 0), ``cfg.explicit_negatives`` for rated data."""
+    return int(cfg.negatives) if dataset.implicit else int(cfg.explicit_negatives)
 
 
 def _stream_rows(rows: EventBatches) -> int:
