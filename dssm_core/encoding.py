@@ -443,7 +443,7 @@ class FeatureEncoder:
         if max(negatives, user_negatives, pair_negatives) > 0 and len(rows):
             sampler = self.negative_sampler(
                 ctx.log, None if known is None else _check_rows(dataset, known), negatives_by)
-        rngs = tuple(np.random.default_rng(seed + k) for k in _NEGATIVE_SEED_OFFSETS)
+        rngs = negative_generators(seed)
         return self.encode_rows(ctx, rows, sampler, negatives=negatives,
                                 user_negatives=user_negatives, pair_negatives=pair_negatives,
                                 rngs=rngs)
@@ -998,6 +998,12 @@ class _Context:
         idx = last[:, None] - np.arange(length)[None, :]                    # (N, L)
         idx[(idx <= first[:, None]) | ~valid[:, None]] = 0
         return self.pos_items[idx]
+
+
+def negative_generators(seed: int) -> tuple[np.random.Generator, ...]:
+    """The item, user and pair negatives' generators ``transform_events(seed=seed)`` draws
+    with (for ``encode_rows``, to draw the same negatives)."""
+    return tuple(np.random.default_rng(seed + k) for k in _NEGATIVE_SEED_OFFSETS)
 
 
 def _merge_moments(acc: tuple[int, np.ndarray, np.ndarray] | None, x: np.ndarray

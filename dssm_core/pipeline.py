@@ -47,7 +47,7 @@ import pandas as pd
 
 from .config import TrainConfig
 from .dataset import Dataset
-from .encoding import FeatureEncoder, as_str_array
+from .encoding import FeatureEncoder, as_str_array, negative_generators
 from .events import EventLog
 from .stream import EventBatches
 from . import evaluation, metrics, peers
@@ -300,13 +300,6 @@ def _train(
     assert best is not None
     _, chosen, model, fr, x_train, x_val = best
     cfg_used = space[chosen]
-    tf = time.perf_counter()
-    neg = _item_negatives(dataset, cfg_used)
-    x_test = enc.transform_events(dataset, sp.test, seed=cfg.seed + 2, negatives=neg,
-                                  negatives_by=cfg_used.negatives_by,
-                                  user_negatives=int(cfg_used.user_negatives),
-                                  pair_negatives=int(cfg_used.pair_negatives), context=ctx)
-    t_features += time.perf_counter() - tf
     fitted = model                          # validation figures are this model's
     if cfg.refit and fr.best_epoch >= 1 and len(x_val):
         # the epoch count was chosen on validation; now learn from the whole past (the
@@ -324,10 +317,14 @@ def _train(
     tell("train", 1.0)
     tell("evaluate", 0.0)
     t1 = time.perf_counter()
+    # the test rows (and their negatives) are encoded and scored a chunk at a time: only
+    # their labels, items and scores are kept
+    x_test = test_scores(model, enc, ctx, dataset, sp.test, cfg_used, seed=cfg.seed + 2)
+    tell("evaluate", 0.1)
     eval_u, eval_i = eval_vectors(model, enc, dataset, sp)
     tell("evaluate", 0.2)
-    summary = evaluate(model, enc, dataset, sp, cfg_used, x_train=x_train.labels(),
-                       x_val=x_val.labels(), x_test=x_test, vectors=(eval_u, eval_i),
+    summary = evaluate(model, enc, dataset, sp, cfg_used, x_train=x_train, x_val=x_val,
+                       x_test=x_test, vectors=(eval_u, eval_i),
                        val_model=fitted, progress=tell.part("evaluate", 0.4, 1.0))
     t_eval = time.perf_counter() - t1
 
@@ -610,31 +607,39 @@ class Peers:
 
 
 def fit_peers(val_q: evaluation.Question, test_q: evaluation.Question, *,
-              lambdas: tuple[float, ...] = peers.EASE_LAMBDAS) -> Peers:
+              lambdas: tuple[float, ...] = peers.EASE_LAMBDAS,
+              memory_bytes: int = peers.EASE_MEMORY_BYTES) -> Peers:
     """Popularity and EASE for ``test_q``. EASE's lambda is the one with the best mean
-    recall@50 on ``val_q`` (fitted on its past), refitted on ``test_q``'s past."""
+    recall@50 on ``val_q`` (fitted on its past), refitted on ``test_q``'s past. EASE runs
+    when its matrices fit in ``memory_bytes`` (``peers.ease_skip_reason``): the grid shares
+    one Gram matrix and one work matrix (each fit's B is the next one's work matrix), only
+    the best lambda's validation figures are kept, and the test's fit is one matrix."""
     scorers: dict[str, Any] = {"popularity": peers.Popularity(test_q.past)}
-    val_scorers: dict[str, Any] = {"popularity": peers.Popularity(val_q.past)}
-    note = peers.ease_skip_reason(test_q.n_items)
+    val_figures = evaluation.ask(val_q, {"popularity": peers.Popularity(val_q.past)},
+                                 prefix="val_")
+    note = peers.ease_skip_reason(test_q.n_items, memory_bytes)
     best: float | None = None
-    val_figures: dict[str, Any] = {}
     if note is None:
-        gram = peers.gram_matrix(val_q.past)
-        best_score = -1.0
+        gram = peers.gram_matrix(val_q.past)                                     # (I, I)
+        best_score, best_figures, work = -1.0, None, None
         for lam in lambdas:
-            ease = peers.EASE(val_q.past, lam, gram=gram)
-            fig = evaluation.ask(val_q, {"ease": ease}, shares=())
-            score = evaluation.recall_score(fig, tag="baseline_ease_")
+            ease = peers.EASE(val_q.past, lam, gram=gram, out=work,
+                              memory_bytes=memory_bytes)
+            fig = evaluation.ask(val_q, {"ease": ease}, prefix="val_")
+            score = evaluation.recall_score(fig, prefix="val_", tag="baseline_ease_")
             val_figures[f"ease_lambda_{lam:g}"] = score
             if score is not None and score > best_score:
-                best, best_score = lam, score
-                val_scorers["ease"] = ease
-        del gram
+                best, best_score, best_figures = lam, score, fig
+            work = ease.b if ease.b.dtype == gram.dtype else None   # float32: reuse it
+            del ease
+        del gram, work
         if best is None:                  # no validation pair at all: the middle of the grid
             best = lambdas[len(lambdas) // 2]
-            val_scorers["ease"] = peers.EASE(val_q.past, best)
-        scorers["ease"] = peers.EASE(test_q.past, best)
-    val_figures.update(evaluation.ask(val_q, val_scorers, prefix="val_"))
+            best_figures = evaluation.ask(
+                val_q, {"ease": peers.EASE(val_q.past, best, memory_bytes=memory_bytes)},
+                prefix="val_")
+        val_figures.update(best_figures)
+        scorers["ease"] = peers.EASE(test_q.past, best, memory_bytes=memory_bytes)
     return Peers(scorers, best, note, val_figures)
 
 
@@ -645,9 +650,9 @@ def evaluate(
     sp: Split,
     cfg: TrainConfig,
     *,
-    x_train: dict[str, np.ndarray],
-    x_val: dict[str, np.ndarray],
-    x_test: dict[str, np.ndarray],
+    x_train: EventBatches,
+    x_val: EventBatches,
+    x_test: "TestScores",
     with_peers: bool = True,
     vectors: tuple[np.ndarray, np.ndarray] | None = None,
     val_model: Any = None,
@@ -655,25 +660,26 @@ def evaluate(
 ) -> dict[str, Any]:
     """Test AUC/logloss and the audience question (both directions) for the model and, on
     the same split, the peers: item-mean (AUC/logloss), popularity and EASE (retrieval).
-    Also the validation figures (prefix ``val_``) every choice is made on. ``vectors``: the
-    model's ``eval_vectors`` when the caller has them already. ``val_model``: the model
-    whose validation figures are reported (the one fitted without the validation rows, when
-    ``model`` was refitted on them; default ``model``). ``progress(done, total)``: queries
-    of the test question ranked so far."""
+    Also the validation figures (prefix ``val_``) every choice is made on. ``x_test``: the
+    model's scores of the test rows (``test_scores``); ``x_train`` / ``x_val``: the training
+    and validation rows, whose labels (with their negatives, as ``EventBatches.labels``
+    draws them) the item-mean baseline counts. ``vectors``: the model's ``eval_vectors``
+    when the caller has them already. ``val_model``: the model whose validation figures are
+    reported (the one fitted without the validation rows, when ``model`` was refitted on
+    them; default ``model``). ``progress(done, total)``: queries of the test question
+    ranked so far."""
     out: dict[str, Any] = {"protocol": sp.protocol, "protocol_description": sp.description}
-    y = x_test["label"]
-    from . import training
-
-    p = training.predict(model, x_test)
+    y, p = x_test.label, x_test.score
     out.update(_auc_logloss("test", y, p))
     out["test_positive_rate"] = float(y.mean()) if len(y) else None
     out["test_rows"] = int(len(y))                 # rated/observed test rows + sampled negatives
     # item-mean like-rate baseline, fitted on train + validation labels by item (items first
     # seen in validation keep their own rate), with sampled negatives where the run samples
     # them: the same mixture as the test
-    known_item = np.concatenate([x_train["item_ref"], x_val["item_ref"]])
-    known_label = np.concatenate([x_train["label"], x_val["label"]]).astype(np.float64)
-    p_base = item_mean_baseline(known_item + 1, known_label, x_test["item_ref"] + 1)
+    size = len(dataset.items) + 1
+    n_tr, pos_tr = item_label_counts(x_train, size)
+    n_va, pos_va = item_label_counts(x_val, size)
+    p_base = item_mean_rates(n_tr + n_va, pos_tr + pos_va)[x_test.item_ref + 1]
     out.update(_auc_logloss("baseline_item_mean_test", y, p_base))
 
     codes = _Codes.of(dataset)
@@ -705,12 +711,150 @@ def item_mean_baseline(train_items: np.ndarray, train_labels: np.ndarray,
     train_items = np.asarray(train_items, dtype=np.int64)
     test_items = np.asarray(test_items, dtype=np.int64)
     size = int(max(train_items.max(initial=0), test_items.max(initial=0))) + 1
-    g = float(np.mean(train_labels)) if len(train_labels) else 0.5
     n = np.bincount(train_items, minlength=size).astype(np.float64)
-    pos = np.bincount(train_items, weights=train_labels, minlength=size)
+    pos = np.bincount(train_items, weights=np.asarray(train_labels, dtype=np.float64),
+                      minlength=size)
+    return item_mean_rates(n, pos, smoothing)[test_items]
+
+
+def item_mean_rates(n: np.ndarray, pos: np.ndarray, smoothing: float = BASELINE_SMOOTHING
+                    ) -> np.ndarray:
+    """``item_mean_baseline``'s rate of every item index from its training rows ``n`` and
+    positive labels ``pos`` (float64, (I,) each; index 0 = unknown item, which gets the
+    global rate; 0.5 without any training row). -> (I,) float64"""
+    total = float(n.sum())
+    g = float(pos.sum()) / total if total else 0.5
     rate = (pos + smoothing * g) / np.maximum(n + smoothing, 1e-12)
     rate[0] = g
-    return rate[test_items]
+    return rate
+
+
+#: Rows per batch when the item-mean baseline counts labels: ``EventBatches.labels``'s, so
+#: that the negatives drawn (seeded per chunk of batches) are the ones it draws.
+LABEL_BATCH = 65536
+
+
+def item_label_counts(rows: EventBatches, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and positive labels per item index (``item_ref + 1``; 0: an item not listed) of
+    ``rows`` and the negatives ``rows.labels()`` draws for them, counted a batch at a time
+    (never every label at once). ``size``: number of item indices. -> ((size,), (size,))
+    float64"""
+    n = np.zeros(size, dtype=np.float64)
+    pos = np.zeros(size, dtype=np.float64)
+    for b in rows.batches(0, LABEL_BATCH, shuffle=False, features=False):
+        idx = b["item_ref"] + 1
+        n += np.bincount(idx, minlength=size)
+        pos += np.bincount(idx, weights=b["label"].astype(np.float64), minlength=size)
+    return n, pos
+
+
+#: Test events whose features are encoded and scored at once (each with its negatives):
+#: 65,536 events x 5 rows of the audience preset's ~200 bytes of features is about 65 MB.
+TEST_CHUNK_EVENTS = 65_536
+
+
+@dataclass(frozen=True)
+class TestScores:
+    """The test rows without their features: what test AUC/logloss and the item-mean
+    baseline read. Aligned (N,) arrays in ``transform_events``' row order (the events, then
+    their item, user and pair negatives): ``label`` float32, ``item_ref`` int64 (position in
+    ``dataset.items``, -1: not listed), ``score`` float32 (the model's probability)."""
+
+    label: np.ndarray
+    item_ref: np.ndarray
+    score: np.ndarray
+
+
+def test_scores(model: Any, enc: FeatureEncoder, ctx: Any, dataset: Dataset,
+                rows: np.ndarray, cfg: TrainConfig, *, seed: int,
+                chunk_events: int = TEST_CHUNK_EVENTS) -> TestScores:
+    """The model's scores of the test rows: the events at ``rows`` and the negatives ``cfg``
+    draws for them, exactly the rows ``enc.transform_events(dataset, rows, seed=seed, ...,
+    context=ctx)`` returns (the same draws, never a pair of any interaction, the same
+    order), but encoded and scored ``chunk_events`` events at a time: the negatives are
+    drawn once for every event (codes only, ``features=False``), then each chunk's features
+    are built from its share of those draws, scored and dropped."""
+    from . import training
+
+    if chunk_events < 1:
+        raise ValueError("chunk_events must be >= 1")
+    rows = np.asarray(rows, dtype=np.int64)
+    counts = dict(negatives=_item_negatives(dataset, cfg),
+                  user_negatives=int(cfg.user_negatives),
+                  pair_negatives=int(cfg.pair_negatives))
+    sampler = None
+    if max(counts.values()) > 0 and len(rows):
+        sampler = enc.negative_sampler(ctx.log, None, cfg.negatives_by)
+    draws = _RecordedDraws(sampler)
+    rngs = negative_generators(seed)
+    every = enc.encode_rows(ctx, rows, draws, rngs=rngs, features=False, **counts)
+    parts: list[list[np.ndarray]] = [[] for _ in range(1 + len(draws.calls))]
+    for lo in range(0, len(rows), chunk_events):
+        hi = min(lo + chunk_events, len(rows))
+        replay = draws.replay(lo, hi)
+        x = enc.encode_rows(ctx, rows[lo:hi], replay, rngs=rngs, **counts)
+        p = training.predict(model, x)                                         # (rows,)
+        del x
+        # this chunk's events, then its item / user / pair negatives: each to its own part
+        cuts = np.cumsum([hi - lo, *replay.sizes()])[:-1]
+        for part, piece in zip(parts, np.split(p, cuts)):
+            part.append(piece)
+    score = np.concatenate([np.concatenate(part) for part in parts if part]
+                           or [np.zeros(0, np.float32)]).astype(np.float32, copy=False)
+    return TestScores(every["label"], every["item_ref"], score)
+
+
+class _RecordedDraws:
+    """A ``NegativeSampler`` whose answers to one ``encode_rows`` call over all the test
+    rows are kept (item codes and positions only), to be replayed for chunks of those rows
+    (``replay``): a chunk encodes exactly the negatives the whole call drew for its events.
+    ``calls``: per kind ("items", "users", "pairs"), (negatives per event, the answer)."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+        self.calls: dict[str, tuple[int, tuple[np.ndarray, ...]]] = {}
+
+    def items(self, ucode: np.ndarray, n: int, rng: np.random.Generator
+              ) -> tuple[np.ndarray, np.ndarray]:
+        out = self.sampler.items(ucode, n, rng)
+        self.calls["items"] = (int(n), out)
+        return out
+
+    def users(self, icode: np.ndarray, times: np.ndarray, n: int, rng: np.random.Generator,
+              random_items: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = self.sampler.users(icode, times, n, rng, random_items)
+        self.calls["pairs" if random_items else "users"] = (int(n), out)
+        return out
+
+    def replay(self, lo: int, hi: int) -> "_Replay":
+        """The draws of events ``lo`` to ``hi`` (positions in the recorded rows)."""
+        return _Replay(self.calls, lo, hi)
+
+
+class _Replay:
+    """The recorded draws of events ``lo:hi``, answered as a ``NegativeSampler`` answers a
+    call for those events alone (positions counted from ``lo``); the generators are not
+    used."""
+
+    def __init__(self, calls: dict[str, tuple[int, tuple[np.ndarray, ...]]], lo: int,
+                 hi: int) -> None:
+        self.calls, self.lo, self.hi = calls, int(lo), int(hi)
+
+    def _slice(self, kind: str) -> tuple[np.ndarray, ...]:
+        n, (keep, *rest) = self.calls[kind]
+        a, b = np.searchsorted(keep, [self.lo * n, self.hi * n])   # keep is sorted
+        return (keep[a:b] - self.lo * n, *(r[a:b] for r in rest))
+
+    def items(self, ucode: np.ndarray, n: int, rng: Any) -> tuple[np.ndarray, np.ndarray]:
+        return self._slice("items")                                  # type: ignore[return-value]
+
+    def users(self, icode: np.ndarray, times: np.ndarray, n: int, rng: Any,
+              random_items: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._slice("pairs" if random_items else "users")     # type: ignore[return-value]
+
+    def sizes(self) -> list[int]:
+        """Negatives of each recorded kind in this chunk, in ``encode_rows``' row order."""
+        return [len(self._slice(k)[0]) for k in ("items", "users", "pairs") if k in self.calls]
 
 
 def _auc_logloss(prefix: str, y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:

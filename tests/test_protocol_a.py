@@ -124,10 +124,11 @@ def test_ease_hand_worked_on_a_tiny_matrix() -> None:
     np.testing.assert_allclose(e.scores("i2u", np.array([2])), [[0.2, 0.4]], atol=1e-6)
 
 
-def test_ease_is_skipped_with_a_reason_above_its_item_limit() -> None:
-    assert peers.ease_skip_reason(peers.EASE_MAX_ITEMS) is None
-    reason = peers.ease_skip_reason(peers.EASE_MAX_ITEMS + 1)
-    assert reason.startswith("EASE skipped") and "GB" in reason
+def test_ease_is_skipped_with_a_reason_above_its_memory_budget() -> None:
+    # 20,000 items in float32: Gram and work matrix, 8 x 20,000^2 bytes = 2.98 GB > 2 GB
+    assert peers.ease_skip_reason(10_000) is None
+    reason = peers.ease_skip_reason(20_000)
+    assert reason.startswith("EASE skipped: 20,000 items") and "3.0 GB" in reason
 
 
 def test_popularity_ranks_by_past_activity() -> None:
