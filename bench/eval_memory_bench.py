@@ -111,7 +111,7 @@ def patch(meter: Meter) -> None:
     """Wrap the parts of the evaluation whose memory is charged separately (those that
     exist in this checkout)."""
     parts = [(encoding.FeatureEncoder, "transform_events", "test_rows (transform_events)"),
-             (pipeline, "_test_scores", "test_rows+predict (streamed)"),
+             (pipeline, "test_scores", "test_rows+predict (streamed)"),
              (training, "predict", "predict"),
              (pipeline, "eval_vectors", "eval_vectors"),
              (pipeline, "test_question", "questions"),
