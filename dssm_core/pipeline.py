@@ -652,7 +652,7 @@ def evaluate(
     *,
     x_train: EventBatches,
     x_val: EventBatches,
-    x_test: "TestScores",
+    x_test: "ScoredRows",
     with_peers: bool = True,
     vectors: tuple[np.ndarray, np.ndarray] | None = None,
     val_model: Any = None,
@@ -754,7 +754,7 @@ TEST_CHUNK_EVENTS = 65_536
 
 
 @dataclass(frozen=True)
-class TestScores:
+class ScoredRows:
     """The test rows without their features: what test AUC/logloss and the item-mean
     baseline read. Aligned (N,) arrays in ``transform_events``' row order (the events, then
     their item, user and pair negatives): ``label`` float32, ``item_ref`` int64 (position in
@@ -767,7 +767,7 @@ class TestScores:
 
 def test_scores(model: Any, enc: FeatureEncoder, ctx: Any, dataset: Dataset,
                 rows: np.ndarray, cfg: TrainConfig, *, seed: int,
-                chunk_events: int = TEST_CHUNK_EVENTS) -> TestScores:
+                chunk_events: int = TEST_CHUNK_EVENTS) -> ScoredRows:
     """The model's scores of the test rows: the events at ``rows`` and the negatives ``cfg``
     draws for them, exactly the rows ``enc.transform_events(dataset, rows, seed=seed, ...,
     context=ctx)`` returns (the same draws, never a pair of any interaction, the same
@@ -801,7 +801,7 @@ def test_scores(model: Any, enc: FeatureEncoder, ctx: Any, dataset: Dataset,
             part.append(piece)
     score = np.concatenate([np.concatenate(part) for part in parts if part]
                            or [np.zeros(0, np.float32)]).astype(np.float32, copy=False)
-    return TestScores(every["label"], every["item_ref"], score)
+    return ScoredRows(every["label"], every["item_ref"], score)
 
 
 class _RecordedDraws:
