@@ -604,6 +604,16 @@ def test_run_tables_hand_worked() -> None:
     assert t["genre"]["favourite_genre"].astype(object).tolist() == FAVOURITES[::-1]
 
 
+def test_factorize_of_categoricals_renumbers_codes_as_pandas_does() -> None:
+    col = pd.Series(pd.Categorical(["b", "a", None, "b", "c"], categories=["z", "a", "b", "c"]))
+    codes, uniques = aud._factorize(col)
+    assert codes.tolist() == [0, 1, -1, 0, 2] and uniques == ["b", "a", "c"]   # "z" unused
+    want_codes, want_uniques = pd.factorize(col)
+    assert codes.tolist() == want_codes.tolist() and uniques == list(want_uniques)
+    codes, uniques = aud._factorize(pd.Series(["x", None, "y", "x"], dtype=object))
+    assert codes.tolist() == [0, -1, 1, 0] and uniques == ["x", "y"]
+
+
 def _same_audiences(a_run: aud.LoadedRun, b_run: aud.LoadedRun, requests: list[dict]) -> None:
     """Every request gives the same members (ids, scores, attributes), insights, reach and
     CSV on both runs."""
