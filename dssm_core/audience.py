@@ -155,8 +155,8 @@ class RunSource:
             csr = self._stored.get("seen_csr")
         if csr is None:
             pairs = self._take("seen")
-            items = pairs["item_row"].to_numpy().astype(np.int64)               # (P,)
-            users = pairs["user_row"].to_numpy().astype(np.int64)               # (P,)
+            items = pairs["item_row"].to_numpy()                         # (P,) int32 stored
+            users = pairs["user_row"].to_numpy()                                # (P,)
             if ((items < 0) | (items >= n_items) | (users < 0) | (users >= n_users)).any():
                 raise ValueError("the run's stored seen pairs point past its users or items")
             if len(items) > 1 and bool((np.diff(items) < 0).any()):
@@ -245,7 +245,8 @@ class LoadedRun:
     favourite_genre: (N,) each user's most frequent genre in their history (ties:
     alphabetical), ``"(no history)"`` when none.
     ``users``, ``seen`` and ``favourite_genre`` are read from ``source`` the first time they
-    are used (opening a 10M-user run reads its vectors only), unless given.
+    are used (opening a 10M-user run reads its vectors only), unless given: from the run's
+    tables (:func:`run_tables`, integer codes) when it keeps them, else from the dataset.
     """
 
     run_id: int
@@ -712,24 +713,27 @@ def _attribute_codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
             codes = pd.cut(vals, bins=edges, labels=False, include_lowest=True).to_numpy()
             codes = np.where(np.isnan(codes), len(names), codes).astype(np.int64)
             return codes, names + [MISSING]
-    codes, uniques = _factorize(col)                                       # NaN -> -1
+    codes, uniques = _factorize(col)                        # (N,) NaN -> -1, ours to change
     labels = [str(u) for u in uniques] + [MISSING]
-    return np.where(codes < 0, len(uniques), codes).astype(np.int64), labels
+    codes[codes < 0] = len(uniques)
+    return codes, labels
 
 
 def _factorize(col: pd.Series) -> tuple[np.ndarray, list[Any]]:
-    """``pd.factorize(col)``: codes (N,) int64 (-1 where missing) and the distinct values in
-    the order they first appear. A categorical's integer codes are renumbered (pandas would
-    first build its N values as objects)."""
+    """``pd.factorize(col)``: codes (N,) (a new signed integer array, -1 where missing) and
+    the distinct values in the order they first appear. A categorical's integer codes are
+    renumbered, as int16 when they fit (pandas would first build its N values as objects,
+    and int64 codes of 10M users are 80 MB an attribute)."""
     if not isinstance(col.dtype, pd.CategoricalDtype):
         codes, uniques = pd.factorize(col, use_na_sentinel=True)
-        return np.asarray(codes, dtype=np.int64), list(uniques)
+        return np.array(codes, dtype=np.int64), list(uniques)
+    cats = col.cat.categories
     codes = col.cat.codes.to_numpy()                                         # (N,) -1: NaN
     first = pd.unique(codes)                                  # in order of first appearance
     first = first[first >= 0].astype(np.int64)
-    renumber = np.full(len(col.cat.categories) + 1, -1, dtype=np.int64)      # [-1] -> -1
+    small = np.int16 if len(cats) < 2**15 else np.int32
+    renumber = np.full(len(cats) + 1, -1, dtype=small)                      # [-1] -> -1
     renumber[first] = np.arange(len(first))
-    cats = col.cat.categories
     return renumber[codes], [cats[j] for j in first.tolist()]
 
 
