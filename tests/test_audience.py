@@ -526,16 +526,24 @@ def test_opening_a_run_reads_vectors_only_and_columns_on_first_need(tmp_path: Pa
     store.dispose()
 
 
+def shuffled_categorical_dataset() -> Dataset:
+    """The six users' dataset with its user table shuffled, u4 missing from it, u9 (not in
+    the run) added, and every text column categorical."""
+    ds = tiny_dataset()
+    users = ds.users.iloc[[4, 0, 2, 1, 5]].reset_index(drop=True)      # u4 missing
+    users.loc[len(users)] = ["u9", "F", "25-34"]                          # not in the run
+    return Dataset(
+        interactions=ds.interactions.astype({"user_id": "category", "item_id": "category"}),
+        users=users.astype("category"), items=ds.items, format="ml-100k", name="cat")
+
+
 def test_lazily_loaded_columns_give_the_audience_and_insights_of_eager_ones(
         tmp_path: Path) -> None:
     """The stored run read lazily (user table shuffled, one user missing from it, one
     extra, every text column categorical) equals the run built from the whole dataset."""
     ds = tiny_dataset()
-    users = ds.users.iloc[[4, 0, 2, 1, 5]].reset_index(drop=True)      # u4 missing
-    users.loc[len(users)] = ["u9", "F", "25-34"]                          # not in the run
-    cat = Dataset(
-        interactions=ds.interactions.astype({"user_id": "category", "item_id": "category"}),
-        users=users.astype("category"), items=ds.items, format="ml-100k", name="cat")
+    cat = shuffled_categorical_dataset()
+    users = cat.users.astype(object)
     store = Store(f"sqlite:///{tmp_path / 'c.db'}")
     did = store.add_dataset(cat)
     rid = store.create_run(did, {})
@@ -631,14 +639,8 @@ def test_stored_run_tables_give_the_audiences_of_the_dataset_tables(
     """A run stored with its tables (user table shuffled, u4 missing from it, u9 extra, text
     as categoricals) gives, without reading the dataset's users or interactions, what the
     same run gives from them (``use_run_tables=False``, as runs before schema 5)."""
-    ds = tiny_dataset()
-    users = ds.users.iloc[[4, 0, 2, 1, 5]].reset_index(drop=True)
-    users.loc[len(users)] = ["u9", "F", "25-34"]
-    cat = Dataset(
-        interactions=ds.interactions.astype({"user_id": "category", "item_id": "category"}),
-        users=users.astype("category"), items=ds.items, format="ml-100k", name="cat")
     store = Store(f"sqlite:///{tmp_path / 'r.db'}")
-    did = store.add_dataset(cat)
+    did = store.add_dataset(shuffled_categorical_dataset())
     rid = store.create_run(did, {})
     stored = store.load_dataset(did)
     store.finish_run(rid, summary={}, weights=b"w", encoders={}, user_ids=USER_IDS,
