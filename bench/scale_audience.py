@@ -6,11 +6,18 @@ Phases (each in its own fresh process, so that its peak RSS is its own):
                 those users (gender, age band, occupation, zip as categoricals; one
                 interaction per user over 5,000 items with genres): ``Store.finish_run``
                 timed (goal <= 10 s), the dataset's ``add_dataset`` beside it.
+              Then the run's audience tables (``audience.run_tables``, what training now
+                computes from the dataset in memory) are computed and kept with the same run
+                (``Store.save_run_tables``), both timed.
+* ``open-dataset`` - a fresh process: the run opened as runs stored before schema 5 are
+                (``load_run(use_run_tables=False)``: the first audience reads the dataset's
+                user table and interactions, 10M text ids): the "before".
 * ``open``    - a fresh process: ``audience.load_run`` (goal <= 5 s, <= 2.5 GB RSS above the
                 vectors' own 1.28 GB); then a top-1 % audience with insights, the first (it
-                reads the user table and the interactions) and warm ones (goal <= 0.5 s);
+                reads the run's tables: integer codes) and warm ones (goal <= 0.5 s);
                 then ``UserIndex.query`` vs ``faiss.IndexFlatIP.search`` on the same vectors in
                 the same process (k = 1,000 and k = 1 %; goal ours <= faiss; ids compared).
+                ``--profile``: a cProfile of the first audience (both open phases).
 * ``uuids``   - 8M 36-character ids (the size whose one 1.15 GB id blob SQLite refused) x 8
                 dims: write and read back; the largest stored value is printed.
 * ``dataset`` - 25M interactions (162k users, 59k items, ML-25M's shape; categorical ids as
@@ -20,7 +27,8 @@ Phases (each in its own fresh process, so that its peak RSS is its own):
 Every figure is printed with the CPU model, the load average and the phase's peak RSS.
 Threads pinned to 1 (numpy/OpenBLAS and faiss). Temporary files under ``--dir``
 (default /work/tmp/aud10m), removed at the end unless ``--keep``.
-Usage: python bench/scale_audience.py [--users 10000000] [--phases write open uuids dataset]
+Usage: python bench/scale_audience.py [--users 10000000]
+       [--phases write open-dataset open uuids dataset] [--profile]
 Benchmark-only dependency: ``faiss-cpu`` (``pip install faiss-cpu``); skipped when absent.
 """
 from __future__ import annotations
@@ -143,6 +151,7 @@ def audience_dataset(ids: np.ndarray, rng: np.random.Generator):
 
 
 def phase_write(url: str, n: int, out: Path) -> None:
+    from dssm_core import store as store_mod
     from dssm_core.store import Store
 
     rng = np.random.default_rng(0)
@@ -159,22 +168,36 @@ def phase_write(url: str, n: int, out: Path) -> None:
     did = st.add_dataset(ds)
     say(f"dataset of the run stored ({n:,} users, {n:,} interactions)",
         seconds=time.perf_counter() - t)
+    from dssm_core import audience
+
+    item_ids = np.array([f"i{j}" for j in range(N_ITEMS)])
+    mark()
+    t = time.perf_counter()
+    tables = audience.run_tables(ds, ids, item_ids)
+    say("audience tables computed from the dataset in memory (run_tables: training adds this)",
+        seconds=time.perf_counter() - t,
+        **{f"{k}_rows": len(v) for k, v in tables.items()})
     del ds
     rid = st.create_run(did, {"epochs": 1})
     st.mark_running(rid, pid=os.getpid())
     mark()
     t = time.perf_counter()
     st.finish_run(rid, summary={}, weights=b"w" * 1024, encoders={}, user_ids=ids,
-                  user_vectors=uvec, item_ids=np.array([f"i{j}" for j in range(N_ITEMS)]),
-                  item_vectors=ivec)
+                  user_vectors=uvec, item_ids=item_ids, item_vectors=ivec)
     write = time.perf_counter() - t
     say(f"store write (finish_run, {n:,} x {DIM} users + {N_ITEMS:,} items)", seconds=write,
         goal_s=10.0, met=write <= 10.0)
+    mark()
+    t = time.perf_counter()
+    st.save_run_tables(rid, tables)
+    say("audience tables kept with the run (save_run_tables)", seconds=time.perf_counter() - t,
+        parquet_mb=largest_value(st, store_mod.RunTablePartRow.data) / 1e6)
     st.dispose()
     out.write_text(json.dumps({"run_id": rid, "write_s": write}))
 
 
-def phase_open(url: str, run_id: int, k_small: int) -> None:
+def phase_open(url: str, run_id: int, k_small: int, *, use_run_tables: bool = True,
+               profile: bool = False, out: Path | None = None) -> None:
     from dssm_core import audience
     from dssm_core.store import Store
 
@@ -182,7 +205,7 @@ def phase_open(url: str, run_id: int, k_small: int) -> None:
     base = rss_gb()
     mark()
     t = time.perf_counter()
-    run = audience.load_run(st, run_id)
+    run = audience.load_run(st, run_id, use_run_tables=use_run_tables)
     open_s = time.perf_counter() - t
     vec_gb = run.index.columns_.nbytes / 1e9
     above = peak_rss_gb() - vec_gb
@@ -190,17 +213,42 @@ def phase_open(url: str, run_id: int, k_small: int) -> None:
         rss_before_gb=base, vectors_gb=vec_gb, peak_above_vectors_gb=above,
         goal_above_gb=2.5, met_memory=above <= 2.5)
     items = ["i1", "i2", "i3", "i4", "i5", "i6"]
+    first_from = ("the run's tables (codes)" if use_run_tables
+                  else "the dataset's user table + interactions (text ids)")
+    results = []
     for j, item in enumerate(items):
         req = audience.AudienceRequest(items=[item], percent=1.0,
                                        exclude_seen=j >= 3)
+        prof = None
+        if profile and j == 0:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
+        rss0 = rss_gb()
         mark()
         t = time.perf_counter()
         r = audience.build_audience(run, req)
         s = time.perf_counter() - t
-        label = "first (reads user table + interactions)" if j == 0 else "warm"
+        if prof is not None:
+            prof.disable()
+        label = f"first (reads {first_from})" if j == 0 else "warm"
         say(f"top-1% audience with insights, {label}, exclude_seen={req.exclude_seen}",
             seconds=s, members=r.size, insight_rows=len(r.insights), goal_s=0.5,
-            met=s <= 0.5)
+            met=s <= 0.5, rss_added_gb=rss_gb() - rss0)
+        if prof is not None:
+            import pstats
+
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+        results.append(r)
+    if out is not None:                      # the audiences themselves, to compare the phases
+        out.write_text(json.dumps([{
+            "ids": r.members["user_id"].astype(str).tolist(),
+            "scores": r.members["score"].round(7).tolist(),
+            "insights": r.insights.astype(str).to_numpy().tolist(),
+            "excluded": r.excluded} for r in results]))
+    if not use_run_tables:
+        return
     try:
         import faiss
     except ImportError:
@@ -326,7 +374,10 @@ def main() -> int:
     ap.add_argument("--uuid-users", type=int, default=8_000_000)
     ap.add_argument("--interactions", type=int, default=25_000_000)
     ap.add_argument("--k", type=int, default=1_000)
-    ap.add_argument("--phases", nargs="+", default=["write", "open", "uuids", "dataset"])
+    ap.add_argument("--phases", nargs="+",
+                    default=["write", "open-dataset", "open", "uuids", "dataset"])
+    ap.add_argument("--profile", action="store_true",
+                    help="cProfile the first audience of the open phases")
     ap.add_argument("--dir", default="/work/tmp/aud10m")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--phase", default=None, help=argparse.SUPPRESS)   # child process
@@ -343,8 +394,9 @@ def main() -> int:
     try:
         for phase in args.phases:
             extra = []
-            if phase == "open":
+            if phase in ("open", "open-dataset"):
                 extra = ["--run-id", str(json.loads(state.read_text())["run_id"])]
+                extra += ["--profile"] if args.profile else []
             if phase in ("uuids", "dataset"):
                 extra = ["--url", f"sqlite:///{folder / (phase + '.db')}"]
             cmd = [sys.executable, __file__, "--phase", phase, "--users", str(args.users),
@@ -357,9 +409,14 @@ def main() -> int:
             if rc:
                 print(f"phase {phase} failed with exit status {rc}")
                 return rc
+        got = [folder / f"audiences-{p}.json" for p in ("open-dataset", "open")]
+        if all(p.exists() for p in got):
+            same = json.loads(got[0].read_text()) == json.loads(got[1].read_text())
+            print(f"audiences from the run's tables == from the dataset's tables (ids, scores, "
+                  f"insights, exclusions of all 6): {same}")
     finally:
         if not args.keep:
-            for p in folder.glob("*.db*"):
+            for p in [*folder.glob("*.db*"), *folder.glob("audiences-*.json")]:
                 p.unlink()
             if state.exists():
                 state.unlink()
@@ -370,8 +427,9 @@ def run_phase(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
     if args.phase == "write":
         phase_write(args.url, args.users, folder / "write.json")
-    elif args.phase == "open":
-        phase_open(args.url, args.run_id, args.k)
+    elif args.phase in ("open", "open-dataset"):
+        phase_open(args.url, args.run_id, args.k, use_run_tables=args.phase == "open",
+                   profile=args.profile, out=folder / f"audiences-{args.phase}.json")
     elif args.phase == "uuids":
         phase_uuids(args.url, args.uuid_users)
     elif args.phase == "dataset":

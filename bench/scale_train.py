@@ -1,6 +1,7 @@
 """Training step cost against the size of the user table: dense Adam vs row-wise updates.
 
     python bench/scale_train.py [--batches 200] [--users 1000 100000 1000000] [--threads 1 2]
+        [--items 10000] [--variants dense rowwise sparseadam auto]
 
 Same model (the ``audience`` preset's towers: embeddings 32, MLP 128-64, dropout 0.1,
 weight decay 1e-5, pointwise BCE, batch 1024; user_id, a small user attribute, a 5-item
@@ -14,7 +15,10 @@ optimiser's ``step`` alone, for:
 - ``rowwise``: what it does now (``training.make_optimizer``): sparse table gradients,
   ``optim.RowWiseAdam`` on the tables, fused Adam on the rest;
 - ``sparseadam``: sparse gradients with ``torch.optim.SparseAdam`` on the tables (speed
-  reference only: it has no weight decay, so its tables train without it).
+  reference only: it has no weight decay, so its tables train without it);
+- ``auto``: what ``training.fit`` does by default: row-wise for tables of at least
+  ``training.SPARSE_MIN_ROWS`` rows, dense fused Adam for smaller ones (``--items 1682
+  --users 943`` is ML-100K's size, where every table is below the threshold).
 
 Threads pinned (torch and BLAS) to each of ``--threads`` in turn; CPU model, load average and
 peak RSS printed beside the figures. Goal (issue 11): samples/s at 1M rows >= 0.7x at 1k.
@@ -51,31 +55,32 @@ from dssm_core.model import DSSM  # noqa: E402
 
 N_ITEMS = 10_000
 HIST = 5
-VARIANTS = ("dense", "rowwise", "sparseadam")
+VARIANTS = ("dense", "rowwise", "sparseadam", "auto")
 
 
-def specs(n_users: int, dim: int) -> tuple[list, list]:
+def specs(n_users: int, dim: int, n_items: int = N_ITEMS) -> tuple[list, list]:
     """User and item feature specs; index 0 of every table is padding."""
     user = [SparseFeature("user_id", n_users + 1, dim), SparseFeature("age", 8, dim),
-            SequenceFeature("hist", N_ITEMS + 1, dim, HIST, "mean", shared_with="item_id"),
+            SequenceFeature("hist", n_items + 1, dim, HIST, "mean", shared_with="item_id"),
             DenseFeature("user_count"), DenseFeature("user_recency")]
-    item = [SparseFeature("item_id", N_ITEMS + 1, dim), SparseFeature("genre", 20, dim),
+    item = [SparseFeature("item_id", n_items + 1, dim), SparseFeature("genre", 20, dim),
             DenseFeature("item_count"), DenseFeature("item_mean")]
     return user, item
 
 
-def batches(n_users: int, n: int, bs: int, seed: int) -> list[tuple[dict, torch.Tensor]]:
+def batches(n_users: int, n: int, bs: int, seed: int, n_items: int = N_ITEMS
+            ) -> list[tuple[dict, torch.Tensor]]:
     """``n`` batches of ``bs`` rows with uniform random ids (history: 0-5 real items)."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n):
-        hist = torch.randint(1, N_ITEMS + 1, (bs, HIST), generator=g)
+        hist = torch.randint(1, n_items + 1, (bs, HIST), generator=g)
         hist = hist * (torch.rand(bs, HIST, generator=g) < 0.8)             # some padding
         b = {"user_id": torch.randint(1, n_users + 1, (bs,), generator=g),
              "age": torch.randint(1, 8, (bs,), generator=g), "hist": hist,
              "user_count": torch.rand(bs, 1, generator=g),
              "user_recency": torch.rand(bs, 1, generator=g),
-             "item_id": torch.randint(1, N_ITEMS + 1, (bs,), generator=g),
+             "item_id": torch.randint(1, n_items + 1, (bs,), generator=g),
              "genre": torch.randint(1, 20, (bs,), generator=g),
              "item_count": torch.rand(bs, 1, generator=g),
              "item_mean": torch.rand(bs, 1, generator=g)}
@@ -88,6 +93,8 @@ def optimizer_for(variant: str, model: DSSM, cfg) -> object:
         return training._adam(list(model.parameters()), cfg)
     if variant == "rowwise":
         return training.make_optimizer(model, cfg)
+    if variant == "auto":
+        return training.make_optimizer(model, cfg, training.SPARSE_MIN_ROWS)
     tables = [t.weight for t in model.embedding_tables()]
     ids = {id(t) for t in tables}
     dense = [p for p in model.parameters() if id(p) not in ids]
@@ -98,16 +105,18 @@ def optimizer_for(variant: str, model: DSSM, cfg) -> object:
 def run_one(variant: str, n_users: int, threads: int, args: argparse.Namespace) -> dict:
     torch.set_num_threads(threads)
     cfg = preset("audience", batch_size=args.batch)
-    user, item = specs(n_users, cfg.embedding_dim)
+    user, item = specs(n_users, cfg.embedding_dim, args.items)
     model = DSSM(user, item, cfg)
     model.train()
     task = tasks.for_config(model, cfg)
     autocast = training.resolve_precision(cfg.precision) == "bfloat16"
-    data = batches(n_users, args.warmup + args.batches, args.batch, seed=7)
+    data = batches(n_users, args.warmup + args.batches, args.batch, seed=7,
+                   n_items=args.items)
     opt = optimizer_for(variant, model, cfg)
-    sparse = variant != "dense"
+    min_rows = {"dense": None, "auto": training.SPARSE_MIN_ROWS}.get(variant, 0)
     step_s = 0.0
-    with model.ids_prechecked(), (model.sparse_gradients() if sparse else contextlib.nullcontext()):
+    with model.ids_prechecked(), (contextlib.nullcontext() if min_rows is None
+                                  else model.sparse_gradients(min_rows)):
         for i, (b, y) in enumerate(data):
             if i == args.warmup:
                 t0, step_s = time.perf_counter(), 0.0
@@ -135,9 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--items", type=int, default=N_ITEMS)
     args = p.parse_args(argv)
     cpu = cpu_model()
-    print(f"CPU: {cpu}; torch {torch.__version__}; batch {args.batch}, "
+    print(f"CPU: {cpu}; torch {torch.__version__}; batch {args.batch}, {args.items:,} items, "
           f"{args.batches} timed batches after {args.warmup}", flush=True)
     rows = []
     for threads in args.threads:
@@ -162,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"cpu": cpu, "torch": torch.__version__, "python": platform.python_version(),
             "batch": args.batch, "batches": args.batches, "warmup": args.warmup,
+            "items": args.items, "sparse_min_rows": training.SPARSE_MIN_ROWS,
             "load_1min_end": load_1min()}
     (out / "scale_train.json").write_text(json.dumps({"meta": meta, "rows": rows,
                                                        "ratio_max_over_min_users": ratios},

@@ -98,17 +98,92 @@ class _Lazy:
         obj.__dict__[self.slot] = value
 
 
-class RunSource:
-    """Where a loaded run's dataset tables come from: ``table(kind, columns)`` returns those
-    columns of the dataset's ``"users"`` (all: ``None``) or ``"interactions"`` table
-    (``Store.load_dataset_table`` or a Dataset's attribute). Each is read when an audience, a
-    filter or insights first need it; only the interactions' two id columns are kept (they
-    serve both "exclude seen" and the favourite genres)."""
+#: The tables :func:`run_tables` computes and a run keeps (``Store.finish_run(run_tables=)``),
+#: rows in the run's user order unless said: ``"users"`` the attributes as
+#: :func:`aligned_users` has them before postal areas (absent when the user table has none);
+#: ``"genre"`` ``favourite_genre`` (categorical; a run holding it holds them all);
+#: ``"seen"`` the distinct (``item_row``, ``user_row``) pairs of the interactions (int32 rows
+#: of the run's items and users), sorted by item then user; ``"items"`` per run item (item
+#: order) ``users``, how many distinct users interacted with it.
+RUN_TABLES = ("users", "genre", "seen", "items")
 
-    def __init__(self, table: Callable[[str, Sequence[str] | None], pd.DataFrame]) -> None:
+
+class RunSource:
+    """Where a loaded run's user columns come from, read when an audience, a filter or
+    insights first need them.
+
+    ``run_table(kind)``: the run's stored table ``kind`` of :data:`RUN_TABLES` or None
+    (``Store.load_run_table``): integer codes in the run's row order, no text id joined.
+    Runs without them (stored before schema 5, or from Redis) read the dataset:
+    ``table(kind, columns)`` returns those columns of its ``"users"`` (all: ``None``) or
+    ``"interactions"`` table (``Store.load_dataset_table`` or a Dataset's attribute); only
+    the interactions' two id columns are kept (they serve both "exclude seen" and the
+    favourite genres)."""
+
+    def __init__(self, table: Callable[[str, Sequence[str] | None], pd.DataFrame],
+                 run_table: Callable[[str], pd.DataFrame | None] | None = None) -> None:
         self._table = table
+        self._run_table = run_table
         self._lock = threading.Lock()
         self._frames: dict[str, pd.DataFrame] = {}
+        self._stored: dict[str, Any] = {}
+        self._has_tables: bool | None = None
+
+    def has_tables(self) -> bool:
+        """Whether the run keeps its :data:`RUN_TABLES` (read its favourite genres to know)."""
+        with self._lock:
+            if self._has_tables is None:
+                genre = None if self._run_table is None else self._run_table("genre")
+                self._has_tables = genre is not None
+                if genre is not None:
+                    self._stored["genre"] = genre           # taken by the favourite genres
+            return self._has_tables
+
+    def _take(self, kind: str) -> pd.DataFrame | None:
+        """A stored run table, read (or taken from the cache) and not kept."""
+        with self._lock:
+            got = self._stored.pop(kind, None)
+        if got is None and self._run_table is not None:
+            got = self._run_table(kind)
+        return got
+
+    def seen_users(self, item_rows: np.ndarray, n_users: int, n_items: int) -> np.ndarray:
+        """Rows of the users who interacted with any of the run's items ``item_rows``, from
+        the stored ``"seen"`` pairs (indexed by item once, then kept); needs
+        :meth:`has_tables`."""
+        with self._lock:
+            csr = self._stored.get("seen_csr")
+        if csr is None:
+            pairs = self._take("seen")
+            items = pairs["item_row"].to_numpy()                         # (P,) int32 stored
+            users = pairs["user_row"].to_numpy()                                # (P,)
+            if ((items < 0) | (items >= n_items) | (users < 0) | (users >= n_users)).any():
+                raise ValueError("the run's stored seen pairs point past its users or items")
+            if len(items) > 1 and bool((np.diff(items) < 0).any()):
+                order = np.argsort(items, kind="stable")
+                items, users = items[order], users[order]
+            offsets = np.searchsorted(items, np.arange(n_items + 1))            # (M + 1,)
+            csr = (offsets, users)
+            with self._lock:
+                self._stored["seen_csr"] = csr
+        offsets, users = csr
+        rows = np.asarray(item_rows, dtype=np.int64)
+        if not len(rows):
+            return np.empty(0, dtype=np.int64)
+        return np.concatenate([users[offsets[r]:offsets[r + 1]] for r in rows.tolist()])
+
+    def genre_column(self) -> pd.Series | None:
+        """The favourite genres as a categorical Series (index order) once read from the
+        run's tables (None before, or without them): codes for insights and filters."""
+        with self._lock:
+            return self._stored.get("genre_column")
+
+    def item_users(self, n_items: int) -> np.ndarray:
+        """(M,) distinct users per run item (item order), from the stored ``"items"``."""
+        got = self._take("items")
+        if got is None or len(got) != n_items:
+            raise ValueError(f"the run's stored item table does not match its {n_items} items")
+        return got["users"].to_numpy().astype(np.int64)
 
     def pairs(self) -> pd.DataFrame:
         """The interactions' ``user_id`` and ``item_id`` (as text or text categories)."""
@@ -121,6 +196,8 @@ class RunSource:
 
     def compute(self, name: str, run: "LoadedRun") -> Any:
         """The value of the lazy field ``name`` of ``run``."""
+        if name in ("users", "favourite_genre", "seen") and self.has_tables():
+            return self._stored_field(name, run)
         if name == "users":
             return aligned_users(self._table("users", None), run.index)
         if name == "seen":
@@ -129,6 +206,32 @@ class RunSource:
             return favourite_genres(self.pairs(), run.items.reset_index(), run.index.ids_,
                                     index=run.index)
         raise ValueError(f"unknown lazy field {name!r}")
+
+    def _stored_field(self, name: str, run: "LoadedRun") -> Any:
+        """A lazy field from the run's stored tables (codes in the run's row order)."""
+        n = run.index.size
+        if name == "users":
+            attrs = self._take("users")
+            if attrs is None:                                   # the user table had no columns
+                attrs = pd.DataFrame(index=pd.RangeIndex(n))
+            if len(attrs) != n:
+                raise ValueError(f"run {run.run_id}: its stored user table has {len(attrs)} "
+                                 f"rows for {n} users")
+            return with_postal_areas(attrs)
+        if name == "favourite_genre":
+            genre = self._take("genre")
+            if genre is None or len(genre) != n:
+                raise ValueError(f"run {run.run_id}: its stored favourite genres do not match "
+                                 f"its {n} users")
+            col = genre["favourite_genre"]
+            with self._lock:
+                self._stored["genre_column"] = col
+            # each category's object taken by code: 10x faster than pandas' to_numpy here
+            cats = np.append(np.asarray(col.cat.categories.astype(object)), np.nan)  # [-1]: NaN
+            return cats.astype(object)[col.cat.codes.to_numpy()]                # (N,)
+        pairs = self._take("seen")                                 # "seen": as text, rarely
+        return pd.DataFrame({"user_id": run.index.ids_[pairs["user_row"].to_numpy()],
+                             "item_id": run.item_ids[pairs["item_row"].to_numpy()]})
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,7 +245,8 @@ class LoadedRun:
     favourite_genre: (N,) each user's most frequent genre in their history (ties:
     alphabetical), ``"(no history)"`` when none.
     ``users``, ``seen`` and ``favourite_genre`` are read from ``source`` the first time they
-    are used (opening a 10M-user run reads its vectors only), unless given.
+    are used (opening a 10M-user run reads its vectors only), unless given: from the run's
+    tables (:func:`run_tables`, integer codes) when it keeps them, else from the dataset.
     """
 
     run_id: int
@@ -203,6 +307,11 @@ def aligned_users(users: pd.DataFrame, index: UserIndex) -> pd.DataFrame:
     """The user table's attributes, row i for ``index.ids_[i]`` (RangeIndex; missing
     attributes for users without a row), with postal areas (:func:`with_postal_areas`).
     A table already in the index's order (what training stores) is taken as it is."""
+    return with_postal_areas(_aligned_attributes(users, index))
+
+
+def _aligned_attributes(users: pd.DataFrame, index: UserIndex) -> pd.DataFrame:
+    """:func:`aligned_users` before the postal areas."""
     attrs = users.drop(columns=["user_id"])
     ids = users["user_id"]
     same = len(users) == index.size and bool(
@@ -217,7 +326,57 @@ def aligned_users(users: pd.DataFrame, index: UserIndex) -> pd.DataFrame:
         first[rows[keep][::-1]] = np.flatnonzero(keep)[::-1]
         out = attrs.reset_index(drop=True).reindex(first)
         out.index = pd.RangeIndex(index.size)
-    return with_postal_areas(out)
+    return out
+
+
+def run_tables(dataset: Dataset, user_ids: Any, item_ids: Any) -> dict[str, pd.DataFrame]:
+    """What audiences read about a run's users besides their vectors, as integer-coded
+    columns in the run's row order (``user_ids`` (N,), ``item_ids`` (M,), as stored with the
+    run): the :data:`RUN_TABLES`. Training computes them once from the dataset in memory and
+    stores them with the run, so that the first audience after opening a run reads codes
+    instead of joining millions of text ids. A loaded run gives the same users, favourite
+    genres, "already seen" users and item catalogue either way."""
+    ids = np.asarray(user_ids)
+    if ids.dtype.kind != "U":
+        ids = ids.astype(str)
+    n = len(ids)
+    if n == 0:
+        raise ValueError("a run without users has no audience tables")
+    index = UserIndex.from_columns(np.ones((1, n), np.float32), ids)        # ids only
+    items = _items_by_id(dataset.items)
+    run_items = pd.Index(np.asarray(item_ids).astype(str))
+    inter = dataset.interactions
+    pairs = pd.DataFrame({c: _as_text_column(inter[c]) for c in ("user_id", "item_id")})
+    tables: dict[str, pd.DataFrame] = {}
+    attrs = _aligned_attributes(dataset.users, index)
+    if len(attrs.columns):
+        tables["users"] = attrs
+    genre = favourite_genres(pairs, items.reset_index(), ids, index=index)     # (N,)
+    tables["genre"] = pd.DataFrame({"favourite_genre": pd.Categorical(genre)})
+    user_rows = _rows_of(pairs["user_id"], index)                               # (E,)
+    col = pairs["item_id"]
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        found = np.append(run_items.get_indexer(col.cat.categories.astype(str)), -1)
+        item_rows = found[col.cat.codes.to_numpy()]                              # (E,)
+    else:
+        item_rows = run_items.get_indexer(col.astype(str))
+    ok = item_rows >= 0
+    users = user_rows[ok].astype(np.int64)
+    outside = users < 0              # users of the dataset the run has no vector for
+    if outside.any():                # still counted in the catalogue, by their ids
+        codes, _ = pd.factorize(pairs["user_id"][ok][outside], use_na_sentinel=False)
+        users[outside] = n + codes
+    base = n + int(outside.sum())
+    keys = np.sort(item_rows[ok].astype(np.int64) * base + users)                # (E',)
+    # distinct (sorted, then unequal neighbours: np.unique's hash ran 10x slower here)
+    keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]                 # (P,)
+    key_items, key_users = keys // base, keys % base
+    inside = key_users < n
+    tables["seen"] = pd.DataFrame({"item_row": key_items[inside].astype(np.int32),
+                                   "user_row": key_users[inside].astype(np.int32)})
+    tables["items"] = pd.DataFrame(
+        {"users": np.bincount(key_items, minlength=len(run_items)).astype(np.int64)})
+    return tables
 
 
 def favourite_genres(interactions: pd.DataFrame, items: pd.DataFrame,
@@ -310,10 +469,13 @@ def with_postal_areas(users: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_run(store: "Store", run_id: int | None = None, *,
-             block_rows: int = DEFAULT_BLOCK_ROWS) -> LoadedRun:
+             block_rows: int = DEFAULT_BLOCK_ROWS, use_run_tables: bool = True) -> LoadedRun:
     """Load a succeeded run (newest succeeded if None): its user vectors straight into the
     search layout (``Store.load_embedding_columns``, no second copy), its item vectors and
-    item table. The user table and the interactions are read when first needed."""
+    item table. The users' attributes, favourite genres and seen items are read when first
+    needed: from the run's tables (:func:`run_tables`), else (a run stored before schema 5,
+    or ``use_run_tables=False``, for comparisons) from the dataset's user table and
+    interactions."""
     if run_id is None:
         run_id = store.newest_succeeded_run()
         if run_id is None:
@@ -325,7 +487,9 @@ def load_run(store: "Store", run_id: int | None = None, *,
     user_ids, columns = store.load_embedding_columns(run_id, "user")          # (N,), (D, N)
     index = UserIndex.from_columns(columns, user_ids, block_rows=block_rows)
     item_ids, item_vecs = store.load_embeddings(run_id, "item")
-    source = RunSource(lambda kind, cols: store.load_dataset_table(dataset_id, kind, cols))
+    stored = (lambda kind: store.load_run_table(run_id, kind)) if use_run_tables else None
+    source = RunSource(lambda kind, cols: store.load_dataset_table(dataset_id, kind, cols),
+                       stored)
     return _assemble(int(run_id), dataset_id, index, item_ids, item_vecs,
                      store.load_dataset_table(dataset_id, "items"), source)
 
@@ -342,11 +506,16 @@ def run_from_parts(run_id: int, dataset_id: int, user_ids: Any, user_vecs: Any, 
     return _assemble(run_id, dataset_id, index, item_ids, item_vecs, ds.items, source)
 
 
-def _assemble(run_id: int, dataset_id: int, index: UserIndex, item_ids: Any, item_vecs: Any,
-              items_table: pd.DataFrame, source: RunSource) -> LoadedRun:
+def _items_by_id(items_table: pd.DataFrame) -> pd.DataFrame:
+    """The item table indexed by text ``item_id`` (the first row of a repeated id wins)."""
     items = items_table.copy()
     items["item_id"] = items["item_id"].astype(str)
-    items = items.drop_duplicates("item_id").set_index("item_id")
+    return items.drop_duplicates("item_id").set_index("item_id")
+
+
+def _assemble(run_id: int, dataset_id: int, index: UserIndex, item_ids: Any, item_vecs: Any,
+              items_table: pd.DataFrame, source: RunSource) -> LoadedRun:
+    items = _items_by_id(items_table)
     return LoadedRun(run_id=int(run_id), dataset_id=int(dataset_id), index=index,
                      item_ids=np.asarray(item_ids).astype(str),
                      item_vectors=_l2_normalise(item_vecs, "item", np.asarray(item_ids)),
@@ -544,9 +713,28 @@ def _attribute_codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
             codes = pd.cut(vals, bins=edges, labels=False, include_lowest=True).to_numpy()
             codes = np.where(np.isnan(codes), len(names), codes).astype(np.int64)
             return codes, names + [MISSING]
-    codes, uniques = pd.factorize(col, use_na_sentinel=True)               # NaN -> -1
+    codes, uniques = _factorize(col)                        # (N,) NaN -> -1, ours to change
     labels = [str(u) for u in uniques] + [MISSING]
-    return np.where(codes < 0, len(uniques), codes).astype(np.int64), labels
+    codes[codes < 0] = len(uniques)
+    return codes, labels
+
+
+def _factorize(col: pd.Series) -> tuple[np.ndarray, list[Any]]:
+    """``pd.factorize(col)``: codes (N,) (a new signed integer array, -1 where missing) and
+    the distinct values in the order they first appear. A categorical's integer codes are
+    renumbered, as int16 when they fit (pandas would first build its N values as objects,
+    and int64 codes of 10M users are 80 MB an attribute)."""
+    if not isinstance(col.dtype, pd.CategoricalDtype):
+        codes, uniques = pd.factorize(col, use_na_sentinel=True)
+        return np.array(codes, dtype=np.int64), list(uniques)
+    cats = col.cat.categories
+    codes = col.cat.codes.to_numpy()                                         # (N,) -1: NaN
+    first = pd.unique(codes)                                  # in order of first appearance
+    first = first[first >= 0].astype(np.int64)
+    small = np.int16 if len(cats) < 2**15 else np.int32
+    renumber = np.full(len(cats) + 1, -1, dtype=small)                      # [-1] -> -1
+    renumber[first] = np.arange(len(first))
+    return renumber[codes], [cats[j] for j in first.tolist()]
 
 
 def _wilson(k: np.ndarray, n: int, z: float = 1.959964) -> tuple[np.ndarray, np.ndarray]:
@@ -703,7 +891,10 @@ def seen_mask(run: LoadedRun, item_ids: Sequence[str]) -> np.ndarray:
     """(N,) bool: the users (index order) who interacted with any of ``item_ids``."""
     m = np.zeros(run.index.size, bool)
     want = {str(i) for i in item_ids}
-    if want:
+    if want and run.source is not None and run.source.has_tables():
+        rows = pd.Index(run.item_ids).get_indexer(sorted(want))
+        m[run.source.seen_users(rows[rows >= 0], run.index.size, len(run.item_ids))] = True
+    elif want:
         users = run.seen.loc[run.seen["item_id"].isin(want), "user_id"].unique()
         m[run.index.positions(users, missing="ignore")] = True
     return m
@@ -719,8 +910,11 @@ def item_catalogue(run: LoadedRun) -> pd.DataFrame:
     Int64) and ``users`` (distinct users who already interacted with it); most users first
     (ties: item id)."""
     ids = pd.Index(run.item_ids.astype(str))
-    pairs = run.seen.drop_duplicates()
-    users = pairs["item_id"].value_counts().reindex(ids).fillna(0).astype(np.int64)
+    if run.source is not None and run.source.has_tables():
+        users = pd.Series(run.source.item_users(len(ids)), index=ids)
+    else:
+        pairs = run.seen.drop_duplicates()
+        users = pairs["item_id"].value_counts().reindex(ids).fillna(0).astype(np.int64)
     items = run.items.reindex(ids)
     titles = (items["title"].fillna("").astype(str) if "title" in items.columns
               else pd.Series("", index=ids))
@@ -794,7 +988,8 @@ def filter_options(run: LoadedRun, max_values: int = 30) -> FilterOptions:
             if bool(np.all(np.mod(col.dropna(), 1) == 0)):
                 lo, hi = int(lo), int(hi)
             ranges[str(attr)] = (lo, hi)
-    values[FAVOURITE_GENRE] = sorted({str(v) for v in run.favourite_genre})
+    values[FAVOURITE_GENRE] = sorted({str(v) for v in
+                                      _factorize(_user_column(run, FAVOURITE_GENRE))[1]})
     return FilterOptions(values=values, ranges=ranges)
 
 
@@ -847,7 +1042,9 @@ def selection_audience(run: LoadedRun, user_ids: Sequence[str]) -> pd.DataFrame:
 def _user_column(run: LoadedRun, attr: str) -> pd.Series:
     """The attribute's values over the population (index order); ValueError if unknown."""
     if attr == FAVOURITE_GENRE:
-        return pd.Series(run.favourite_genre)
+        fav = run.favourite_genre          # from run tables, kept as categories too
+        col = None if run.source is None else run.source.genre_column()
+        return pd.Series(fav) if col is None else col
     if attr in run.users.columns:
         return run.users[attr]
     known = [str(c) for c in run.users.columns]
@@ -861,7 +1058,7 @@ def _filter_mask(run: LoadedRun, where: Mapping[str, tuple[str, ...]],
     for attr, allowed in where.items():
         col = _user_column(run, attr)
         # compare as text, converting each distinct value once (fast at a million users)
-        codes, uniques = pd.factorize(col, use_na_sentinel=True)
+        codes, uniques = _factorize(col)
         ok = np.array([str(u) in set(allowed) for u in uniques] + [False], dtype=bool)
         mask &= ok[codes]                                       # code -1 (missing) -> False
     for attr, (lo, hi) in (ranges or {}).items():

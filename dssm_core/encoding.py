@@ -801,6 +801,11 @@ class _GenrePrefix:
         self.value = value                        # (E,) float64, None: counts only
         self.genres = item_genres                 # (I, Lg) genre index + 1, 0 = padding
         self.n_genres = n_genres
+        # the same genres without padding, as CSR per item: a query expands only real ones
+        real = item_genres > 0
+        self._glen = real.sum(axis=1).astype(np.int64)                     # (I,)
+        self._gstart = np.cumsum(self._glen) - self._glen                  # (I,)
+        self._gflat = (item_genres[real] - 1).astype(np.int64)             # (sum len,)
         b, g = _GENRE_BLOCK, n_genres
         n_blocks = len(item_of) // b + 1
         self.counts = np.zeros((n_blocks, g))                              # (nb, G)
@@ -836,11 +841,13 @@ class _GenrePrefix:
         rest = p - blk * b                                                  # (N,) < b
         total = int(rest.sum())
         if total:
-            query = np.repeat(np.arange(len(p)), rest)
+            query = np.repeat(np.arange(len(p)), rest)                      # (R,)
             pos = np.repeat(blk * b - np.cumsum(rest) + rest, rest) + np.arange(total)
-            gm = self.genres[self.item_of[pos]]                             # (R, Lg)
-            ev, slot = np.nonzero(gm)
-            flat = query[ev] * g + gm[ev, slot] - 1
+            item = self.item_of[pos]                                        # (R,)
+            n = self._glen[item]                                            # (R,)
+            ev = np.repeat(np.arange(total), n)                             # (M,)
+            entry = np.repeat(self._gstart[item] - np.cumsum(n) + n, n) + np.arange(len(ev))
+            flat = query[ev] * g + self._gflat[entry]                       # (M,)
             counts += np.bincount(flat, minlength=len(p) * g).reshape(-1, g)
             if sums is not None:
                 sums += np.bincount(flat, weights=self.value[pos[ev]],

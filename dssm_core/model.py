@@ -23,9 +23,11 @@ Kaiming-uniform for the chosen activation, biases zero.
 Speed (CPU training is the product's case): embedding lookups use ``lookup`` (its backward is
 one ``index_add_`` instead of the stock sort-based one) and dropout uses ``FastDropout``
 (``rand_like`` instead of ``bernoulli_``); values and gradients are the same. Within
-``DSSM.sparse_gradients()`` (how ``training.fit`` runs) a table's gradient is sparse: only the
-rows the batch looked up (never the padding row), so a step's cost does not grow with the
-number of users; ``optim.RowWiseAdam`` then updates just those rows.
+``DSSM.sparse_gradients(min_rows)`` (how ``training.fit`` runs) the gradient of a table of at
+least ``min_rows`` rows is sparse: only the rows the batch looked up (never the padding row),
+so a step's cost does not grow with the number of users; ``optim.RowWiseAdam`` then updates
+just those rows. Smaller tables keep dense gradients (a dense update of a few thousand rows
+costs less than the sparse bookkeeping).
 """
 from __future__ import annotations
 
@@ -97,8 +99,9 @@ class EmbeddingBlock(nn.Module):
         #: check every lookup's ids against the table size (``DSSM.ids_prechecked`` turns it
         #: off for callers that validated all ids once, up front)
         self.check_ids = True
-        #: the tables' gradients are sparse, the looked-up rows only (``DSSM.sparse_gradients``)
-        self.sparse_grad = False
+        #: tables of at least this many rows get sparse gradients, the looked-up rows only
+        #: (``DSSM.sparse_gradients``); None: every gradient dense
+        self.sparse_min_rows: int | None = None
         shared = dict(shared or {})
         by_name = {s.name: s for s in specs}
         self.sparse: tuple[SparseFeature, ...] = tuple(
@@ -150,6 +153,11 @@ class EmbeddingBlock(nn.Module):
             return self.tables[seq.shared_with]  # type: ignore[return-value]
         raise KeyError(f"no embedding table for feature {name!r}")
 
+    def is_sparse(self, table: nn.Embedding) -> bool:
+        """Whether ``table``'s gradient is sparse now (see ``sparse_min_rows``)."""
+        return self.sparse_min_rows is not None and \
+            table.num_embeddings >= self.sparse_min_rows
+
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Concatenate every feature's vector: (B, output_dim)."""
         parts: list[Tensor] = []
@@ -158,14 +166,16 @@ class EmbeddingBlock(nn.Module):
             if self.training and self.id_dropout > 0 and s.name in self.id_features:
                 drop = torch.rand(ids.shape, device=ids.device) < self.id_dropout
                 ids = ids.masked_fill(drop, 0)
-            parts.append(lookup(self.table(s.name), ids, check=self.check_ids,
-                                sparse=self.sparse_grad))                  # (B, E)
+            table = self.table(s.name)
+            parts.append(lookup(table, ids, check=self.check_ids,
+                                sparse=self.is_sparse(table)))             # (B, E)
         for s in self.sequences:
             ids = _get(batch, s.name)                                      # (B, L)
             if ids.dim() != 2:
                 raise ValueError(f"sequence {s.name!r} must be (B, L), got {tuple(ids.shape)}")
-            emb = lookup(self.table(s.name), ids, check=self.check_ids,
-                         sparse=self.sparse_grad)                          # (B, L, E)
+            table = self.table(s.name)
+            emb = lookup(table, ids, check=self.check_ids,
+                         sparse=self.is_sparse(table))                     # (B, L, E)
             parts.append(pool(emb, ids != 0, s.pooling))                   # (B, E)
         for s in self.dense:
             x = _get(batch, s.name).to(torch.float32)
@@ -434,11 +444,15 @@ class DSSM(nn.Module):
         validated every id of their data once (``training`` does, in ``_as_tensors``)."""
         return self._blocks_set("check_ids", False)
 
-    def sparse_gradients(self) -> contextlib.AbstractContextManager["DSSM"]:
-        """Within this block the embedding tables' gradients are sparse: only the rows the
-        batch looked up, without the padding row (``training.fit`` trains so, with
-        ``optim.RowWiseAdam`` for the tables)."""
-        return self._blocks_set("sparse_grad", True)
+    def sparse_gradients(self, min_rows: int = 0) -> contextlib.AbstractContextManager["DSSM"]:
+        """Within this block the gradients of the embedding tables of at least ``min_rows``
+        rows are sparse: only the rows the batch looked up, without the padding row
+        (``training.fit`` trains so, with ``optim.RowWiseAdam`` for those tables)."""
+        return self._blocks_set("sparse_min_rows", max(0, int(min_rows)))
+
+    def sparse_tables(self, min_rows: int = 0) -> list[nn.Embedding]:
+        """The tables ``sparse_gradients(min_rows)`` makes sparse, each once."""
+        return [t for t in self.embedding_tables() if t.num_embeddings >= min_rows]
 
     @contextlib.contextmanager
     def _blocks_set(self, flag: str, value: bool) -> Iterator["DSSM"]:

@@ -1053,7 +1053,8 @@ def run_training(
             run_id, summary=result.summary, weights=_weights_bytes(result.model),
             encoders=result.encoder.to_json(), user_ids=result.user_ids,
             user_vectors=result.audience_user_vectors, item_ids=result.item_ids,
-            item_vectors=result.audience_item_vectors)
+            item_vectors=result.audience_item_vectors,
+            run_tables=_audience_tables(dataset, result.user_ids, result.item_ids))
         tell("store", 1.0)
     except (TrainingCancelled, KeyboardInterrupt):
         log.info("run %d cancelled", run_id)
@@ -1081,6 +1082,19 @@ def run_training(
             log.exception("run %d: computing the embedding maps failed", run_id)
         tell("maps", 1.0)
     return run_id
+
+
+def _audience_tables(dataset: Dataset, user_ids: Any, item_ids: Any
+                     ) -> dict[str, pd.DataFrame] | None:
+    """``audience.run_tables`` for the run, or None (logged) when they cannot be computed:
+    audiences then read the dataset's tables, as for runs stored before schema 5."""
+    from . import audience
+
+    try:
+        return audience.run_tables(dataset, user_ids, item_ids)
+    except Exception:  # noqa: BLE001 - an optional speed-up, the run stands without it
+        log.exception("the audience tables of the run could not be computed")
+        return None
 
 
 #: Seconds between two progress writes of a run to the store (stage changes always write).

@@ -23,6 +23,10 @@ Storage choices:
 * ``finish_run`` writes weights, encoders, embeddings, summary and ``status='succeeded'`` in one
   transaction: a process killed before the commit leaves a run that is still queued/running
   (later marked failed by ``mark_orphans_failed``) and none of its artefacts.
+* Run tables (schema 5): what audiences read about a run's users besides their vectors
+  (attributes, favourite genres, who saw which item: ``audience.run_tables``), as named
+  Parquet tables in parts like a dataset's, rows in the run's own user (or item) order, so
+  that opening a run never joins millions of text ids again. Runs stored before have none.
 
 The store knows nothing of torch: weights are opaque bytes (the pipeline saves them with
 ``torch.save`` and reads them with ``torch.load(..., weights_only=True)``).
@@ -38,7 +42,7 @@ import socket
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -72,18 +76,21 @@ from .retrieval import hash_ids, ids_from_utf8, put_columns
 log = logging.getLogger(__name__)
 
 #: Version of the schema this code writes. A database with a newer version is refused.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: Schema history: 1 = the first store; 2 = ``runs.host`` and ``runs.heartbeat_at`` (jobs that
 #: know their host; :func:`_migrate_v1_to_v2`); 3 = embedding ids in chunks
 #: (``embedding_id_chunks``; ``embeddings.ids`` left empty) and dataset tables in parts
 #: (``dataset_table_parts``; ``dataset_tables`` left empty): :func:`_migrate_v2_to_v3`;
 #: 4 = ``runs.progress`` (the stage a training is in, for the pages;
-#: :func:`_migrate_v3_to_v4`).
+#: :func:`_migrate_v3_to_v4`); 5 = ``run_table_parts`` (per-run tables for audiences;
+#: :func:`_migrate_v4_to_v5`).
 #: Rows of an embedding matrix per stored chunk (d=64: 4 MiB a chunk; 1M rows: 62 chunks).
 CHUNK_ROWS = 16_384
 #: A dataset table whose Parquet is larger is stored in row parts of about this size (ML-25M's
 #: 25M interactions: ~200 MB, one part; several parts cost a dictionary union when read).
 DATASET_PART_BYTES = 256 * 2**20
+#: Longest name of a run table (``Store.save_run_tables``).
+RUN_TABLE_NAME_CHARS = 16
 #: Ids per stored id chunk (36-character ids: 4.7 MiB a chunk; 10M ids: 77 chunks).
 ID_CHUNK_ROWS = 131_072
 #: Run states (``records.RunStatus``; re-exported here). A run is "active" while queued or
@@ -258,6 +265,19 @@ class EmbeddingIdChunkRow(_MatrixChunk, Base):
     """Ids ``[chunk * ID_CHUNK_ROWS, ...)`` of a matrix (:func:`_ids_to_chunk` bytes)."""
 
     __tablename__ = "embedding_id_chunks"
+
+
+class RunTablePartRow(Base):
+    """Part ``part`` of the run table ``kind`` (consecutive rows as Parquet bytes, split like a
+    dataset table's past ``DATASET_PART_BYTES``): columns keyed by the run's row order that
+    audiences read instead of the dataset's text ids (schema 5)."""
+
+    __tablename__ = "run_table_parts"
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(RUN_TABLE_NAME_CHARS), primary_key=True)
+    part: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class ProjectionRow(Base):
@@ -488,20 +508,23 @@ def _dataset_tables(ds: Dataset) -> tuple[dict[str, list[bytes]], str]:
     tables: dict[str, list[bytes]] = {}
     h = hashlib.sha256()
     for kind in DATASET_KINDS:
-        frame = getattr(ds, kind)
-        whole = _frame_to_parquet(frame)
-        n_parts = min(len(frame), -(-len(whole) // DATASET_PART_BYTES))
-        if n_parts <= 1:
-            tables[kind] = [whole]
-        else:
-            step = -(-len(frame) // n_parts)
-            del whole
-            tables[kind] = [_frame_to_parquet(_part_of(frame, a, a + step))
-                            for a in range(0, len(frame), step)]
+        tables[kind] = _parquet_parts(getattr(ds, kind))
         h.update(kind.encode())
         for part in tables[kind]:
             h.update(part)
     return tables, h.hexdigest()
+
+
+def _parquet_parts(frame: pd.DataFrame) -> list[bytes]:
+    """``frame`` as Parquet: one part, or row parts of about ``DATASET_PART_BYTES`` each when
+    its Parquet is larger."""
+    whole = _frame_to_parquet(frame)
+    n_parts = min(len(frame), -(-len(whole) // DATASET_PART_BYTES))
+    if n_parts <= 1:
+        return [whole]
+    step = -(-len(frame) // n_parts)
+    del whole
+    return [_frame_to_parquet(_part_of(frame, a, a + step)) for a in range(0, len(frame), step)]
 
 
 def _part_of(frame: pd.DataFrame, start: int, stop: int) -> pd.DataFrame:
@@ -526,6 +549,21 @@ def _frame_from_parts(parts: Sequence[bytes], columns: Sequence[str] | None = No
     cols = None if columns is None else list(columns)
     table = pa.concat_tables([pq.read_table(io.BytesIO(p), columns=cols) for p in parts])
     return _lists_from_arrays(table.to_pandas())
+
+
+def _run_table_parts(tables: Mapping[str, pd.DataFrame]) -> dict[str, list[bytes]]:
+    """Run tables as Parquet parts by name; ValueError for a name that is no short text or
+    a table that is no DataFrame."""
+    out: dict[str, list[bytes]] = {}
+    for kind, frame in tables.items():
+        if not isinstance(kind, str) or not 0 < len(kind) <= RUN_TABLE_NAME_CHARS:
+            raise ValueError(f"a run table's name must be text of 1 to {RUN_TABLE_NAME_CHARS} "
+                             f"characters, got {kind!r}")
+        if not isinstance(frame, pd.DataFrame):
+            raise ValueError(f"run table {kind!r} must be a DataFrame, got "
+                             f"{type(frame).__name__}")
+        out[kind] = _parquet_parts(frame)
+    return out
 
 
 def content_hash(ds: Dataset) -> str:
@@ -655,10 +693,17 @@ def _migrate_v3_to_v4(s: Session) -> None:
     _add_missing_columns(s, RunRow.__table__, ("progress",))
 
 
+def _migrate_v4_to_v5(s: Session) -> None:
+    """Schema 4 -> 5: ``run_table_parts`` (created by ``create_all`` before this step). Runs
+    stored before hold no run tables: audiences read the dataset's tables for them, as
+    before."""
+
+
 #: ``from_version -> step`` of each migration, applied in order up to ``SCHEMA_VERSION``.
 _MIGRATIONS: dict[int, Callable[[Session], None]] = {1: _migrate_v1_to_v2,
                                                      2: _migrate_v2_to_v3,
-                                                     3: _migrate_v3_to_v4}
+                                                     3: _migrate_v3_to_v4,
+                                                     4: _migrate_v4_to_v5}
 
 
 def _migrate(s: Session, from_version: int) -> None:
@@ -948,9 +993,12 @@ class Store:
 
     def finish_run(self, run_id: int, *, summary: dict[str, Any], weights: bytes,
                    encoders: dict[str, Any], user_ids: Any, user_vectors: Any,
-                   item_ids: Any, item_vectors: Any) -> None:
+                   item_ids: Any, item_vectors: Any,
+                   run_tables: Mapping[str, pd.DataFrame] | None = None) -> None:
         """Write weights, encoders, both embedding matrices, the summary and ``succeeded``
-        in ONE transaction: either all of it is visible afterwards or none of it."""
+        in ONE transaction: either all of it is visible afterwards or none of it.
+        ``run_tables``: named tables to keep with the run (see :meth:`save_run_tables`)."""
+        tables = _run_table_parts(run_tables or {})
         uids, uvec = _check_matrix(user_ids, user_vectors, "user")
         iids, ivec = _check_matrix(item_ids, item_vectors, "item")
         if uvec.shape[1] != ivec.shape[1]:
@@ -972,6 +1020,7 @@ class Store:
             s.execute(insert(EncodersRow), [{"run_id": rid, "data": enc}])
             self._write_embeddings(s, rid, "user", uids, uvec)
             self._write_embeddings(s, rid, "item", iids, ivec)
+            self._write_run_tables(s, rid, tables)
             now = _now()
             s.execute(update(RunRow).where(RunRow.id == rid).values(
                 status="succeeded", summary=summ, finished_at=now, error=None,
@@ -987,6 +1036,36 @@ class Store:
         _write_id_chunks(s, run_id, kind, ids)
         for c, start in enumerate(range(0, n, CHUNK_ROWS)):
             self._write_chunk(s, run_id, kind, c, vectors[start:start + CHUNK_ROWS])
+
+    @staticmethod
+    def _write_run_tables(s: Session, run_id: int, tables: Mapping[str, list[bytes]]) -> None:
+        for kind, parts in tables.items():
+            s.execute(delete(RunTablePartRow).where(RunTablePartRow.run_id == run_id,
+                                                    RunTablePartRow.kind == kind))
+            for part, data in enumerate(parts):
+                s.execute(insert(RunTablePartRow), [{"run_id": run_id, "kind": kind,
+                                                     "part": part, "data": data}])
+
+    def save_run_tables(self, run_id: int, tables: Mapping[str, pd.DataFrame]) -> None:
+        """Keep named tables with a run (Parquet parts, ``DATASET_PART_BYTES`` each at most),
+        replacing tables of the same names, in one transaction. Names are text of at most
+        ``RUN_TABLE_NAME_CHARS`` characters; what the tables mean is the caller's (audiences:
+        ``audience.run_tables``)."""
+        parts = _run_table_parts(tables)
+        with self._session(write=True) as s:
+            self._write_run_tables(s, self._run(s, run_id).id, parts)
+
+    def load_run_table(self, run_id: int, kind: str, columns: Sequence[str] | None = None
+                       ) -> pd.DataFrame | None:
+        """The run table ``kind`` (only ``columns`` of it if given), read in one query and
+        converted once; None when the run has no such table (e.g. stored before schema 5)."""
+        with self._session() as s:
+            rid = self._run(s, run_id).id
+            parts = list(s.scalars(select(RunTablePartRow.data)
+                                   .where(RunTablePartRow.run_id == rid,
+                                          RunTablePartRow.kind == str(kind))
+                                   .order_by(RunTablePartRow.part)))
+        return _frame_from_parts(parts, columns) if parts else None
 
     def _write_chunk(self, s: Session, run_id: int, kind: str, chunk: int,
                      block: np.ndarray) -> None:
@@ -1181,7 +1260,8 @@ class Store:
         return out
 
     def delete_run(self, run_id: int) -> None:
-        """Delete a run with its metrics, weights, encoders, embeddings, maps and audiences."""
+        """Delete a run with its metrics, weights, encoders, embeddings, run tables, maps and
+        audiences."""
         with self._session(write=True) as s:
             self._run(s, run_id)
             s.execute(delete(RunRow).where(RunRow.id == int(run_id)))

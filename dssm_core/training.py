@@ -46,6 +46,12 @@ TRAIN_METRIC_ROWS = tasks.TRAIN_METRIC_ROWS
 #: Keys of every per-epoch record, in order.
 EPOCH_KEYS = ("epoch", "train_loss", "train_auc", "train_logloss", "val_loss", "val_auc",
               "val_logloss", "seconds")
+#: Embedding tables of at least this many rows train with sparse gradients and row-wise
+#: Adam; smaller ones with dense fused Adam. At ML-100K's sizes (943 users, 1,682 items) the
+#: row-wise bookkeeping cost more than a dense update of every row (optimiser 2.3-4.2 vs
+#: 9.9-14.6 ms a step, 1.10-1.22x the samples/s); at 65k user rows the two cost about the
+#: same, at 262k dense Adam is 4x slower (bench/scale_train.py, BENCHMARKS.md).
+SPARSE_MIN_ROWS = 65_536
 #: Metrics early stopping can watch, and whether higher is better.
 MONITORS = {"val_loss": False, "val_logloss": False, "val_auc": True, "val_recall@50": True}
 STOP_REASONS = ("completed", "early", "cancelled")
@@ -83,12 +89,14 @@ def _adam(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Opt
         return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
-def make_optimizer(model: DSSM, cfg: TrainConfig) -> optim.Chain:
-    """What ``fit`` steps: fused Adam for the dense parameters (MLPs, batch norm) and lazy
-    row-wise Adam (``optim.RowWiseAdam``, same lr and weight decay) for the embedding tables,
-    whose gradients are sparse under ``model.sparse_gradients()``: a step updates the rows
-    its batch touched, so its cost does not grow with the number of users or items."""
-    tables = [t.weight for t in model.embedding_tables()]
+def make_optimizer(model: DSSM, cfg: TrainConfig, sparse_min_rows: int = 0
+                   ) -> optim.Chain:
+    """What ``fit`` steps: fused Adam for the dense parameters (MLPs, batch norm, embedding
+    tables under ``sparse_min_rows`` rows) and lazy row-wise Adam (``optim.RowWiseAdam``,
+    same lr and weight decay) for the larger tables, whose gradients are sparse under
+    ``model.sparse_gradients(sparse_min_rows)``: a step updates the rows its batch touched,
+    so its cost does not grow with the number of users or items."""
+    tables = [t.weight for t in model.sparse_tables(sparse_min_rows)]
     in_tables = {id(w) for w in tables}
     dense = [p for p in model.parameters() if id(p) not in in_tables]
     parts: list[torch.optim.Optimizer] = []
@@ -143,6 +151,7 @@ def fit(
     positives_only: bool = True,
     validator: Callable[[DSSM], dict[str, Any]] | None = None,
     dist: Any = None,
+    sparse_min_rows: int = SPARSE_MIN_ROWS,
 ) -> FitResult:
     """Train ``model`` in place with Adam (row-wise for the embedding tables: see
     ``make_optimizer``); restore the best epoch's weights; return the record.
@@ -165,6 +174,8 @@ def fit(
     positives_only: "inbatch" trains on ``label == 1`` rows (default); False trains on every
         row as an observed pair (who interacts at all, whatever the rating; on ML-100K
         protocol L this raised user->item recall@50 from 0.30 to 0.34).
+    sparse_min_rows: tables of at least this many rows get sparse gradients and row-wise
+        Adam (``make_optimizer``); 0: every table.
     dist: a ``distributed.DistContext``: data-parallel training (each rank its slice of
         every batch, gradients averaged; rank 0 alone evaluates, calls ``on_epoch_end`` and
         ``validator`` and decides stopping, which every rank follows).
@@ -197,7 +208,8 @@ def fit(
     stack = contextlib.ExitStack()
     try:
         stack.enter_context(model.ids_prechecked())    # _as_tensors range-checked every id
-        stack.enter_context(model.sparse_gradients())  # tables: row-wise updates (optim.py)
+        # large tables: row-wise updates (optim.py)
+        stack.enter_context(model.sparse_gradients(sparse_min_rows))
         torch.manual_seed(int(cfg.seed))                         # dropout
         order_gen = torch.Generator().manual_seed(int(cfg.seed))  # shuffling
 
@@ -217,7 +229,7 @@ def fit(
         if n == 0:
             raise ValueError("no training rows")
 
-        optimizer = make_optimizer(model, cfg)
+        optimizer = make_optimizer(model, cfg, sparse_min_rows)
         # --- distributed hook (dssm_core/distributed.py) ---
         main = dist is None or dist.is_main
         if dist is not None:

@@ -359,6 +359,8 @@ def test_audience_on_a_really_trained_run(tmp_path: Path, tiny_synthetic) -> Non
     cfg = preset("default", epochs=1, batch_size=256, embedding_dim=8, user_hidden=(16,),
                  item_hidden=(16,), history_len=10)
     rid = pipeline.run_training(store, did, cfg, project=False)
+    genre = store.load_run_table(rid, "genre")               # audiences read codes, not ids
+    assert genre is not None and len(genre) == len(store.load_embeddings(rid, "user")[0])
     item = "1"
     r = aud.audience_for(store, None, AudienceRequest(items=[item], top_n=20, exclude_seen=True))
     assert r.run_id == rid and r.size == 20
@@ -524,16 +526,24 @@ def test_opening_a_run_reads_vectors_only_and_columns_on_first_need(tmp_path: Pa
     store.dispose()
 
 
+def shuffled_categorical_dataset() -> Dataset:
+    """The six users' dataset with its user table shuffled, u4 missing from it, u9 (not in
+    the run) added, and every text column categorical."""
+    ds = tiny_dataset()
+    users = ds.users.iloc[[4, 0, 2, 1, 5]].reset_index(drop=True)      # u4 missing
+    users.loc[len(users)] = ["u9", "F", "25-34"]                          # not in the run
+    return Dataset(
+        interactions=ds.interactions.astype({"user_id": "category", "item_id": "category"}),
+        users=users.astype("category"), items=ds.items, format="ml-100k", name="cat")
+
+
 def test_lazily_loaded_columns_give_the_audience_and_insights_of_eager_ones(
         tmp_path: Path) -> None:
     """The stored run read lazily (user table shuffled, one user missing from it, one
     extra, every text column categorical) equals the run built from the whole dataset."""
     ds = tiny_dataset()
-    users = ds.users.iloc[[4, 0, 2, 1, 5]].reset_index(drop=True)      # u4 missing
-    users.loc[len(users)] = ["u9", "F", "25-34"]                          # not in the run
-    cat = Dataset(
-        interactions=ds.interactions.astype({"user_id": "category", "item_id": "category"}),
-        users=users.astype("category"), items=ds.items, format="ml-100k", name="cat")
+    cat = shuffled_categorical_dataset()
+    users = cat.users.astype(object)
     store = Store(f"sqlite:///{tmp_path / 'c.db'}")
     did = store.add_dataset(cat)
     rid = store.create_run(did, {})
@@ -569,6 +579,125 @@ def test_favourite_genres_hand_worked_with_codes() -> None:
     assert aud.favourite_genres(inter, items, np.array(USER_IDS)).tolist() == FAVOURITES
     assert aud.favourite_genres(inter.iloc[:0], items, np.array(USER_IDS)).tolist() \
         == ["(no history)"] * 6
+
+
+# ----------------------------------------------------------------------------- run tables
+def test_run_tables_hand_worked() -> None:
+    """Codes in the run's row order: users u1..u6 = rows 0..5, items A, B, C = rows 0, 1, 2.
+    u9 (no vector) saw A, u1 saw A twice: A's catalogue count is 4 users (u1, u4, u6, u9),
+    its seen pairs only the run's users."""
+    ds = tiny_dataset()
+    extra = pd.DataFrame({"user_id": ["u9", "u1"], "item_id": ["A", "A"],
+                          "rating": np.full(2, 4.0, np.float32),
+                          "timestamp": np.array([7, 8], dtype=np.int64)})
+    ds.interactions = pd.concat([ds.interactions, extra], ignore_index=True)
+    for inter in (ds.interactions, ds.interactions.astype({"user_id": "category",
+                                                           "item_id": "category"})):
+        t = aud.run_tables(Dataset(interactions=inter, users=ds.users, items=ds.items,
+                                   format="ml-100k", name="t"), USER_IDS, ["A", "B", "C"])
+        assert sorted(t) == sorted(aud.RUN_TABLES)
+        assert t["users"].columns.tolist() == ["gender", "age"]
+        assert t["users"]["age"].tolist() == ["25-34", "25-34", "=cmd", "35-44", "35-44",
+                                              "25-34"]
+        assert t["genre"]["favourite_genre"].astype(object).tolist() == FAVOURITES
+        assert list(zip(t["seen"]["item_row"], t["seen"]["user_row"])) == [
+            (0, 0), (0, 3), (0, 5), (1, 1), (1, 3), (2, 0), (2, 4)]
+        assert t["seen"].dtypes.tolist() == [np.int32, np.int32]
+        assert t["items"]["users"].tolist() == [4, 2, 2]
+    # run items in another order, one item the dataset never saw: rows follow the run
+    t = aud.run_tables(tiny_dataset(), USER_IDS[::-1], ["C", "Z", "A"])
+    assert list(zip(t["seen"]["item_row"], t["seen"]["user_row"])) == [
+        (0, 1), (0, 5), (2, 0), (2, 2), (2, 5)]
+    assert t["items"]["users"].tolist() == [2, 0, 3]
+    assert t["genre"]["favourite_genre"].astype(object).tolist() == FAVOURITES[::-1]
+
+
+def test_factorize_of_categoricals_renumbers_codes_as_pandas_does() -> None:
+    col = pd.Series(pd.Categorical(["b", "a", None, "b", "c"], categories=["z", "a", "b", "c"]))
+    codes, uniques = aud._factorize(col)
+    assert codes.tolist() == [0, 1, -1, 0, 2] and uniques == ["b", "a", "c"]   # "z" unused
+    want_codes, want_uniques = pd.factorize(col)
+    assert codes.tolist() == want_codes.tolist() and uniques == list(want_uniques)
+    codes, uniques = aud._factorize(pd.Series(["x", None, "y", "x"], dtype=object))
+    assert codes.tolist() == [0, -1, 1, 0] and uniques == ["x", "y"]
+
+
+def _same_audiences(a_run: aud.LoadedRun, b_run: aud.LoadedRun, requests: list[dict]) -> None:
+    """Every request gives the same members (ids, scores, attributes), insights, reach and
+    CSV on both runs."""
+    for req in requests:
+        a, b = build(a_run, **req), build(b_run, **req)
+        pd.testing.assert_frame_equal(a.members, b.members)
+        pd.testing.assert_frame_equal(a.insights, b.insights)
+        pd.testing.assert_frame_equal(a.reach, b.reach)
+        assert (a.excluded, a.warnings) == (b.excluded, b.warnings)
+        assert a.to_csv_bytes() == b.to_csv_bytes()
+
+
+def test_stored_run_tables_give_the_audiences_of_the_dataset_tables(
+        tmp_path: Path, monkeypatch) -> None:
+    """A run stored with its tables (user table shuffled, u4 missing from it, u9 extra, text
+    as categoricals) gives, without reading the dataset's users or interactions, what the
+    same run gives from them (``use_run_tables=False``, as runs before schema 5)."""
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    did = store.add_dataset(shuffled_categorical_dataset())
+    rid = store.create_run(did, {})
+    stored = store.load_dataset(did)
+    store.finish_run(rid, summary={}, weights=b"w", encoders={}, user_ids=USER_IDS,
+                     user_vectors=USER_VECS, item_ids=["A", "B", "C"], item_vectors=ITEM_VECS,
+                     run_tables=aud.run_tables(stored, USER_IDS, ["A", "B", "C"]))
+    old = aud.load_run(store, rid, use_run_tables=False)
+    assert (len(old.users), len(old.seen), len(old.favourite_genre)) == (6, 7, 6)  # read now
+    new = aud.load_run(store, rid)
+
+    def no_dataset_table(*args, **kwargs):
+        raise AssertionError("the dataset's users or interactions were read")
+
+    monkeypatch.setattr(store, "load_dataset_table", no_dataset_table)
+    _same_audiences(new, old, [
+        dict(items=["A"], top_n=6), dict(items=["B"], percent=50, exclude_seen=True),
+        dict(items=["A", "B"], top_n=4, exclude_seen=True, where={"favourite genre": ["Drama"]}),
+        dict(seed_users=["u2"], top_n=3, where={"gender": ["M", "F"]})])
+    assert new.favourite_genre.tolist() == FAVOURITES
+    assert new.users["gender"].astype(object).tolist() == ["F", "M", "F", np.nan, "M", "M"]
+    assert aud.seen_mask(new, ["A", "B"]).tolist() == [True, True, False, True, False, True]
+    assert aud.seen_count(new, ["C", "nope"]) == 2                               # u1, u5
+    pd.testing.assert_frame_equal(aud.item_catalogue(new), aud.item_catalogue(old))
+    assert aud.item_catalogue(new)["users"].tolist() == [3, 2, 2]                 # A, B, C
+    assert aud.filter_options(new) == aud.filter_options(old)
+    pd.testing.assert_frame_equal(aud.map_frame(new, ["u4", "u1"], "user"),
+                                  aud.map_frame(old, ["u4", "u1"], "user"))
+    assert sorted(new.seen.itertuples(index=False)) == sorted(
+        old.seen.astype(str).drop_duplicates().itertuples(index=False))
+    store.dispose()
+
+
+def test_run_tables_on_ml100k_give_the_same_audiences(tmp_path: Path, ml100k_dir: Path) -> None:
+    """ML-100K (943 users with zip codes, 19 genres) with random unit vectors: the run read
+    through its tables gives the same ids, scores, insights and CSV as through the dataset."""
+    from dssm_core import movielens
+
+    ds = movielens.load(ml100k_dir)
+    rng = np.random.default_rng(7)
+    uids = np.array(sorted(ds.users["user_id"].astype(str)))[::-1]         # not the table's
+    iids = np.array(ds.items["item_id"].astype(str))
+    store = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    did = store.add_dataset(ds)
+    rid = store.create_run(did, {})
+    store.finish_run(rid, summary={}, weights=b"", encoders={}, user_ids=uids,
+                     user_vectors=rng.standard_normal((len(uids), 8)), item_ids=iids,
+                     item_vectors=rng.standard_normal((len(iids), 8)),
+                     run_tables=aud.run_tables(store.load_dataset(did), uids, iids))
+    new, old = aud.load_run(store, rid), aud.load_run(store, rid, use_run_tables=False)
+    assert "zip area" in new.users.columns
+    _same_audiences(new, old, [
+        dict(items=["50"], percent=10, exclude_seen=True),
+        dict(items=["1", "181"], top_n=200, exclude_seen=True, where={"gender": ["F"]}),
+        dict(items=["100"], top_n=943, ranges={"age": (25, 40)}),
+        dict(seed_users=["1", "2", "3"], percent=5)])
+    pd.testing.assert_frame_equal(aud.item_catalogue(new), aud.item_catalogue(old))
+    assert aud.filter_options(new) == aud.filter_options(old)
+    store.dispose()
 
 
 # ----------------------------------------------------------------------------- fast layout

@@ -219,7 +219,7 @@ def test_migration_on_each_backend(db_url: str) -> None:  # noqa: F811
         assert {"host", "heartbeat_at"} <= cols
         with store.engine.connect() as conn:
             assert conn.execute(text("SELECT version FROM schema_version")).scalar() \
-                == SCHEMA_VERSION == 4
+                == SCHEMA_VERSION == 5
         did = store.add_dataset(small_dataset())
         rid = store.create_run(did, {})
         store.mark_running(rid, pid=3, host=THERE)

@@ -300,6 +300,31 @@ def test_sparse_gradients_cover_every_table_shared_ones_included_then_turn_off()
     assert not any(t.weight.grad.is_sparse for t in tables)
 
 
+def test_only_tables_of_at_least_min_rows_get_sparse_gradients() -> None:
+    """Tables: user_id 6 rows, gender 3, item_id 9 (shared by hist), genres 5. With
+    min_rows 6, user_id and item_id are sparse; gender and genres stay dense, and
+    ``training.make_optimizer`` gives them to fused (dense) Adam, the others to RowWiseAdam."""
+    from dssm_core import optim
+    from dssm_core.training import make_optimizer
+
+    model = _model()
+    with model.sparse_gradients(6):
+        model(_batch()).sum().backward()
+    sizes = {t.num_embeddings: t for t in model.embedding_tables()}
+    assert sorted(sizes) == [3, 5, 6, 9]
+    assert {n for n, t in sizes.items() if t.weight.grad.is_sparse} == {6, 9}
+    assert sorted(t.num_embeddings for t in model.sparse_tables(6)) == [6, 9]
+    chain = make_optimizer(model, CFG, sparse_min_rows=6)
+    dense_opt, rowwise = chain.optimizers
+    assert isinstance(rowwise, optim.RowWiseAdam)
+    assert {id(p) for g in rowwise.param_groups for p in g["params"]} == \
+        {id(sizes[6].weight), id(sizes[9].weight)}
+    dense_ids = {id(p) for g in dense_opt.param_groups for p in g["params"]}
+    assert id(sizes[3].weight) in dense_ids and id(sizes[5].weight) in dense_ids
+    chain.step()                                  # dense and sparse gradients, one step
+    assert not sizes[3].weight.grad.is_sparse
+
+
 def test_id_dropout_hides_ids_in_training_only() -> None:
     # With id_dropout close to 1 nearly every user_id/item_id is replaced by the unknown
     # index 0 in training mode, so the output no longer depends on the ids; eval mode keeps them.

@@ -102,7 +102,7 @@ def test_a_schema_3_store_gets_the_progress_column(sqlite_url) -> None:
         assert "progress" in {c["name"] for c in inspect(store.engine).get_columns("runs")}
         with store.engine.connect() as conn:
             assert conn.execute(text("SELECT version FROM schema_version")).scalar() \
-                == SCHEMA_VERSION == 4
+                == SCHEMA_VERSION == 5
     finally:
         store.dispose()
 

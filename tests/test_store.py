@@ -644,7 +644,8 @@ def test_a_schema_2_store_with_one_id_blob_is_migrated(tmp_path: Path) -> None:
         assert ids.tolist() == ["u1", "u2", "u3", "u4"] and vec.tobytes() == uvec.tobytes()
         assert store.load_embeddings(rid, "item")[0].tolist() == ["i1", "i2", "i3"]
         with store.engine.connect() as conn:
-            assert conn.execute(text("SELECT version FROM schema_version")).scalar() == 4
+            assert conn.execute(text("SELECT version FROM schema_version")).scalar() \
+                == SCHEMA_VERSION
             assert set(conn.execute(text("SELECT ids FROM embeddings")).scalars()) == {b""}
     finally:
         store.dispose()
@@ -667,3 +668,64 @@ def test_a_long_dataset_table_is_stored_in_parts(store: Store, monkeypatch) -> N
     assert store.add_dataset(small_dataset().__class__(**{**ds.__dict__}), reuse=True) == did
     with pytest.raises(ValueError, match="kind must be one of"):
         store.load_dataset_table(did, "ratings")
+
+
+# ----------------------------------------------------------------------------- run tables
+def test_run_tables_round_trip_in_parts_and_go_with_their_run(store: Store,
+                                                             monkeypatch) -> None:
+    did = store.add_dataset(small_dataset())
+    rid, _, _ = finished_run(store, did)
+    assert store.load_run_table(rid, "seen") is None                # stored without tables
+    seen = pd.DataFrame({"item_row": np.array([0, 0, 2, 1], np.int32),
+                         "user_row": np.array([1, 2, 0, 2], np.int32)})
+    genre = pd.DataFrame({"favourite_genre": pd.Categorical(["Drama", "(no history)", "Drama"])})
+    size = len(store_mod._frame_to_parquet(seen))
+    monkeypatch.setattr(store_mod, "DATASET_PART_BYTES", size // 2 + 1)    # 4 rows -> 2 + 2
+    store.save_run_tables(rid, {"seen": seen, "genre": genre})
+    parts = store_mod.RunTablePartRow.__table__
+    assert count(store, parts, run_id=rid, kind="seen") == 2
+    pd.testing.assert_frame_equal(store.load_run_table(rid, "seen"), seen)
+    pd.testing.assert_frame_equal(store.load_run_table(rid, "genre"), genre)
+    assert store.load_run_table(rid, "seen", ["user_row"])["user_row"].tolist() == [1, 2, 0, 2]
+    store.save_run_tables(rid, {"seen": seen.iloc[:1]})              # replaced, genre kept
+    assert count(store, parts, run_id=rid, kind="seen") == 1
+    assert store.load_run_table(rid, "seen")["item_row"].tolist() == [0]
+    assert len(store.load_run_table(rid, "genre")) == 3
+    # finish_run keeps them in its one transaction
+    rid2 = store.create_run(did, {})
+    store.finish_run(rid2, summary={}, weights=b"", encoders={}, user_ids=["a"],
+                     user_vectors=np.ones((1, 2)), item_ids=["i"], item_vectors=np.ones((1, 2)),
+                     run_tables={"items": pd.DataFrame({"users": np.array([7])})})
+    assert store.load_run_table(rid2, "items")["users"].tolist() == [7]
+    with pytest.raises(ValueError, match="1 to 16 characters"):
+        store.save_run_tables(rid, {"x" * 17: seen})
+    with pytest.raises(ValueError, match="must be a DataFrame"):
+        store.save_run_tables(rid, {"seen": seen.to_numpy()})
+    with pytest.raises(StoreError, match="no run"):
+        store.load_run_table(999, "seen")
+    store.delete_run(rid)
+    assert count(store, parts, run_id=rid) == 0 and count(store, parts, run_id=rid2) == 1
+
+
+def test_a_schema_4_store_gains_run_tables_and_keeps_its_runs(tmp_path: Path) -> None:
+    """Schema 4 had no ``run_table_parts``: opening the store creates it, its runs stay (with
+    no run tables: audiences read the dataset for them) and new tables can be kept."""
+    url = f"sqlite:///{tmp_path / 'v4.db'}"
+    store = Store(url)
+    rid, uvec, _ = finished_run(store, store.add_dataset(small_dataset()))
+    store.dispose()
+    engine = create_engine(url)
+    with engine.begin() as conn:                  # back to schema 4's layout
+        conn.execute(text("DROP TABLE run_table_parts"))
+        conn.execute(text("UPDATE schema_version SET version = 4"))
+    engine.dispose()
+    store = Store(url)
+    try:
+        with store.engine.connect() as conn:
+            assert conn.execute(text("SELECT version FROM schema_version")).scalar() == 5
+        assert store.load_run_table(rid, "genre") is None
+        assert store.load_embeddings(rid, "user")[1].tobytes() == uvec.tobytes()
+        store.save_run_tables(rid, {"items": pd.DataFrame({"users": np.array([2, 1, 1])})})
+        assert store.load_run_table(rid, "items")["users"].tolist() == [2, 1, 1]
+    finally:
+        store.dispose()

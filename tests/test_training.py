@@ -133,7 +133,7 @@ def test_one_step_changes_only_the_rows_its_batch_looked_up(encoded) -> None:
     rows = {k: v[:200] for k, v in encoded["train"].items()}
     model = _model(encoded, cfg)
     before = _state(model)
-    fit(model, rows, None, cfg)
+    fit(model, rows, None, cfg, sparse_min_rows=0)
     name_of = {id(m): name for name, m in model.named_modules()}
     looked_up: dict[int, set[int]] = {}
     for block in (model.user.embeddings, model.item.embeddings):
