@@ -287,8 +287,11 @@ def fit(
                     if not dist.usable(start, end):
                         continue
                     start, end = dist.slice(start, end)
-                batch = {k: v[start:end] for k, v in full.items()}
-                y_batch = y_full[start:end]
+                if dist is None:         # the whole batch: no per-key slicing
+                    batch, y_batch = full, y_full
+                else:
+                    batch = {k: v[start:end] for k, v in full.items()}
+                    y_batch = y_full[start:end]
                 loss, logits = task.loss(batch, y_batch, autocast)
                 if logits is not None:
                     logits_seen.append(logits)
