@@ -375,6 +375,66 @@ def test_fast_dropout_keeps_the_expected_fraction_and_scale() -> None:
     assert torch.equal(FastDropout(0.0).train()(x), x)
 
 
+def test_fast_dropout_is_bit_for_bit_the_two_product_form_in_values_and_gradients() -> None:
+    """One product with a scaled float mask equals ``x * keep * (1 / (1 - p))`` exactly
+    (kept values rounded once either way), forward and backward; bfloat16 inputs keep the
+    float32 scalar (a bfloat16 scale 1.109375 would be off by 0.16 %)."""
+    p = 0.1
+    for dtype in (torch.float32, torch.bfloat16):
+        x0 = torch.randn(64, 33, generator=torch.Generator().manual_seed(1)).to(dtype)
+        x, ref_x = x0.clone().requires_grad_(), x0.clone().requires_grad_()
+        torch.manual_seed(5)
+        got = FastDropout(p).train()(x)
+        torch.manual_seed(5)
+        ref = ref_x * (torch.rand_like(ref_x) >= p) * (1.0 / (1.0 - p))
+        assert got.dtype == dtype and torch.equal(got, ref)
+        w = torch.randn(64, 33, generator=torch.Generator().manual_seed(2)).to(dtype)
+        (got * w).sum().backward()
+        (ref * w).sum().backward()
+        assert torch.equal(x.grad, ref_x.grad)
+    kept = FastDropout(0.5).train()(torch.ones(1000))
+    assert set(kept.unique().tolist()) <= {0.0, 2.0}                      # 1 / (1 - 0.5)
+
+
+def test_lookup_gradient_of_a_strided_slice_is_the_stock_one_exactly() -> None:
+    """A feature's gradient arrives as columns of the concat's gradient (strided); the
+    backward copies it contiguous first, with the same sums as nn.Embedding's."""
+    table = nn.Embedding(5, 4, padding_idx=0)
+    ids = torch.tensor([3, 1, 3, 0, 4, 3])
+    other = torch.randn(6, 2, requires_grad=True)
+    w = torch.randn(6, 6, generator=torch.Generator().manual_seed(3))
+    (torch.cat([other, lookup(table, ids)], dim=1) * w).sum().backward()
+    got = table.weight.grad.clone()
+    table.weight.grad = None
+    (torch.cat([other, table(ids)], dim=1) * w).sum().backward()
+    assert torch.equal(got, table.weight.grad)
+    # row 3 sums three rows' gradients in order: w[0] + w[2] + w[5] (columns 2..5)
+    assert torch.equal(got[3], (w[0, 2:] + w[2, 2:]) + w[5, 2:])
+    assert torch.equal(got[0], torch.zeros(4))                            # padding row
+
+
+def test_dense_lookups_of_a_shared_table_sum_as_before_with_the_padding_row_zeroed() -> None:
+    """Two lookups of one table (item_id and the history sharing it): torch's index_select
+    plus the table's padding hook give the bits the custom backward gave (each part's
+    padding row zeroed, then summed), and the hook is registered once per table."""
+    from dssm_core.model import _GatherRows
+
+    table = nn.Embedding(6, 3, padding_idx=0)
+    a, b = torch.tensor([0, 2, 2, 5]), torch.tensor([[1, 0], [2, 2], [0, 0]])
+    wa = torch.randn(4, 3, generator=torch.Generator().manual_seed(4))
+    wb = torch.randn(3, 2, 3, generator=torch.Generator().manual_seed(5))
+    ((lookup(table, a) * wa).sum() + (lookup(table, b) * wb).sum()).backward()
+    got = table.weight.grad.clone()
+    table.weight.grad = None
+    ((_GatherRows.apply(table.weight, a, 0, False) * wa).sum()
+     + (_GatherRows.apply(table.weight, b.reshape(-1), 0, False).reshape(3, 2, 3) * wb
+        ).sum()).backward()
+    assert torch.equal(got, table.weight.grad)
+    assert torch.equal(got[0], torch.zeros(3))
+    assert torch.equal(got[2], (wa[1] + wa[2]) + (wb[1, 0] + wb[1, 1]))
+    assert len(table.weight._backward_hooks) == 1                       # not once per call
+
+
 def test_no_bias_before_batch_norm_and_old_biases_fold_into_the_running_mean() -> None:
     model = _model(batch_norm=True, user_hidden=(8, 6, 5), item_hidden=(7, 5))
     linears = [m for m in model.user.mlp if isinstance(m, nn.Linear)]

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from dssm_core.config import TrainConfig
 from dssm_core.encoding import FeatureEncoder, _GenrePrefix
@@ -174,3 +176,105 @@ def test_fit_reads_a_stream_like_the_materialised_rows(tiny_synthetic) -> None:
             assert fr.train_rows == like
     with pytest.raises(ValueError, match="sampler"):
         EventBatches(enc, ctx, np.arange(4), negatives=1)
+
+
+def _streams(ds) -> tuple[FeatureEncoder, EventBatches, EventBatches]:
+    enc = FeatureEncoder(history_len=5, embedding_dim=8).fit(ds, np.arange(4000))
+    ctx = enc.context(ds)
+    sampler = enc.negative_sampler(ctx.log, np.arange(5000), "popularity")
+    train = EventBatches(enc, ctx, np.arange(4000), sampler, negatives=1, seed=1)
+    val = EventBatches(enc, ctx, np.arange(4000, 5000), sampler, negatives=2, seed=2)
+    return enc, train, val
+
+
+def _same_batches(a, b) -> None:
+    a, b = list(a), list(b)
+    assert len(a) == len(b) and a
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(ya, yb) and sorted(xa) == sorted(xb)
+        for k in xa:
+            assert torch.equal(xa[k], xb[k]), k
+
+
+def test_kept_validation_batches_equal_the_rows_encoded_again(tiny_synthetic) -> None:
+    """The validation rows ``fit`` keeps are the tensors a fresh encoding gives (same draws,
+    same order, the same mask), and the second pass hands back the kept ones; above the
+    row limit nothing is kept and every pass encodes again, with the same result."""
+    enc, _, val = _streams(tiny_synthetic)
+    model = DSSM(enc.user_specs_, enc.item_specs_, TrainConfig(embedding_dim=8))
+    specs = model.feature_specs
+    positives = lambda y: y > 0.5                                 # noqa: E731
+    kept = training._ValidationRows(val, specs)
+    assert kept.keep                                              # 1,000 events x 3 rows
+    first = kept.batches(700, True, False)
+    _same_batches(first, training._stream_batches(val, 0, 700, specs, True, lambda y: None,
+                                                  shuffle=False))
+    assert kept.batches(700, True, False) is first                # kept, not encoded again
+    _same_batches(kept.batches(256, False, True, positives),
+                  training._stream_batches(val, 0, 256, specs, False, positives))
+    rows = sum(len(y) for _, y in first)
+    assert rows == 3000                                           # 1,000 events, 2 negatives
+    again = training._ValidationRows(val, specs, max_rows=2999)
+    assert not again.keep
+    _same_batches(again.batches(700, True, False), first)
+
+
+def test_streamed_fit_is_the_same_with_kept_validation_and_prefetching(tiny_synthetic,
+                                                                       monkeypatch) -> None:
+    """Keeping the validation rows and encoding the training batches in a background
+    thread change no figure and no weight: the same history (every loss and metric) and
+    the same parameters as encoding everything in line, for both objectives."""
+    enc, train, val = _streams(tiny_synthetic)
+    cfg = TrainConfig(epochs=2, batch_size=512, embedding_dim=8, seed=3,
+                      early_stopping_patience=0, precision="float32")
+
+    def run(objective: str) -> tuple[list[dict], dict[str, torch.Tensor]]:
+        c = cfg.with_(objective=objective)
+        model = DSSM(enc.user_specs_, enc.item_specs_, c)
+        fr = training.fit(model, train, val, c)
+        return ([{k: v for k, v in h.items() if k != "seconds"} for h in fr.history],
+                {k: v.clone() for k, v in model.state_dict().items()})
+
+    for objective in ("pointwise", "inbatch"):
+        fast = run(objective)
+        with monkeypatch.context() as m:
+            m.setattr(training, "VAL_CACHE_ROWS", 0)
+            m.setattr(training, "PREFETCH_BATCHES", 0)
+            slow = run(objective)
+        assert fast[0] == slow[0] and fast[0][-1]["val_loss"] is not None
+        assert all(torch.equal(fast[1][k], slow[1][k]) for k in slow[1])
+
+
+def test_prefetched_keeps_order_raises_in_place_and_stops_when_left() -> None:
+    assert list(training._prefetched(iter(range(10)), depth=3)) == list(range(10))
+    assert list(training._prefetched(iter(range(4)), depth=0)) == [0, 1, 2, 3]
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("bad batch")
+
+    got = []
+    with pytest.raises(ValueError, match="bad batch"):
+        for item in training._prefetched(failing(), depth=1):
+            got.append(item)
+    assert got == [1, 2]                                          # raised after the good ones
+
+    produced, closed = [], []
+
+    def endless():
+        try:
+            k = 0
+            while True:
+                produced.append(k)
+                yield k
+                k += 1
+        finally:
+            closed.append(True)
+
+    before = threading.active_count()
+    it = training._prefetched(endless(), depth=2)
+    assert [next(it), next(it)] == [0, 1]
+    it.close()                                                    # as a cancelled epoch does
+    assert closed == [True] and threading.active_count() == before
+    assert len(produced) <= 2 + 2 + 1               # read, queued (depth) and one in hand
