@@ -477,7 +477,7 @@ def _monitor(enc: FeatureEncoder, dataset: Dataset, sp: Split, cfg: TrainConfig,
         return monitor, None
     from . import training
 
-    val_q = validation_question(dataset, sp)
+    val_q = validation_question(dataset, sp, _Codes.of(dataset, event_log))
     u_table, i_table = eval_tables(enc, dataset, sp, validation=True, event_log=event_log)
 
     def validate(m: Any) -> dict[str, Any]:
@@ -502,15 +502,15 @@ class _Codes:
     n_items: int
 
     @classmethod
-    def of(cls, dataset: Dataset) -> "_Codes":
-        inter = dataset.interactions
-        user_index = pd.Index(as_str_array(dataset.users["user_id"]))
-        item_index = pd.Index(as_str_array(dataset.items["item_id"]))
-        u = user_index.get_indexer(as_str_array(inter["user_id"]))
-        i = item_index.get_indexer(as_str_array(inter["item_id"]))
+    def of(cls, dataset: Dataset, event_log: EventLog | None = None) -> "_Codes":
+        """From the run's ``event_log`` (else one made here): the ids are mapped once per
+        distinct value (``events.codes_in``), never as one Python string per interaction
+        (25M interactions: minutes and gigabytes)."""
+        elog = EventLog.of(dataset) if event_log is None else event_log
+        u, i = elog.user, elog.item
         if (u < 0).any() or (i < 0).any():       # the Dataset contract lists everyone
             raise ValueError("an interaction names a user or item missing from the tables")
-        return cls(u.astype(np.int64), i.astype(np.int64), len(user_index), len(item_index))
+        return cls(u.astype(np.int64), i.astype(np.int64), elog.n_users, elog.n_items)
 
     def rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.user[rows], self.item[rows]
