@@ -41,6 +41,13 @@ def _run(tmp_path: Path, mode: str, nproc: int, tag: str, **env: str
     return proc, (json.loads(out.read_text()) if out.exists() else None)
 
 
+def _why(proc: subprocess.CompletedProcess) -> str:
+    """A failed launch's stderr, its start (a worker's own error, e.g. gloo's abort message)
+    and its end (torchrun's summary of which rank died how)."""
+    err = proc.stderr or ""
+    return err if len(err) <= 4000 else err[:2000] + "\n[...]\n" + err[-2000:]
+
+
 def test_slices_cover_every_batch_once() -> None:
     # a batch of 7 rows over 3 ranks: 3 + 2 + 2, contiguous, in rank order
     parts = [distributed.DistContext(rank=r, world_size=3).slice(10, 17) for r in range(3)]
@@ -62,11 +69,11 @@ def test_fail_hook_and_backend_choice() -> None:
 
 def test_two_processes_match_one_within_tolerance_and_repeat_exactly(tmp_path) -> None:
     p1, one = _run(tmp_path, "fit", 1, "one")
-    assert p1.returncode == 0, p1.stderr[-2000:]
+    assert p1.returncode == 0, _why(p1)
     p2, two = _run(tmp_path, "fit", 2, "two")
-    assert p2.returncode == 0, p2.stderr[-2000:]
+    assert p2.returncode == 0, _why(p2)
     p3, again = _run(tmp_path, "fit", 2, "again")
-    assert p3.returncode == 0, p3.stderr[-2000:]
+    assert p3.returncode == 0, _why(p3)
     assert two["world_size"] == 2 and one["world_size"] == 1
     assert len(one["history"]) == len(two["history"]) == 4
     for a, b in zip(one["history"], two["history"]):
@@ -81,9 +88,9 @@ def test_two_processes_match_one_within_tolerance_and_repeat_exactly(tmp_path) -
 
 def test_sparse_embedding_gradients_are_averaged(tmp_path) -> None:
     p1, one = _run(tmp_path, "sparse", 1, "one")
-    assert p1.returncode == 0, p1.stderr[-2000:]
+    assert p1.returncode == 0, _why(p1)
     p2, two = _run(tmp_path, "sparse", 2, "two")
-    assert p2.returncode == 0, p2.stderr[-2000:]
+    assert p2.returncode == 0, _why(p2)
     # no batch norm here: half-batch gradients averaged are the full batch's gradient up to
     # float rounding, so the trained loss agrees to 1e-4 (ln 2 = 0.693 at the start)
     assert one["loss"] < 0.6
@@ -126,7 +133,7 @@ def _runs(db: str) -> list[tuple]:
 def test_cli_workers_stores_one_run_from_rank_zero(tmp_path) -> None:
     db = f"sqlite:///{tmp_path / 's.db'}"
     proc = _cli(tmp_path, db)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, _why(proc)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["run_id"] == 1
     runs = _runs(db)
