@@ -204,44 +204,31 @@ class FastDropout(nn.Dropout):
 
 
 class _GatherRows(torch.autograd.Function):
-    """Row gather whose backward is one ``index_add_`` (the padding row's gradient zeroed),
-    or, with ``sparse``, a sparse (V, E) gradient of the looked-up rows only.
-
-    Dense: same values and gradients as ``nn.Embedding`` with ``padding_idx``, but several
-    times faster on CPU for long sequences: the stock dense backward sorts every index first.
-    Sparse: as ``nn.Embedding(sparse=True)``, an uncoalesced COO gradient holding one row per
-    looked-up id (repeats summed when coalesced), without the padding row's ids at all; its
-    cost follows the batch, not the table.
+    """Row gather whose gradient is sparse: an uncoalesced (V, E) COO tensor holding one row
+    per looked-up id (repeats summed when coalesced), without the padding row's ids at all,
+    as ``nn.Embedding(sparse=True)`` gives; its cost follows the batch, not the table.
+    (Dense gradients need no node of their own: ``lookup`` uses ``index_select``.)
     """
 
     @staticmethod
-    def forward(ctx: Any, weight: Tensor, flat_ids: Tensor, padding_idx: int, sparse: bool
-                ) -> Tensor:
+    def forward(ctx: Any, weight: Tensor, flat_ids: Tensor, padding_idx: int) -> Tensor:
         ctx.save_for_backward(flat_ids)
         ctx.shape = tuple(weight.shape)
         ctx.dtype = weight.dtype
         ctx.padding_idx = padding_idx
-        ctx.sparse = sparse
         return weight.index_select(0, flat_ids)                            # (N, E)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         (flat_ids,) = ctx.saved_tensors
-        # contiguous: index_add_ of a strided slice (a feature's columns of the concat's
-        # gradient) is about 2x slower; same values
-        grad = grad.to(ctx.dtype).contiguous()                             # (N, E)
-        if ctx.sparse:
-            if ctx.padding_idx >= 0:
-                keep = (flat_ids != ctx.padding_idx).nonzero().squeeze(1)  # (K,)
-                flat_ids, grad = flat_ids.index_select(0, keep), grad.index_select(0, keep)
-            # ids were range-checked (or come from a validated batch): skip the checks
-            return torch.sparse_coo_tensor(flat_ids.unsqueeze(0), grad, ctx.shape,
-                                           is_coalesced=False, check_invariants=False
-                                           ), None, None, None
-        out = grad.new_zeros(ctx.shape).index_add_(0, flat_ids, grad)      # (V, E)
+        grad = grad.to(ctx.dtype)                                          # (N, E)
         if ctx.padding_idx >= 0:
-            out[ctx.padding_idx] = 0
-        return out, None, None, None
+            keep = (flat_ids != ctx.padding_idx).nonzero().squeeze(1)      # (K,)
+            flat_ids, grad = flat_ids.index_select(0, keep), grad.index_select(0, keep)
+        # ids were range-checked (or come from a validated batch): skip the checks
+        return torch.sparse_coo_tensor(flat_ids.unsqueeze(0), grad.contiguous(), ctx.shape,
+                                       is_coalesced=False, check_invariants=False
+                                       ), None, None
 
 
 def lookup(table: nn.Embedding, ids: Tensor, *, check: bool = True, sparse: bool = False
@@ -260,14 +247,13 @@ def lookup(table: nn.Embedding, ids: Tensor, *, check: bool = True, sparse: bool
         raise ValueError(f"ids out of range [0, {table.num_embeddings}) for an embedding table")
     pad = -1 if table.padding_idx is None else int(table.padding_idx)
     weight = table.weight
-    if sparse or not weight.requires_grad:
-        out = _GatherRows.apply(weight, flat, pad, bool(sparse))           # (N, E)
+    if sparse and weight.requires_grad:
+        out = _GatherRows.apply(weight, flat, pad)                         # (N, E)
     else:
-        # dense: torch's own index_select, whose backward is the same zeros().index_add_
-        # without a Python autograd node (~0.1 ms less per lookup); the padding row's
-        # gradient is zeroed by a hook on the table, once every lookup's part is summed
-        # (0 + 0 before; a table's other rows get the same sums)
-        if pad >= 0:
+        # dense: torch's own index_select, whose backward is one zeros().index_add_ (not
+        # the stock embedding backward's sort of every index); the padding row's gradient
+        # is zeroed by a hook on the table, once every lookup's part is summed
+        if pad >= 0 and weight.requires_grad:
             _zero_padding_gradient(weight, pad)
         out = weight.index_select(0, flat)                                 # (N, E)
     return out.reshape(*ids.shape, table.embedding_dim)
@@ -490,7 +476,7 @@ class DSSM(nn.Module):
         return [t for t in self.embedding_tables() if t.num_embeddings >= min_rows]
 
     @contextlib.contextmanager
-    def _blocks_set(self, flag: str, value: bool) -> Iterator["DSSM"]:
+    def _blocks_set(self, flag: str, value: Any) -> Iterator["DSSM"]:
         """Set ``flag`` of both towers' ``EmbeddingBlock`` for the block, then restore it."""
         blocks = [self.user.embeddings, self.item.embeddings]
         before = [getattr(b, flag) for b in blocks]
