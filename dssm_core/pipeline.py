@@ -662,7 +662,7 @@ def evaluate(
     the same split, the peers: item-mean (AUC/logloss), popularity and EASE (retrieval).
     Also the validation figures (prefix ``val_``) every choice is made on. ``x_test``: the
     model's scores of the test rows (``test_scores``); ``x_train`` / ``x_val``: the training
-    and validation rows, whose labels (with their negatives, as ``EventBatches.labels``
+    and validation rows, whose labels (with their negatives, as ``EventBatches.label_batches``
     draws them) the item-mean baseline counts. ``vectors``: the model's ``eval_vectors``
     when the caller has them already. ``val_model``: the model whose validation figures are
     reported (the one fitted without the validation rows, when ``model`` was refitted on
@@ -729,19 +729,14 @@ def item_mean_rates(n: np.ndarray, pos: np.ndarray, smoothing: float = BASELINE_
     return rate
 
 
-#: Rows per batch when the item-mean baseline counts labels: ``EventBatches.labels``'s, so
-#: that the negatives drawn (seeded per chunk of batches) are the ones it draws.
-LABEL_BATCH = 65536
-
-
 def item_label_counts(rows: EventBatches, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows and positive labels per item index (``item_ref + 1``; 0: an item not listed) of
-    ``rows`` and the negatives ``rows.labels()`` draws for them, counted a batch at a time
+    ``rows`` and the negatives ``rows.label_batches()`` draws for them, counted a batch at a time
     (never every label at once). ``size``: number of item indices. -> ((size,), (size,))
     float64"""
     n = np.zeros(size, dtype=np.float64)
     pos = np.zeros(size, dtype=np.float64)
-    for b in rows.batches(0, LABEL_BATCH, shuffle=False, features=False):
+    for b in rows.label_batches():
         idx = b["item_ref"] + 1
         n += np.bincount(idx, minlength=size)
         pos += np.bincount(idx, weights=b["label"].astype(np.float64), minlength=size)

@@ -24,6 +24,9 @@ from .events import NegativeSampler
 
 #: Batches encoded at once (see ``EventBatches.batches``).
 CHUNK_BATCHES = 16
+#: Rows per batch of ``EventBatches.label_batches`` (part of what is drawn: negatives are
+#: seeded per chunk of batches).
+LABEL_BATCH = 65536
 #: Generator key of ``EventBatches.sample`` (epochs are numbered from 0 below it).
 _SAMPLE_KEY = 2**31 - 1
 
@@ -98,13 +101,8 @@ class EventBatches:
         pick = np.sort(np.random.default_rng([self.seed, seed]).permutation(len(self.rows))[:k])
         return self.encode(self.rows[pick], (_SAMPLE_KEY, seed))
 
-    def labels(self, batch_size: int = 65536) -> dict[str, np.ndarray]:
+    def label_batches(self) -> Iterator[dict[str, np.ndarray]]:
         """``label`` and ``item_ref`` of every event (in ``rows`` order) and of negatives
-        drawn once for them (seeded), without features: what the item-mean baseline
-        counts."""
-        parts = [(b["label"], b["item_ref"])
-                 for b in self.batches(0, batch_size, shuffle=False, features=False)]
-        if not parts:
-            return {"label": np.zeros(0, np.float32), "item_ref": np.zeros(0, np.int64)}
-        return {"label": np.concatenate([p[0] for p in parts]),
-                "item_ref": np.concatenate([p[1] for p in parts])}
+        drawn once for them (seeded), ``LABEL_BATCH`` rows at a time, without features:
+        what the item-mean baseline counts (``pipeline.item_label_counts``)."""
+        return self.batches(0, LABEL_BATCH, shuffle=False, features=False)

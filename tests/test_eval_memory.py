@@ -105,7 +105,8 @@ def test_item_label_counts_count_the_negatives_labels_draws(tiny_synthetic) -> N
     rows = EventBatches(enc, ctx, np.arange(4000), sampler, negatives=3, seed=1)
     size = len(ds.items) + 1
     n, pos = pipeline.item_label_counts(rows, size)
-    lab = rows.labels()
+    parts = list(rows.label_batches())
+    lab = {k: np.concatenate([b[k] for b in parts]) for k in ("label", "item_ref")}
     np.testing.assert_array_equal(n, np.bincount(lab["item_ref"] + 1, minlength=size))
     np.testing.assert_array_equal(pos, np.bincount(lab["item_ref"] + 1, weights=lab["label"],
                                                    minlength=size))

@@ -118,7 +118,7 @@ def test_item_negatives_share_their_row_and_avoid_known_pairs(tiny_synthetic) ->
     assert 0 < epoch[0]["label"].sum() < 40
     _assert_same(_concat(epoch), _concat(list(source.batches(0, 40))))
     # labels only: the same counts without features
-    lab = source.labels(batch_size=40)
+    lab = _concat(list(source.label_batches()))
     assert set(lab) == {"label", "item_ref"} and len(lab["label"]) == 50 * 4
 
 
