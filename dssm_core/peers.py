@@ -30,8 +30,9 @@ EASE_LAMBDAS = (25.0, 100.0, 400.0, 1600.0)
 EASE_MEMORY_BYTES = 2 * 2**30
 #: Up to this many items the inversion runs in float64 (exact; 1.2 GiB at 8k), above float32.
 EASE_FLOAT64_MAX_ITEMS = 8_000
-#: Rows per block when the inverse's lower triangle is mirrored to its upper one.
-_MIRROR_ROWS = 1024
+#: Item rows per block where an item x item matrix is worked on in parts (the Gram product,
+#: mirroring the inverse's triangle): bounded temporaries.
+_BLOCK_ROWS = 1024
 
 
 class Scorer(Protocol):
@@ -140,7 +141,7 @@ def gram_matrix(x: sparse.csr_matrix) -> np.ndarray:
     """X^T X as a dense (I, I) array of ``ease_dtype``, built without a second dense copy."""
     xt = x.T.tocsr()
     out = np.zeros((x.shape[1], x.shape[1]), dtype=ease_dtype(x.shape[1]))
-    step = _MIRROR_ROWS
+    step = _BLOCK_ROWS
     for lo in range(0, x.shape[1], step):                   # item rows of X^T X, in blocks
         out[lo:lo + step] = (xt[lo:lo + step] @ x).toarray()
     return out
@@ -163,8 +164,8 @@ def _inverse_in_place(a: np.ndarray) -> None:
         np.copyto(f, c)
     # the inverse is in f's upper triangle = a's lower one; mirror it, a block of rows at a time
     n = a.shape[0]
-    for lo in range(0, n, _MIRROR_ROWS):
-        hi = min(n, lo + _MIRROR_ROWS)
+    for lo in range(0, n, _BLOCK_ROWS):
+        hi = min(n, lo + _BLOCK_ROWS)
         blk = a[lo:hi, lo:hi]
         iu = np.triu_indices(hi - lo, 1)
         blk[iu] = blk.T[iu]
