@@ -84,6 +84,9 @@ _JSON_VERSION = 3
 _SECONDS_PER_DAY = 86400.0
 #: The user's mean of this many most recent ratings is one of ``user_stats``.
 RECENT_WINDOW = 10
+#: ``encode_rows(groups=True)``'s key: per row, the position of the event it belongs to.
+EVENT_OF = "__event_of__"
+
 #: Seed offsets of the item, user and pair negatives' generators (``transform_events``).
 _NEGATIVE_SEED_OFFSETS = (0, 7919, 104729)
 #: Training rows whose statistics the scalers read at once (``FeatureEncoder.fit``).
@@ -459,13 +462,16 @@ class FeatureEncoder:
         pair_negatives: int = 0,
         rngs: tuple[np.random.Generator, ...] = (),
         features: bool = True,
+        groups: bool = False,
     ) -> dict[str, np.ndarray]:
         """``transform_events`` for one batch of checked ``rows``, its negatives drawn with
         ``sampler`` and the three generators ``rngs`` (item, user, pair negatives). Rows
         that are events of the context's pool take their as-of bounds from its sorted pass;
         an item negative shares its row's user features (same user, same time) and a user
         negative its row's item features. ``features=False``: ``label`` and ``item_ref``
-        only (the same draws)."""
+        only (the same draws). ``groups``: also, per output row, ``EVENT_OF`` (the position
+        in ``rows`` of the event it belongs to) and ``model.USER_ROW`` / ``model.ITEM_ROW``
+        (the output row whose user / item features it repeats; its own row if none)."""
         ucode, icode, ts, ranks, events = self._query(ctx, rows)
         if self.implicit_:
             label = np.ones(len(rows), dtype=np.float32)
@@ -482,11 +488,14 @@ class FeatureEncoder:
         every = np.arange(len(rows))
         user, item = users(ucode, every, events), items(icode, every, events)
         parts = [(user, item, icode)]
+        # per part: (event of each row, shares the event's user features, its item features)
+        origin: list[tuple[np.ndarray, bool, bool]] = [(every, False, False)]
         if negatives > 0 and len(rows):
             assert sampler is not None
             keep, draw = sampler.items(ucode, negatives, rngs[0])
             src = keep // negatives
             parts.append((_take(user, src), items(draw, src), draw))
+            origin.append((src, True, False))
         for n, rng, random_items in ((user_negatives, 1, False), (pair_negatives, 2, True)):
             if n > 0 and len(rows):
                 assert sampler is not None
@@ -494,6 +503,7 @@ class FeatureEncoder:
                 src = keep // n
                 parts.append((users(uc, src), items(ic, src) if random_items
                               else _take(item, src), ic))
+                origin.append((src, False, not random_items))
         if len(parts) == 1:
             out = {**user, **item}
         else:
@@ -504,6 +514,8 @@ class FeatureEncoder:
         # each row's item as a position in dataset.items (-1: not listed): lets baselines key
         # items the vocabulary maps to "unknown" (first seen after the training rows)
         out["item_ref"] = np.concatenate([p[2] for p in parts]).astype(np.int64)
+        if groups:
+            out.update(_row_groups(origin))
         return out
 
     def transform_pairs(
@@ -1025,6 +1037,25 @@ def _merge_moments(acc: tuple[int, np.ndarray, np.ndarray] | None, x: np.ndarray
     n = n_a + n_b
     delta = mean_b - mean_a
     return n, mean_a + delta * (n_b / n), m2_a + m2_b + delta ** 2 * (n_a * n_b / n)
+
+
+def _row_groups(origin: Sequence[tuple[np.ndarray, bool, bool]]) -> dict[str, np.ndarray]:
+    """``EVENT_OF``, ``USER_ROW`` and ``ITEM_ROW`` of ``encode_rows``' output, from each
+    part's source events (the events are the first part, at rows 0..n-1) and whether its
+    rows repeat their event's user / item features."""
+    from .model import ITEM_ROW, USER_ROW
+
+    event_of, user_row, item_row = [], [], []
+    start = 0
+    for src, same_user, same_item in origin:
+        own = np.arange(start, start + len(src), dtype=np.int64)
+        src = src.astype(np.int64, copy=False)
+        event_of.append(src)
+        user_row.append(src if same_user else own)
+        item_row.append(src if same_item else own)
+        start += len(src)
+    return {EVENT_OF: np.concatenate(event_of), USER_ROW: np.concatenate(user_row),
+            ITEM_ROW: np.concatenate(item_row)}
 
 
 def _take(features: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:

@@ -13,7 +13,10 @@ the score of a (user, item) pair is ``gamma * cos(u, v)`` and its probability
 - ``Tower`` = embeddings + dense features -> concat -> MLP (optional batch norm, activation,
   dropout between layers; nothing after the last layer, so vectors can point anywhere).
 - ``DSSM.user_tower(batch) -> (B, D)``, ``DSSM.item_tower(batch) -> (B, D)`` (unit norm) and
-  ``DSSM.forward(batch) -> (B,)`` logits.
+  ``DSSM.forward(batch) -> (B,)`` logits. A batch may carry ``USER_ROW`` / ``ITEM_ROW``
+  (which row's tower input each row repeats: training batches group an event with its
+  sampled negatives); ``forward`` then runs each tower once per distinct row and gathers, the
+  same logits in eval mode, a shared dropout mask in training.
 
 Initialisation is drawn from a private generator seeded with ``cfg.seed``, so the same config
 gives the same initial weights whatever the global RNG state: embeddings ~ N(0, 0.1^2) (not
@@ -53,6 +56,13 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "elu": nn.ELU,
     "sigmoid": nn.Sigmoid,
 }
+
+#: Batch keys (not features) naming, per row, the row of the same batch whose user / item
+#: tower input it repeats (``DSSM.forward`` runs each tower once per distinct row; see
+#: ``stream.EventBatches.batches``, which groups an event's rows in one batch).
+USER_ROW = "__user_row__"
+ITEM_ROW = "__item_row__"
+ROW_KEYS = (USER_ROW, ITEM_ROW)
 
 #: Probability of hiding a training row's user/item id when the config does not say.
 DEFAULT_ID_DROPOUT = 0.0
@@ -453,8 +463,13 @@ class DSSM(nn.Module):
         return self.gamma * (user_vectors * item_vectors).sum(dim=1)       # (B,)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Logits gamma * cos(u, v), (B,); the probability is ``torch.sigmoid`` of them."""
-        return self.score(self.user_tower(batch), self.item_tower(batch))  # (B,)
+        """Logits gamma * cos(u, v), (B,); the probability is ``torch.sigmoid`` of them.
+
+        A batch may say which rows repeat another row's tower input (``USER_ROW`` /
+        ``ITEM_ROW``: see ``shared_rows``); each tower then runs once per distinct row."""
+        u = _shared_rows(self.user, batch, batch.get(USER_ROW), self.user_feature_names)
+        v = _shared_rows(self.item, batch, batch.get(ITEM_ROW), self.item_feature_names)
+        return self.score(u, v)                                            # (B,)
 
     def embedding_tables(self) -> list[nn.Embedding]:
         """Every embedding table of the model, each once (a shared table too)."""
@@ -487,6 +502,23 @@ class DSSM(nn.Module):
         finally:
             for b, was in zip(blocks, before):
                 setattr(b, flag, was)
+
+
+def _shared_rows(tower: Tower, batch: Mapping[str, Tensor], rows: Tensor | None,
+                 names: Sequence[str]) -> Tensor:
+    """``tower(batch)`` computed once per distinct row: ``rows[r]`` is the row of this batch
+    whose input row ``r`` repeats (``rows[r] == r``: its own; an item negative points at its
+    event, whose user features it shares). Rows point only at rows that are their own."""
+    if rows is None:
+        return tower(batch)
+    n = len(rows)
+    own = rows == torch.arange(n)                                          # (B,) bool
+    if bool(own.all()):
+        return tower(batch)
+    keep = own.nonzero().squeeze(1)                                        # (U,)
+    out = tower({k: batch[k].index_select(0, keep) for k in names})       # (U, D)
+    slot = torch.cumsum(own, 0) - 1                                        # row -> its place in keep
+    return out.index_select(0, slot.index_select(0, rows))                # (B, D)
 
 
 def _id_feature(specs: Sequence[Feature], tower: str) -> str | None:

@@ -49,7 +49,7 @@ from .config import TrainConfig
 from .dataset import Dataset
 from .encoding import FeatureEncoder, as_str_array, negative_generators
 from .events import EventLog
-from .stream import EventBatches
+from .stream import EventBatches, by_event
 from . import evaluation, metrics, peers
 from .progress import Progress, Reporter, Throttled
 
@@ -787,9 +787,13 @@ def test_scores(model: Any, enc: FeatureEncoder, ctx: Any, dataset: Dataset,
     for lo in range(0, len(rows), chunk_events):
         hi = min(lo + chunk_events, len(rows))
         replay = draws.replay(lo, hi)
-        x = enc.encode_rows(ctx, rows[lo:hi], replay, rngs=rngs, **counts)
-        p = training.predict(model, x)                                         # (rows,)
+        x = enc.encode_rows(ctx, rows[lo:hi], replay, rngs=rngs, groups=True, **counts)
+        # scored grouped by event: the user tower runs once per event for its item negatives
+        grouped, order, _ = by_event(x)
         del x
+        p = np.empty(len(order), dtype=np.float32)
+        p[order] = training.predict(model, grouped)                            # (rows,)
+        del grouped
         # this chunk's events, then its item / user / pair negatives: each to its own part
         cuts = np.cumsum([hi - lo, *replay.sizes()])[:-1]
         for part, piece in zip(parts, np.split(p, cuts)):

@@ -39,7 +39,7 @@ from torch import Tensor
 from .config import TrainConfig
 from .features import DenseFeature, Feature
 from . import optim, tasks
-from .model import DSSM
+from .model import DSSM, ROW_KEYS
 from .stream import EventBatches
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ def fit(
                 if dist is None:         # the whole batch: no per-key slicing
                     batch, y_batch = full, y_full
                 else:
-                    batch = {k: v[start:end] for k, v in full.items()}
+                    batch = _slice_rows(full, start, end)
                     y_batch = y_full[start:end]
                 loss, logits = task.loss(batch, y_batch, autocast)
                 if logits is not None:
@@ -430,8 +430,8 @@ def _stream_batches(source: EventBatches, epoch: int, batch_size: int,
         x, y = _as_tensors(data, specs, what, need_label=True)
         assert y is not None
         keep = mask(y)
-        if keep is not None:
-            x, y = {k: v[keep] for k, v in x.items()}, y[keep]
+        if keep is not None:     # rows left out: the shared-row positions no longer hold
+            x, y = {k: v[keep] for k, v in x.items() if k not in ROW_KEYS}, y[keep]
         yield x, y
 
 
@@ -532,6 +532,21 @@ def _rows(x: Mapping[str, Tensor]) -> int:
     return len(next(iter(x.values()))) if x else 0
 
 
+def _slice_rows(x: Mapping[str, Tensor], start: int, end: int) -> dict[str, Tensor]:
+    """Rows ``start:end`` of a batch. Its shared-row keys (``model.ROW_KEYS``) become
+    positions within the slice; a row whose source lies outside it becomes its own source
+    (every row carries its features: the tower runs on it, same values)."""
+    if start == 0 and end >= _rows(x):
+        return dict(x)
+    out = {k: v[start:end] for k, v in x.items()}
+    for key in ROW_KEYS:
+        if key in out:
+            rows = out[key] - start
+            own = torch.arange(len(rows))
+            out[key] = torch.where((rows >= 0) & (rows < len(rows)), rows, own)
+    return out
+
+
 def _eval_batches(model: DSSM, fn: Callable[[dict[str, Tensor]], Tensor],
                   x: Mapping[str, Tensor], batch_size: int, out: Tensor) -> Tensor:
     """``out[rows] = fn(batch)`` over contiguous batches of ``x`` (tensors from ``_as_tensors``,
@@ -542,7 +557,7 @@ def _eval_batches(model: DSSM, fn: Callable[[dict[str, Tensor]], Tensor],
     try:
         with torch.no_grad(), model.ids_prechecked():
             for start in range(0, _rows(x), batch_size):
-                batch = {k: v[start:start + batch_size] for k, v in x.items()}
+                batch = _slice_rows(x, start, start + batch_size)
                 out[start:start + batch_size] = fn(batch)                      # (b, ...)
     finally:
         model.train(was_training)
@@ -599,6 +614,17 @@ def _as_tensors(
         label = torch.tensor(np.asarray(data["label"]), dtype=torch.float32).reshape(-1)
         if n is not None and len(label) != n:
             raise ValueError(f"{what}: label has {len(label)} rows, expected {n}")
+        n = len(label) if n is None else n
+    for key in ROW_KEYS:     # which rows repeat another's tower input (positions in data)
+        if key in data:
+            rows = torch.as_tensor(np.asarray(data[key], dtype=np.int64))
+            size = len(rows) if n is None else n
+            if len(rows) != size or (size and (int(rows.min()) < 0
+                                               or int(rows.max()) >= size)):
+                raise ValueError(f"{what}: {key!r} does not index the batch's {size} rows")
+            if not bool((rows[rows] == rows).all()):
+                raise ValueError(f"{what}: {key!r} points at a row that is not its own source")
+            out[key] = rows
     return out, label
 
 

@@ -12,7 +12,7 @@ import torch
 from dssm_core.config import TrainConfig
 from dssm_core.encoding import FeatureEncoder, _GenrePrefix
 from dssm_core.events import EventLog, NegativeSampler, codes_in, is_in_sorted
-from dssm_core.model import DSSM
+from dssm_core.model import DSSM, ITEM_ROW, USER_ROW
 from dssm_core.stream import EventBatches
 from dssm_core import training
 from test_encoding import TRAIN, _tiny, _unscale
@@ -111,12 +111,22 @@ def test_item_negatives_share_their_row_and_avoid_known_pairs(tiny_synthetic) ->
                                   batch["item_ref"])
     other = source.encode(rows[:10], (1, 0))
     assert not np.array_equal(other["item_ref"][10:], batch["item_ref"][10:])
-    # an epoch: 50 events and their 150 negatives, mixed, in batches of 40 rows
+    # an epoch: 50 events and their 150 negatives in batches of 40 rows: 10 whole events a
+    # batch, each event followed by its 3 negatives, which point at it for their user input
     epoch = list(source.batches(0, 40))
     assert [len(b["label"]) for b in epoch] == [40] * 5
     assert sum(float(b["label"].sum()) for b in epoch) == 50
-    assert 0 < epoch[0]["label"].sum() < 40
+    for b in epoch:
+        assert b["label"].tolist() == [1, 0, 0, 0] * 10
+        np.testing.assert_array_equal(b[USER_ROW], np.repeat(np.arange(0, 40, 4), 4))
+        np.testing.assert_array_equal(b[ITEM_ROW], np.arange(40))
+        for k in ("user_id", "hist", "user_stats"):
+            np.testing.assert_array_equal(b[k], b[k][b[USER_ROW]], err_msg=k)
     _assert_same(_concat(epoch), _concat(list(source.batches(0, 40))))
+    # every event once
+    once = _concat(epoch)
+    assert sorted(once["item_ref"][once["label"] == 1].tolist()) == \
+        sorted(elog.item[rows].tolist())
     # labels only: the same counts without features
     lab = _concat(list(source.label_batches()))
     assert set(lab) == {"label", "item_ref"} and len(lab["label"]) == 50 * 4
@@ -278,3 +288,90 @@ def test_prefetched_keeps_order_raises_in_place_and_stops_when_left() -> None:
     it.close()                                                    # as a cancelled epoch does
     assert closed == [True] and threading.active_count() == before
     assert len(produced) <= 2 + 2 + 1               # read, queued (depth) and one in hand
+
+
+def test_batches_group_each_event_with_all_its_negatives(tiny_synthetic) -> None:
+    """Item, user and pair negatives together, a batch size that is not a multiple of the
+    rows per event: every batch holds whole events; an item negative repeats its event's
+    user input, a user negative its item input, a random pair neither; the model gives the
+    same logits with or without the shared rows (eval mode)."""
+    ds = tiny_synthetic
+    enc = FeatureEncoder(history_len=5, embedding_dim=8, label_threshold=0.0).fit(
+        ds, np.arange(4000))
+    ctx = enc.context(ds)
+    sampler = enc.negative_sampler(ctx.log, np.arange(4000), "popularity")
+    source = EventBatches(enc, ctx, np.arange(3000, 3500), sampler, negatives=2,
+                          user_negatives=1, pair_negatives=1, seed=7)
+    model = DSSM(enc.user_specs_, enc.item_specs_, TrainConfig(embedding_dim=8, seed=0)).eval()
+    user_keys = [s.name for s in enc.user_specs_]
+    item_keys = [s.name for s in enc.item_specs_]
+    events = 0
+    for b in source.batches(3, 23):                  # 23 // 5 = 4 events a batch
+        n = len(b["label"])
+        assert n <= 23
+        first = np.flatnonzero(b["label"] == 1)
+        assert b["label"].sum() <= 4 and first[0] == 0
+        events += len(first)
+        group = np.cumsum(b["label"]).astype(int) - 1    # each row's event in the batch
+        for key, names in ((USER_ROW, user_keys), (ITEM_ROW, item_keys)):
+            src = b[key]
+            assert ((src == np.arange(n)) | (src == first[group])).all()
+            for k in names:
+                np.testing.assert_array_equal(b[k], b[k][src], err_msg=k)
+        kinds = np.stack([b[USER_ROW] != np.arange(n), b[ITEM_ROW] != np.arange(n)], 1)
+        # per event: 2 item negatives (user shared), 1 user negative (item shared), 1 pair
+        assert kinds[:, 0].sum() == 2 * len(first) and kinds[:, 1].sum() == len(first)
+        assert not (kinds[:, 0] & kinds[:, 1]).any()
+        x, _ = training._as_tensors(b, model.feature_specs, "t", need_label=True)
+        with torch.no_grad():
+            shared = model(x)
+            every_row = model({k: v for k, v in x.items() if k not in (USER_ROW, ITEM_ROW)})
+        torch.testing.assert_close(shared, every_row, rtol=0, atol=1e-6)
+    assert events == 500
+
+
+def test_fit_on_grouped_batches_learns_what_every_row_would(tiny_synthetic) -> None:
+    """Without dropout a training step on shared rows is the step on every row: the same
+    loss and the same gradients (each tower's input counted once per row it serves)."""
+    ds = tiny_synthetic
+    enc = FeatureEncoder(history_len=5, embedding_dim=8, label_threshold=0.0).fit(
+        ds, np.arange(4000))
+    ctx = enc.context(ds)
+    sampler = enc.negative_sampler(ctx.log, np.arange(4000), "uniform")
+    source = EventBatches(enc, ctx, np.arange(4000), sampler, negatives=3, pair_negatives=2,
+                          seed=1)
+    cfg = TrainConfig(embedding_dim=8, seed=0, dropout=0.0)
+    batch = next(iter(source.batches(0, 256)))
+    grads = []
+    for keep_rows in (True, False):
+        model = DSSM(enc.user_specs_, enc.item_specs_, cfg).train()
+        x, y = training._as_tensors(batch, model.feature_specs, "t", need_label=True)
+        if not keep_rows:
+            x = {k: v for k, v in x.items() if k not in (USER_ROW, ITEM_ROW)}
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+        loss.backward()
+        grads.append((float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()
+                                    if p.grad is not None}))
+    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-6)
+    assert grads[0][1].keys() == grads[1][1].keys()
+    for name, g in grads[0][1].items():
+        torch.testing.assert_close(g, grads[1][1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_slice_keeps_shared_rows_only_where_their_sources_are_inside() -> None:
+    x = {"f": torch.arange(6), USER_ROW: torch.tensor([0, 0, 0, 3, 3, 5]),
+         ITEM_ROW: torch.arange(6)}
+    whole = training._slice_rows(x, 0, 6)
+    assert whole.keys() == x.keys()
+    tail = training._slice_rows(x, 3, 6)              # events 3 and 5 with their rows
+    assert tail[USER_ROW].tolist() == [0, 0, 2] and tail[ITEM_ROW].tolist() == [0, 1, 2]
+    cut = training._slice_rows(x, 1, 4)               # rows 1-2 point at row 0, outside:
+    assert cut["f"].tolist() == [1, 2, 3]             # they become their own sources
+    assert cut[USER_ROW].tolist() == [0, 1, 2] and cut[ITEM_ROW].tolist() == [0, 1, 2]
+    assert training._slice_rows(x, 2, 6)[USER_ROW].tolist() == [0, 1, 1, 3]
+    with pytest.raises(ValueError, match="does not index"):
+        training._as_tensors({"label": np.ones(3), USER_ROW: np.array([0, 3, 1])},
+                             {}, "train", need_label=True)
+    with pytest.raises(ValueError, match="not its own source"):
+        training._as_tensors({"label": np.ones(3), USER_ROW: np.array([0, 0, 1])},
+                             {}, "train", need_label=True)
