@@ -113,6 +113,8 @@ class EmbeddingBlock(nn.Module):
         #: tables of at least this many rows get sparse gradients, the looked-up rows only
         #: (``DSSM.sparse_gradients``); None: every gradient dense
         self.sparse_min_rows: int | None = None
+        #: where id dropout draws (None: torch's global generator; ``DSSM.random_source``)
+        self.generator: torch.Generator | None = None
         shared = dict(shared or {})
         by_name = {s.name: s for s in specs}
         self.sparse: tuple[SparseFeature, ...] = tuple(
@@ -175,7 +177,7 @@ class EmbeddingBlock(nn.Module):
         for s in self.sparse:
             ids = _get(batch, s.name)                                      # (B,)
             if self.training and self.id_dropout > 0 and s.name in self.id_features:
-                drop = torch.rand(ids.shape, device=ids.device) < self.id_dropout
+                drop = torch.rand(ids.shape, generator=self.generator) < self.id_dropout
                 ids = ids.masked_fill(drop, 0)
             table = self.table(s.name)
             parts.append(lookup(table, ids, check=self.check_ids,
@@ -202,15 +204,19 @@ class FastDropout(nn.Dropout):
     """``nn.Dropout`` drawing its mask with ``rand_like`` (vectorised) instead of
     ``bernoulli_``: the same distribution, about twice as fast on CPU."""
 
+    #: where the masks are drawn from (None: torch's global generator); see
+    #: ``DSSM.random_source``
+    generator: torch.Generator | None = None
+
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
+        draw = torch.rand(x.shape, dtype=x.dtype, generator=self.generator)  # (B, H)
         if x.dtype != torch.float32:     # bfloat16 (autocast): the scale stays a float32 scalar
-            return x * (torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))
+            return x * (draw >= self.p) * (1.0 / (1.0 - self.p))
         # one product in the graph: ``x * keep * scale`` rounds each kept value once, and
         # so does ``x * (keep * scale)`` (keep is exactly 0 or 1): the same bits either way
-        scale = torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))  # (B, H) 0 or 1/(1-p)
-        return x * scale
+        return x * draw.ge_(self.p).mul_(1.0 / (1.0 - self.p))            # 0 or 1/(1-p)
 
 
 class _GatherRows(torch.autograd.Function):
@@ -485,6 +491,21 @@ class DSSM(nn.Module):
         rows are sparse: only the rows the batch looked up, without the padding row
         (``training.fit`` trains so, with ``optim.RowWiseAdam`` for those tables)."""
         return self._blocks_set("sparse_min_rows", max(0, int(min_rows)))
+
+    @contextlib.contextmanager
+    def random_source(self, generator: torch.Generator | None) -> Iterator["DSSM"]:
+        """Within this block dropout and id dropout draw from ``generator`` instead of
+        torch's global one (``training.fit`` gives each fit its own, seeded: fits may run
+        side by side in threads, each reproducible)."""
+        modules = [m for m in self.modules() if isinstance(m, (FastDropout, EmbeddingBlock))]
+        before = [m.generator for m in modules]
+        for m in modules:
+            m.generator = generator
+        try:
+            yield self
+        finally:
+            for m, g in zip(modules, before):
+                m.generator = g
 
     def sparse_tables(self, min_rows: int = 0) -> list[nn.Embedding]:
         """The tables ``sparse_gradients(min_rows)`` makes sparse, each once."""

@@ -221,7 +221,8 @@ def fit(
         stack.enter_context(model.ids_prechecked())    # _as_tensors range-checked every id
         # large tables: row-wise updates (optim.py)
         stack.enter_context(model.sparse_gradients(sparse_min_rows))
-        torch.manual_seed(int(cfg.seed))                         # dropout
+        # dropout draws from this fit's own generator (fits may run side by side)
+        stack.enter_context(model.random_source(torch.Generator().manual_seed(int(cfg.seed))))
         order_gen = torch.Generator().manual_seed(int(cfg.seed))  # shuffling
 
         task = tasks.for_config(model, cfg, item_to_user_weight=item_to_user_weight,

@@ -15,6 +15,8 @@ u3 from training); user->item for u2, candidates = known items not in u2's past 
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -300,3 +302,54 @@ def test_peer_table_puts_the_model_beside_its_peers() -> None:
     assert rows["Test log loss (lower is better)"]["Best"] == "Item mean"    # lower wins
     r = rows["Item→user recall@50"]
     assert (r["Model"], r["Popularity"], r["EASE"], r["Best"]) == (0.30, 0.10, 0.41, "EASE")
+
+
+def _tuned(tiny_synthetic, monkeypatch, side_by_side: bool, **kw):
+    cfg = preset("audience", epochs=3, batch_size=256, embedding_dim=8, user_hidden=(32, 16),
+                 item_hidden=(32, 16), tune="negatives", refit=True)
+    monkeypatch.setattr(pipeline, "PARALLEL_TRIAL_ROWS", 10**12 if side_by_side else 0)
+    monkeypatch.setattr(pipeline, "_trial_cores", lambda space: 2)
+    threads_seen: set[str] = set()
+    seen: list[dict] = []
+
+    def record(rec: dict) -> None:
+        threads_seen.add(threading.current_thread().name)
+        seen.append(rec)
+
+    marks: list[tuple[str, float]] = []
+    r = pipeline.train(tiny_synthetic, cfg, on_epoch_end=record,
+                       progress=lambda stage, f, message=None: marks.append((stage, f)), **kw)
+    return r, seen, threads_seen, marks
+
+
+def test_tuning_trials_side_by_side_give_what_they_give_one_after_another(
+        tiny_synthetic, monkeypatch) -> None:
+    """Trials in threads: the same figures bit for bit (each fit draws dropout from its own
+    generator), the same epoch records in the same order (a later trial's wait for the
+    earlier ones), every record delivered in the calling thread, progress never going back."""
+    seq, seq_seen, _, _ = _tuned(tiny_synthetic, monkeypatch, False)
+    par, par_seen, threads, marks = _tuned(tiny_synthetic, monkeypatch, True)
+    assert threads == {threading.current_thread().name}
+    strip = lambda rows: [{k: v for k, v in h.items() if k != "seconds"} for h in rows]  # noqa: E731
+    assert strip(par_seen) == strip(seq_seen)
+    assert [h["epoch"] for h in par_seen] == list(range(1, len(par_seen) + 1))
+    assert [h["trial"] for h in par_seen] == sorted(h["trial"] for h in par_seen)
+    assert par.summary["tune_trials"] == seq.summary["tune_trials"]
+    assert par.summary["tune_choice"] == seq.summary["tune_choice"]
+    np.testing.assert_array_equal(par.eval_user_vectors, seq.eval_user_vectors)
+    for key in ("i2u_recall@50", "u2i_recall@50", "test_auc", "val_recall@50"):
+        assert par.summary.get(key) == seq.summary.get(key), key
+    train = [f for stage, f in marks if stage == "train"]
+    assert train == sorted(train) and train[-1] == 1.0
+
+
+def test_a_cancel_stops_every_trial_running_side_by_side(tiny_synthetic, monkeypatch) -> None:
+    polls = []
+
+    def stop() -> bool:
+        polls.append(1)
+        return len(polls) > 3
+
+    with pytest.raises(pipeline.TrainingCancelled):
+        _tuned(tiny_synthetic, monkeypatch, True, should_stop=stop)
+    assert not [t for t in threading.enumerate() if t.name.startswith("dssm-trial")]
