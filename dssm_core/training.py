@@ -9,7 +9,8 @@ into tensors once; each epoch permutes them once and batches are contiguous slic
 ``train_loss``, ``train_auc``, ``train_logloss``, ``val_loss``, ``val_auc``, ``val_logloss``,
 ``seconds`` (a metric that cannot be computed, e.g. without validation data, is ``None``;
 ``val_loss`` is the training objective on the validation rows). Metrics are
-computed once per epoch from the collected predictions, never per batch.
+computed once per epoch from the collected predictions (at most ``TRAIN_LOGIT_ROWS`` of
+them), never per batch.
 
 Objectives (``cfg.objective``) are ``tasks.Pointwise`` and ``tasks.InBatch``: each owns its
 training rows, its loss and its validation loss, and ``fit`` has no objective branches.
@@ -61,6 +62,10 @@ STOP_REASONS = ("completed", "early", "cancelled")
 #: and keeps their tensors for every epoch (the same draws each time): ML-100K's 10,000
 #: events x 9 rows hold about 25 MB (~260 bytes a row); more are encoded again each epoch.
 VAL_CACHE_ROWS = 500_000
+#: Train AUC / logloss of an epoch (objectives that measure them on the logits seen while
+#: training) come from its first batches up to this many rows: the batches arrive in a
+#: seeded random order, and a 25M-interaction epoch would otherwise keep 700 MB of logits.
+TRAIN_LOGIT_ROWS = 2_000_000
 #: Streamed training batches a background thread encodes ahead of the optimisation steps
 #: (numpy and the range checks release the interpreter often enough for the encoding to
 #: overlap the steps on a second core; the batches are the same); 0: encode in line.
@@ -273,6 +278,7 @@ def fit(
             loss_sum, loss_rows = 0.0, 0
             logits_seen: list[Tensor] = []
             labels_seen: list[Tensor] = []
+            seen_rows = 0
             cancelled = False
             for full, y_full in epoch_batches:
                 stop = main and should_stop is not None and should_stop()
@@ -294,9 +300,10 @@ def fit(
                     batch = _slice_rows(full, start, end)
                     y_batch = y_full[start:end]
                 loss, logits = task.loss(batch, y_batch, autocast)
-                if logits is not None:
+                if logits is not None and seen_rows < TRAIN_LOGIT_ROWS:
                     logits_seen.append(logits)
                     labels_seen.append(y_batch)
+                    seen_rows += len(y_batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if dist is not None:

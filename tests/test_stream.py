@@ -375,3 +375,20 @@ def test_a_slice_keeps_shared_rows_only_where_their_sources_are_inside() -> None
     with pytest.raises(ValueError, match="not its own source"):
         training._as_tensors({"label": np.ones(3), USER_ROW: np.array([0, 0, 1])},
                              {}, "train", need_label=True)
+
+
+def test_train_metrics_read_a_bounded_share_of_the_epoch(tiny_synthetic, monkeypatch) -> None:
+    """Train AUC/logloss come from the epoch's first TRAIN_LOGIT_ROWS rows (its batches are
+    in a seeded random order): the training itself and the validation are unchanged."""
+    enc, train, val = _streams(tiny_synthetic)
+    cfg = TrainConfig(epochs=2, batch_size=256, embedding_dim=8, seed=3,
+                      early_stopping_patience=0)
+    runs = {}
+    for cap in (10**9, 600):
+        monkeypatch.setattr(training, "TRAIN_LOGIT_ROWS", cap)
+        model = DSSM(enc.user_specs_, enc.item_specs_, cfg)
+        runs[cap] = training.fit(model, train, val, cfg).history
+    for whole, share in zip(runs[10**9], runs[600]):
+        for key in ("train_loss", "val_auc", "val_logloss", "val_loss"):
+            assert whole[key] == share[key], key
+        assert share["train_auc"] is not None and share["train_auc"] != whole["train_auc"]
