@@ -57,6 +57,8 @@ import pandas as pd
 from .dataset import Dataset
 from .events import EventLog, NegativeSampler, as_str_array, distinct, sorted_search
 from .features import (
+    ITEM_ROW,
+    USER_ROW,
     DenseFeature,
     Feature,
     SequenceFeature,
@@ -1043,8 +1045,6 @@ def _row_groups(origin: Sequence[tuple[np.ndarray, bool, bool]]) -> dict[str, np
     """``EVENT_OF``, ``USER_ROW`` and ``ITEM_ROW`` of ``encode_rows``' output, from each
     part's source events (the events are the first part, at rows 0..n-1) and whether its
     rows repeat their event's user / item features."""
-    from .model import ITEM_ROW, USER_ROW
-
     event_of, user_row, item_row = [], [], []
     start = 0
     for src, same_user, same_item in origin:

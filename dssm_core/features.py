@@ -5,12 +5,20 @@ A batch is a ``dict[str, torch.Tensor]`` keyed by feature name:
 - ``DenseFeature``    -> FloatTensor (B, dim)
 - ``SequenceFeature`` -> LongTensor (B, max_len), right-padded with 0
 Names are unique across both towers (e.g. ``user_id``, ``gender``, ``hist``, ``item_id``,
-``genres``, ``user_mean_rating``).
+``genres``, ``user_mean_rating``). A batch may also carry ``USER_ROW`` / ``ITEM_ROW``
+(LongTensor (B,), not features): per row, the row of the same batch whose user / item tower
+input it repeats (itself if none); ``DSSM.forward`` then runs each tower once per distinct row.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any, Union
+
+#: Batch keys naming which row's tower input each row repeats (see the module docstring;
+#: ``stream.EventBatches.batches`` groups an event with its negatives and sets them).
+USER_ROW = "__user_row__"
+ITEM_ROW = "__item_row__"
+ROW_KEYS = (USER_ROW, ITEM_ROW)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import TrainConfig
-from .features import DenseFeature, Feature, SequenceFeature, SparseFeature
+from .features import (ITEM_ROW, ROW_KEYS, USER_ROW, DenseFeature, Feature,  # noqa: F401
+                       SequenceFeature, SparseFeature)
 
 #: Activations a tower may use, by the name ``TrainConfig.activation`` holds.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -56,13 +57,6 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "elu": nn.ELU,
     "sigmoid": nn.Sigmoid,
 }
-
-#: Batch keys (not features) naming, per row, the row of the same batch whose user / item
-#: tower input it repeats (``DSSM.forward`` runs each tower once per distinct row; see
-#: ``stream.EventBatches.batches``, which groups an event's rows in one batch).
-USER_ROW = "__user_row__"
-ITEM_ROW = "__item_row__"
-ROW_KEYS = (USER_ROW, ITEM_ROW)
 
 #: Probability of hiding a training row's user/item id when the config does not say.
 DEFAULT_ID_DROPOUT = 0.0

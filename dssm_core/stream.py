@@ -25,7 +25,7 @@ import numpy as np
 
 from .encoding import EVENT_OF, FeatureEncoder
 from .events import NegativeSampler
-from .model import ROW_KEYS
+from .features import ROW_KEYS
 
 #: Batches encoded at once (see ``EventBatches.batches``).
 CHUNK_BATCHES = 16
