@@ -5,7 +5,7 @@
 
 Training batches group an event with its sampled negatives (``stream.EventBatches``); an item
 negative repeats its event's user features, so ``DSSM.forward`` runs the user tower once per
-event (``model.USER_ROW``). This bench takes the same encoded batches of the default preset
+event (``features.USER_ROW``). This bench takes the same encoded batches of the default preset
 (``audience``, protocol A) and times full training steps (forward, BCE, backward, optimiser:
 what ``training.fit`` does per batch) with the shared rows (``shared``) and with the keys
 removed so each tower runs on every row (``every row``: the same features, the same rows),
@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from dssm_core import io, pipeline, synthetic, training  # noqa: E402
 from dssm_core.config import preset  # noqa: E402
 from dssm_core.events import EventLog  # noqa: E402
-from dssm_core.model import DSSM, ROW_KEYS  # noqa: E402
+from dssm_core.features import ROW_KEYS  # noqa: E402
+from dssm_core.model import DSSM  # noqa: E402
 from machine import cpu_model, load_1min  # noqa: E402
 
 torch.set_num_threads(1)

@@ -472,7 +472,7 @@ class FeatureEncoder:
         an item negative shares its row's user features (same user, same time) and a user
         negative its row's item features. ``features=False``: ``label`` and ``item_ref``
         only (the same draws). ``groups``: also, per output row, ``EVENT_OF`` (the position
-        in ``rows`` of the event it belongs to) and ``model.USER_ROW`` / ``model.ITEM_ROW``
+        in ``rows`` of the event it belongs to) and ``features.USER_ROW`` / ``features.ITEM_ROW``
         (the output row whose user / item features it repeats; its own row if none)."""
         ucode, icode, ts, ranks, events = self._query(ctx, rows)
         if self.implicit_:

@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import TrainConfig
-from .features import (ITEM_ROW, ROW_KEYS, USER_ROW, DenseFeature, Feature,  # noqa: F401
-                       SequenceFeature, SparseFeature)
+from .features import (ITEM_ROW, USER_ROW, DenseFeature, Feature, SequenceFeature,
+                       SparseFeature)
 
 #: Activations a tower may use, by the name ``TrainConfig.activation`` holds.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {

@@ -85,7 +85,7 @@ class EventBatches:
         Events are encoded ``CHUNK_BATCHES`` batches at a time (numpy's per-call cost paid
         once per chunk, memory still bounded). With features and negatives, a batch holds
         ``batch_size // per_event`` whole events, each followed by its negatives, and says
-        which rows repeat another row's user or item features (``model.USER_ROW`` /
+        which rows repeat another row's user or item features (``features.USER_ROW`` /
         ``ITEM_ROW``, positions within the batch): the model runs each tower once per
         distinct row (an event's item negatives share its user vector and its dropout).
         Without features the rows come events first, then negatives, ``batch_size`` a batch.

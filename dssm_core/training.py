@@ -38,9 +38,9 @@ import torch
 from torch import Tensor
 
 from .config import TrainConfig
-from .features import DenseFeature, Feature
+from .features import ROW_KEYS, DenseFeature, Feature
 from . import optim, tasks
-from .model import DSSM, ROW_KEYS
+from .model import DSSM
 from .stream import EventBatches
 
 log = logging.getLogger(__name__)
@@ -541,7 +541,7 @@ def _rows(x: Mapping[str, Tensor]) -> int:
 
 
 def _slice_rows(x: Mapping[str, Tensor], start: int, end: int) -> dict[str, Tensor]:
-    """Rows ``start:end`` of a batch. Its shared-row keys (``model.ROW_KEYS``) become
+    """Rows ``start:end`` of a batch. Its shared-row keys (``features.ROW_KEYS``) become
     positions within the slice; a row whose source lies outside it becomes its own source
     (every row carries its features: the tower runs on it, same values)."""
     if start == 0 and end >= _rows(x):

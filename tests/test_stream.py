@@ -12,7 +12,8 @@ import torch
 from dssm_core.config import TrainConfig
 from dssm_core.encoding import FeatureEncoder, _GenrePrefix
 from dssm_core.events import EventLog, NegativeSampler, codes_in, is_in_sorted
-from dssm_core.model import DSSM, ITEM_ROW, USER_ROW
+from dssm_core.features import ITEM_ROW, USER_ROW
+from dssm_core.model import DSSM
 from dssm_core.stream import EventBatches
 from dssm_core import training
 from test_encoding import TRAIN, _tiny, _unscale
