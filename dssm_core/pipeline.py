@@ -284,9 +284,10 @@ def _train(
     t_features += time.perf_counter() - tf
     tell("encode", 1.0)
     tell("train", 0.0)
-    for x_train, _ in rows:
-        if _single_class(enc, elog, x_train):
-            raise ValueError("the training rows hold a single class: change label_threshold")
+    # (a generator, not a loop: a loop variable would keep the last trial's rows, and with
+    # them the past's context, alive until the function returns)
+    if any(_single_class(enc, elog, x) for x, _v in rows):
+        raise ValueError("the training rows hold a single class: change label_threshold")
     slots = len(space) + bool(cfg.refit)
 
     def fit_trial(k: int, epoch_cb: Callable[[dict[str, Any]], None],
@@ -350,6 +351,7 @@ def _train(
 
     # what the audience pages search: everyone as of the end of the data
     tell("embed", 0.0)
+    val_tables = monitor = validator = x_test = None        # type: ignore[assignment]
     if sp.pool is None:
         ctx_end = ctx
     else:    # the past's context (and the rows that hold it) go before the whole data's
