@@ -52,9 +52,10 @@ EPOCH_KEYS = ("epoch", "train_loss", "train_auc", "train_logloss", "val_loss", "
 #: Embedding tables of at least this many rows train with sparse gradients and row-wise
 #: Adam; smaller ones with dense fused Adam. At ML-100K's sizes (943 users, 1,682 items) the
 #: row-wise bookkeeping cost more than a dense update of every row (optimiser 2.3-4.2 vs
-#: 9.9-14.6 ms a step, 1.10-1.22x the samples/s); at 65k user rows the two cost about the
-#: same, at 262k dense Adam is 4x slower (bench/scale_train.py, BENCHMARKS.md).
-SPARSE_MIN_ROWS = 65_536
+#: 9.9-14.6 ms a step, 1.10-1.22x the samples/s). Whole pipeline steps with a 162k-user table
+#: (bench/sparse_threshold_bench.py, 2 threads): a dense 4k-item table 0.95x the row-wise
+#: step's time, 16k items about equal, 59k items (ML-25M's) 1.45x: the cut is between.
+SPARSE_MIN_ROWS = 32_768
 #: Metrics early stopping can watch, and whether higher is better.
 MONITORS = {"val_loss": False, "val_logloss": False, "val_auc": True, "val_recall@50": True}
 STOP_REASONS = ("completed", "early", "cancelled")
