@@ -123,7 +123,10 @@ class Split:
 
     @property
     def known(self) -> np.ndarray:
-        """Every row the model may know of: train and validation."""
+        """Every row the model may know of: train and validation (the pool itself where it
+        is exactly those rows, as under A and L: no second copy at scale)."""
+        if self.pool is not None and len(self.pool) == len(self.train) + len(self.val):
+            return self.pool
         return np.sort(np.concatenate([self.train, self.val]))
 
 
