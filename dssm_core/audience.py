@@ -494,6 +494,34 @@ def load_run(store: "Store", run_id: int | None = None, *,
                      store.load_dataset_table(dataset_id, "items"), source)
 
 
+def backfill_run_tables(store: "Store", run_id: int, *,
+                        progress: Callable[[str, float, str | None], None] | None = None
+                        ) -> bool:
+    """Compute and keep the :data:`RUN_TABLES` of a succeeded run stored without them
+    (before schema 5, or when training could not compute them), from its dataset and its
+    stored user and item ids, so that opening it for audiences reads codes instead of the
+    dataset's text ids. False (nothing written) when the run has them already.
+    ``progress(stage, fraction, message)``: "backfill" at 0 (reading), 0.5 (computing), 1.
+    Raises ValueError for a run that did not succeed, or whose dataset or ids cannot give
+    the tables (the run is left as it was)."""
+    run = store.get_run(run_id)
+    if not run.succeeded:
+        raise ValueError(f"run {run_id} is {run.status}; only a succeeded run has audiences")
+    if store.load_run_table(run_id, "genre") is not None:
+        return False
+    tell = progress or (lambda stage, fraction, message=None: None)
+    tell("backfill", 0.0, f"run {run_id}: reading its dataset and ids")
+    dataset = store.load_dataset(int(run.dataset_id))
+    user_ids = store.load_embedding_ids(run_id, "user")
+    item_ids = store.load_embedding_ids(run_id, "item")
+    tell("backfill", 0.5, f"run {run_id}: computing the tables of {len(user_ids):,} users")
+    tables = run_tables(dataset, user_ids, item_ids)
+    del dataset
+    store.save_run_tables(run_id, tables)
+    tell("backfill", 1.0, f"run {run_id}: tables stored")
+    return True
+
+
 def run_from_parts(run_id: int, dataset_id: int, user_ids: Any, user_vecs: Any, item_ids: Any,
                    item_vecs: Any, ds: Dataset, *,
                    block_rows: int = DEFAULT_BLOCK_ROWS) -> LoadedRun:

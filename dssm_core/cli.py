@@ -604,6 +604,29 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    """Compute and keep the audience tables of runs stored without them (one JSON line)."""
+    from . import audience
+
+    store = _open_store(args.db, must_exist=True)
+    if args.run is not None:
+        ids = [int(args.run)]
+    else:
+        ids = [r.id for r in store.list_runs() if r.succeeded]
+
+    def say(stage: str, fraction: float, message: str | None = None) -> None:
+        print(f"progress: {message}", file=sys.stderr, flush=True)
+
+    done, had = [], []
+    for rid in sorted(ids):
+        try:
+            (done if audience.backfill_run_tables(store, rid, progress=say) else had).append(rid)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    print(json.dumps({"backfilled": done, "already_had_tables": had}))
+    return 0
+
+
 REDIS_HELP = ("Redis URL, e.g. redis://localhost:6379/0 (password: in the URL or "
               "$DSSM_REDIS_PASSWORD / $REDISCLI_AUTH; never printed)")
 
@@ -667,6 +690,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", type=int, default=None, help="only runs of this dataset id")
     sp.add_argument("--json", action="store_true", help="one JSON object per run")
     sp.set_defaults(func=_cmd_runs)
+
+    sp = sub.add_parser("backfill-tables",
+                        help="compute and keep the audience tables of runs stored without "
+                             "them (before schema 5): their audiences then open fast")
+    sp.add_argument("--db", default=None, help=DB_HELP)
+    sp.add_argument("--run", type=int, default=None,
+                    help="only this run (default: every succeeded run lacking them)")
+    sp.set_defaults(func=_cmd_backfill)
 
     sp = sub.add_parser("publish", help="write a run's user and item vectors (and saved "
                         "audiences) to Redis for serving")

@@ -696,7 +696,8 @@ def _migrate_v3_to_v4(s: Session) -> None:
 def _migrate_v4_to_v5(s: Session) -> None:
     """Schema 4 -> 5: ``run_table_parts`` (created by ``create_all`` before this step). Runs
     stored before hold no run tables: audiences read the dataset's tables for them, as
-    before."""
+    before, until ``python -m dssm_core backfill-tables`` (``audience.backfill_run_tables``)
+    computes and keeps them (a migration does not: it would read every dataset)."""
 
 
 #: ``from_version -> step`` of each migration, applied in order up to ``SCHEMA_VERSION``.
@@ -1176,6 +1177,11 @@ class Store:
         if len(ids) != head.n:
             raise StoreError(f"run {head.run_id}: stored {head.kind} ids are incomplete")
         return ids
+
+    def load_embedding_ids(self, run_id: int, kind: str) -> np.ndarray:
+        """The ids of a run's ``kind`` vectors (N,), in row order, without the vectors."""
+        with self._session() as s:
+            return self._load_ids(s, self._embedding_header(s, run_id, kind))
 
     def _read_matrix(self, run_id: int, kind: str, columns: bool
                      ) -> tuple[np.ndarray, np.ndarray]:

@@ -750,3 +750,59 @@ def test_unicode_ids_from_arrow_text_numpy_and_numbers() -> None:
     assert unicode_ids(pd.Series(["x", "yy"], dtype=object)).dtype == np.dtype("<U2")
     ids = np.array(["u1", "u22"])
     assert unicode_ids(ids) is ids
+
+
+def test_backfill_gives_a_run_stored_without_tables_the_same_audiences(
+        tmp_path: Path, monkeypatch) -> None:
+    """A run stored without its tables (as before schema 5) gets them from
+    ``backfill_run_tables`` (and from the CLI's ``backfill-tables``): they equal what
+    training would have stored, the audiences stay the same, they no longer read the
+    dataset's tables, and a second backfill writes nothing."""
+    from dssm_core.cli import main
+
+    db = tmp_path / "old.db"
+    store = Store(f"sqlite:///{db}")
+    did = store.add_dataset(shuffled_categorical_dataset())
+    rid = store.create_run(did, {})
+    store.finish_run(rid, summary={}, weights=b"w", encoders={}, user_ids=USER_IDS,
+                     user_vectors=USER_VECS, item_ids=["A", "B", "C"], item_vectors=ITEM_VECS)
+    failed = store.create_run(did, {})
+    store.fail_run(failed, "boom")
+    assert store.load_run_table(rid, "genre") is None
+    old = aud.load_run(store, rid)
+    assert not old.source.has_tables()
+    with pytest.raises(ValueError, match="failed"):
+        aud.backfill_run_tables(store, failed)
+    assert store.load_run_table(failed, "genre") is None
+
+    said: list[tuple[str, float]] = []
+    assert aud.backfill_run_tables(store, rid, progress=lambda s, f, m=None: said.append((s, f)))
+    assert said == [("backfill", 0.0), ("backfill", 0.5), ("backfill", 1.0)]
+    want = aud.run_tables(store.load_dataset(did), USER_IDS, ["A", "B", "C"])
+    for kind, table in want.items():
+        pd.testing.assert_frame_equal(store.load_run_table(rid, kind), table)
+    assert not aud.backfill_run_tables(store, rid)                    # has them: no write
+    new = aud.load_run(store, rid)
+    assert (len(old.users), len(old.seen), len(old.favourite_genre)) == (6, 7, 6)  # read now
+
+    def no_dataset_table(*args, **kwargs):
+        raise AssertionError("the dataset's users or interactions were read")
+
+    monkeypatch.setattr(store, "load_dataset_table", no_dataset_table)
+    assert new.source.has_tables()
+    _same_audiences(new, old, [
+        dict(items=["A"], top_n=6), dict(items=["B"], percent=50, exclude_seen=True),
+        dict(items=["A", "B"], top_n=4, exclude_seen=True, where={"favourite genre": ["Drama"]})])
+    store.dispose()
+
+    # the CLI: every succeeded run lacking tables (here none left), one JSON line
+    other = Store(f"sqlite:///{db}")
+    rid2 = other.create_run(did, {})
+    other.finish_run(rid2, summary={}, weights=b"w", encoders={}, user_ids=USER_IDS,
+                     user_vectors=USER_VECS, item_ids=["A", "B", "C"], item_vectors=ITEM_VECS)
+    other.dispose()
+    assert main(["backfill-tables", "--db", f"sqlite:///{db}"]) == 0
+    check = Store(f"sqlite:///{db}")
+    assert check.load_run_table(rid2, "genre") is not None
+    assert check.load_run_table(failed, "genre") is None
+    check.dispose()
