@@ -534,6 +534,14 @@ def run_from_parts(run_id: int, dataset_id: int, user_ids: Any, user_vecs: Any, 
     return _assemble(run_id, dataset_id, index, item_ids, item_vecs, ds.items, source)
 
 
+def run_from_tables(run_id: int, dataset_id: int, index: UserIndex, item_ids: Any,
+                    item_vecs: Any, items_table: pd.DataFrame, source: RunSource) -> LoadedRun:
+    """A :class:`LoadedRun` from an index of its user vectors, its item vectors, the item
+    table and a :class:`RunSource` that holds the run's tables (``serving.load_run`` of a
+    publication that carries them)."""
+    return _assemble(run_id, dataset_id, index, item_ids, item_vecs, items_table, source)
+
+
 def _items_by_id(items_table: pd.DataFrame) -> pd.DataFrame:
     """The item table indexed by text ``item_id`` (the first row of a repeated id wins)."""
     items = items_table.copy()

@@ -16,9 +16,13 @@ Keys (``ns`` is the namespace, default ``dssm``; ``R`` the run; ``G`` a generati
 * ``ns:run:R:G:user:vec:C`` / ``:item:vec:C``: rows ``[C * chunk_rows, ...)`` of the raw
   stored vectors, float32 C-order bytes (little-endian, as numpy writes them here);
   ``...:ids:C``: the ids of those rows (a JSON list).
-* ``ns:run:R:G:table:users|items|interactions``: the dataset's tables as Parquet (users' and
-  items' attributes; interactions only ``user_id``/``item_id``) for filters, insights and
-  "exclude seen".
+* ``ns:run:R:G:runtable:K:P``: part ``P`` (Parquet) of the run's table ``K`` of
+  ``audience.RUN_TABLES`` (users' attributes, favourite genres, who saw which item, users per
+  item: integer codes in the run's row order), with ``ns:run:R:G:table:items`` (the item
+  table): what filters, insights and "exclude seen" read, with no text id joined when the
+  run is opened (layout 2). A run stored without run tables (before schema 5; see
+  ``python -m dssm_core backfill-tables``) publishes the dataset's tables instead,
+  ``...:table:users|items|interactions`` (interactions only ``user_id``/``item_id``).
 * ``ns:run:R:G:audience:A``: a saved audience as a SET of user ids.
 * ``ns:runs``: sorted set, published run ids scored by publication time.
 
@@ -56,7 +60,9 @@ CHUNK_ROWS = 65_536
 #: Environment variables read for the password when the URL carries none (first set wins).
 PASSWORD_ENVS = ("DSSM_REDIS_PASSWORD", "REDISCLI_AUTH")
 #: Version of the key layout this module writes and reads.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+#: Layouts this version reads: 1 had no run tables (the dataset's tables always).
+READABLE_LAYOUTS = (1, 2)
 
 
 class ServingError(ValueError):
@@ -172,7 +178,7 @@ def publish_run(store: "Store", client: Any, run_id: int | None = None, *,
     the dataset's tables, with ``audiences`` its saved audiences as sets, then the manifest.
     A publication of the same run is replaced whole. ``ValueError`` for a run that is not
     there or has not succeeded."""
-    from .store import _frame_to_parquet
+    from .store import _frame_to_parquet, _parquet_parts
 
     t0 = time.perf_counter()
     if run_id is None:
@@ -186,21 +192,36 @@ def publish_run(store: "Store", client: Any, run_id: int | None = None, *,
     prefix = run_prefix(rid, namespace)
     generation = secrets.token_hex(4)
     base = f"{prefix}:{generation}"
-    ds = store.load_dataset(run.dataset_id)
+    stored = {kind: store.load_run_table(rid, kind) for kind in audience.RUN_TABLES}
+    run_tables = {kind: t for kind, t in stored.items() if t is not None}
+    about = store.get_dataset(int(run.dataset_id))
+    if "genre" in run_tables:       # the run's own tables: the dataset's items only
+        tables = {"items": store.load_dataset_table(int(run.dataset_id), "items")}
+    else:
+        ds = store.load_dataset(run.dataset_id)
+        tables = {"users": ds.users, "items": ds.items,
+                  "interactions": ds.interactions[["user_id", "item_id"]]}
+        run_tables = {}
+        del ds
     user_ids, user_vecs = store.load_embeddings(rid, "user")
     item_ids, item_vecs = store.load_embeddings(rid, "item")
     pipe = client.pipeline(transaction=False)
     users = write_vectors(pipe, base, "user", user_ids, user_vecs, chunk_rows=chunk_rows)
     items = write_vectors(pipe, base, "item", item_ids, item_vecs, chunk_rows=chunk_rows)
     size = users.pop("bytes") + items.pop("bytes")
-    tables = {"users": ds.users, "items": ds.items,
-              "interactions": ds.interactions[["user_id", "item_id"]]}
     table_keys = {}
     for name, frame in tables.items():
         data = _frame_to_parquet(frame)
         table_keys[name] = f"{base}:table:{name}"
         pipe.set(table_keys[name], data)
         size += len(data)
+    run_table_keys: dict[str, list[str]] = {}
+    for kind, frame in run_tables.items():
+        keys = run_table_keys[kind] = []
+        for part, data in enumerate(_parquet_parts(frame)):
+            keys.append(f"{base}:runtable:{kind}:{part}")
+            pipe.set(keys[-1], data)
+            size += len(data)
     saved = []
     if audiences:
         for info in store.list_audiences(rid):
@@ -217,7 +238,8 @@ def publish_run(store: "Store", client: Any, run_id: int | None = None, *,
         "layout": LAYOUT_VERSION, "run_id": rid, "dataset_id": int(run.dataset_id),
         "generation": generation, "dtype": "float32", "byteorder": "little",
         "dim": users["dim"], "user": users, "item": items, "tables": table_keys,
-        "format": ds.format, "dataset_name": ds.name, "rating_scale": ds.rating_scale,
+        "run_tables": run_table_keys,
+        "format": about.format, "dataset_name": about.name, "rating_scale": about.rating_scale,
         "config": run.config, "summary": run.summary, "audiences": saved,
         "published_at": time.time(),
     }
@@ -255,7 +277,7 @@ def load_manifest(client: Any, run_id: int | None = None, *,
     if raw is None:
         raise ServingError(f"run {run_id} is not published in Redis (namespace {namespace!r})")
     manifest = json.loads(raw)
-    if manifest.get("layout") != LAYOUT_VERSION:
+    if manifest.get("layout") not in READABLE_LAYOUTS:
         raise ServingError(f"run {run_id} was published with key layout "
                            f"{manifest.get('layout')}; this program reads {LAYOUT_VERSION}")
     return manifest
@@ -289,7 +311,7 @@ def load_run(client: Any, run_id: int | None = None, *,
              namespace: str = NAMESPACE) -> audience.LoadedRun:
     """A published run as a :class:`~dssm_core.audience.LoadedRun` (vectors, tables), built
     by the same code as the store's (``audience.run_from_parts``)."""
-    from .store import _frame_from_parquet
+    from .store import _frame_from_parquet, _frame_from_parts
 
     manifest = load_manifest(client, run_id, namespace=namespace)
     user_ids, user_vecs = read_vectors(client, manifest, "user")
@@ -301,6 +323,26 @@ def load_run(client: Any, run_id: int | None = None, *,
             raise ServingError(f"run {manifest['run_id']}: the {name} table is missing from "
                                "Redis; publish the run again")
         frames[name] = _frame_from_parquet(data)
+    run_tables = manifest.get("run_tables") or {}
+    if run_tables:
+        def run_table(kind: str) -> pd.DataFrame | None:
+            keys = run_tables.get(kind)
+            if not keys:
+                return None
+            parts = client.mget(keys)
+            if any(p is None for p in parts):
+                raise ServingError(f"run {manifest['run_id']}: the run table {kind!r} is "
+                                   "missing from Redis; publish the run again")
+            return _frame_from_parts(parts)
+
+        def no_dataset_table(kind: str, columns: Any) -> pd.DataFrame:
+            raise ServingError(f"run {manifest['run_id']} was published with its run tables: "
+                               f"the dataset's {kind} table is not in Redis")
+
+        index = audience.UserIndex().index(user_vecs, user_ids)
+        return audience.run_from_tables(
+            int(manifest["run_id"]), int(manifest["dataset_id"]), index, item_ids, item_vecs,
+            frames["items"], audience.RunSource(no_dataset_table, run_table))
     scale = manifest.get("rating_scale")
     ds = Dataset(interactions=frames["interactions"], users=frames["users"],
                  items=frames["items"], format=manifest.get("format") or "",

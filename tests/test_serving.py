@@ -142,6 +142,58 @@ def test_republishing_replaces_the_old_keys(served, redis_url: str, ns: str) -> 
         serving.load_manifest(client, 99, namespace=ns)
 
 
+def test_a_run_with_its_tables_is_published_with_them(tmp_path: Path, redis_url: str,
+                                                      ns: str) -> None:
+    """A run stored with its audience tables publishes them (in parts) and the item table,
+    not the dataset's users and interactions; served audiences equal the store's. The same
+    run without them (stored before schema 5) publishes the dataset's tables, and gets the
+    run tables once backfilled."""
+    store = Store(f"sqlite:///{tmp_path / 'tables.db'}")
+    did = store.add_dataset(small_dataset())
+    ds = store.load_dataset(did)
+    runs = []
+    for with_tables in (True, False):
+        rid = store.create_run(did, {"epochs": 1})
+        store.finish_run(rid, summary={}, weights=b"w", encoders={}, user_ids=list(USERS),
+                         user_vectors=np.array(list(USERS.values())), item_ids=list(ITEMS),
+                         item_vectors=np.array(list(ITEMS.values())),
+                         run_tables=audience.run_tables(ds, list(USERS), list(ITEMS))
+                         if with_tables else None)
+        runs.append(rid)
+    client = serving.connect(redis_url)
+    with_tables, without = runs
+    serving.publish_run(store, client, with_tables, namespace=ns)
+    manifest = serving.load_manifest(client, with_tables, namespace=ns)
+    assert manifest["layout"] == serving.LAYOUT_VERSION == 2
+    assert set(manifest["tables"]) == {"items"}
+    assert set(manifest["run_tables"]) == set(audience.RUN_TABLES) - {"users"} | (
+        {"users"} if store.load_run_table(with_tables, "users") is not None else set())
+    run = serving.load_run(client, with_tables, namespace=ns)
+    assert run.source.has_tables()
+    requests = (audience.AudienceRequest(items=("i3",), top_n=3),
+                audience.AudienceRequest(items=("i1",), top_n=2, exclude_seen=True),
+                audience.AudienceRequest(items=("i2",), percent=100.0,
+                                         where={"gender": ("F",)}),
+                audience.AudienceRequest(seed_users=("u1",), top_n=2))
+    for request in requests:
+        assert serving.audience_for(client, with_tables, request, namespace=ns
+                                    ).to_csv_bytes() == \
+            audience.audience_for(store, with_tables, request).to_csv_bytes()
+    serving.publish_run(store, client, without, namespace=ns)
+    manifest = serving.load_manifest(client, without, namespace=ns)
+    assert set(manifest["tables"]) == {"users", "items", "interactions"}
+    assert manifest["run_tables"] == {}
+    assert audience.backfill_run_tables(store, without)
+    serving.publish_run(store, client, without, namespace=ns)
+    manifest = serving.load_manifest(client, without, namespace=ns)
+    assert set(manifest["tables"]) == {"items"} and "seen" in manifest["run_tables"]
+    for request in requests:
+        assert serving.audience_for(client, without, request, namespace=ns
+                                    ).to_csv_bytes() == \
+            audience.audience_for(store, without, request).to_csv_bytes()
+    store.dispose()
+
+
 def test_saved_audiences_are_published_as_sets(served, redis_url: str, ns: str) -> None:
     store, _, rid = served
     members = pd.DataFrame({"user_id": ["u3", "u1"], "score": [0.9, 0.7]})
