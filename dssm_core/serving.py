@@ -175,7 +175,9 @@ def publish_run(store: "Store", client: Any, run_id: int | None = None, *,
                 audiences: bool = False, namespace: str = NAMESPACE,
                 chunk_rows: int = CHUNK_ROWS) -> PublishReport:
     """Write a succeeded run (newest if ``run_id`` is None) to Redis: user and item vectors,
-    the dataset's tables, with ``audiences`` its saved audiences as sets, then the manifest.
+    its audience tables and the item table (or, for a run without them, the dataset's users,
+    items and interactions), with ``audiences`` its saved audiences as sets, then the
+    manifest.
     A publication of the same run is replaced whole. ``ValueError`` for a run that is not
     there or has not succeeded."""
     from .store import _frame_to_parquet, _parquet_parts
