@@ -34,11 +34,13 @@ users by training activity) for both retrieval directions, and the per-item mean
 """
 from __future__ import annotations
 
+import ctypes
 import io
 import logging
 import math
 import os
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -286,6 +288,7 @@ def _train(
             for trial_cfg in space]
     t_features += time.perf_counter() - tf
     tell("encode", 1.0)
+    _return_freed_memory()
     tell("train", 0.0)
     # (a generator, not a loop: a loop variable would keep the last trial's rows, and with
     # them the past's context, alive until the function returns)
@@ -338,6 +341,7 @@ def _train(
         if refit.stopped == "cancelled":
             raise TrainingCancelled("training cancelled")
     tell("train", 1.0)
+    _return_freed_memory()
     tell("evaluate", 0.0)
     t1 = time.perf_counter()
     # the test rows (and their negatives) are encoded and scored a chunk at a time: only
@@ -346,6 +350,7 @@ def _train(
     tell("evaluate", 0.1)
     eval_u, eval_i = eval_vectors(model, enc, dataset, sp, event_log=elog, context=ctx)
     tell("evaluate", 0.2)
+    _return_freed_memory()
     summary = evaluate(model, enc, dataset, sp, cfg_used, x_train=x_train, x_val=x_val,
                        x_test=x_test, vectors=(eval_u, eval_i),
                        val_model=fitted, progress=tell.part("evaluate", 0.4, 1.0),
@@ -359,6 +364,7 @@ def _train(
         ctx_end = ctx
     else:    # the past's context (and the rows that hold it) go before the whole data's
         ctx = rows = fits = x_train = x_val = both = None   # type: ignore[assignment]
+        _return_freed_memory()
         ctx_end = enc.context(dataset, None, event_log=elog)
     user_ids, u_table = enc.user_table(dataset, None, context=ctx_end)
     user_vectors = training.embed(model, "user", u_table)                  # (n_users, D)
@@ -397,6 +403,21 @@ def _train(
                        audience_user_vectors=user_vectors, audience_item_vectors=item_vectors,
                        timings={"features": t_features, "eval": t_eval,
                                 "total": time.perf_counter() - t0})
+
+
+def _return_freed_memory() -> None:
+    """Give the C heap's free pages back to the system between stages (glibc's
+    ``malloc_trim``). The batches' many mid-sized arrays are freed into the heap, which keeps
+    them: at 2M interactions that held 0.10-0.28 GB of resident memory at each stage's start
+    (27 % at the embedding stage), on top of which the next stage's peak was built. A no-op
+    where the C library has no such call."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 def _events(enc: FeatureEncoder, ctx: Any, samplers: dict[str, Any], dataset: Dataset,
