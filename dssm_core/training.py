@@ -53,8 +53,9 @@ EPOCH_KEYS = ("epoch", "train_loss", "train_auc", "train_logloss", "val_loss", "
 #: Adam; smaller ones with dense fused Adam. At ML-100K's sizes (943 users, 1,682 items) the
 #: row-wise bookkeeping cost more than a dense update of every row (optimiser 2.3-4.2 vs
 #: 9.9-14.6 ms a step, 1.10-1.22x the samples/s). Whole pipeline steps with a 162k-user table
-#: (bench/sparse_threshold_bench.py, 2 threads): a dense 4k-item table 0.95x the row-wise
-#: step's time, 16k items about equal, 59k items (ML-25M's) 1.45x: the cut is between.
+#: (bench/sparse_threshold_bench.py, 2 threads), a dense item table against a row-wise one:
+#: 4k items 0.67-0.80x the step's time, 16k items 1.06-1.12x, 59k items (ML-25M's)
+#: 1.14-1.23x; the cut sits above the crossover, where row-wise clearly wins.
 SPARSE_MIN_ROWS = 32_768
 #: Metrics early stopping can watch, and whether higher is better.
 MONITORS = {"val_loss": False, "val_logloss": False, "val_auc": True, "val_recall@50": True}
