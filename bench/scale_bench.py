@@ -14,7 +14,8 @@ and a Markdown row with the CPU model and load average; writes bench/out/scale_b
 
 The parts have their own benches: bench/scale_encode.py (as-of encoding events/s),
 bench/scale_train.py (samples/s against the user table's size), bench/scale_eval.py
-(evaluation through retrieval.top_k_rows), bench/scale_audience.py (10M-user audiences).
+(evaluation through retrieval.top_k_rows), bench/eval_rank_bench.py (evaluation's cut-off
+tests), bench/scale_audience.py (10M-user audiences).
 """
 from __future__ import annotations
 
@@ -47,6 +48,15 @@ from machine import cpu_model  # noqa: E402
 def peak_rss_gb() -> float:
     """This process's peak resident set (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def rss_now_gb() -> float:
+    """This process's resident set now (Linux: /proc/self/statm), 0.0 where unreadable."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
 def generate(work: Path, n_users: int, n_items: int, interactions: int, days: int
@@ -107,15 +117,21 @@ def main() -> None:
     if args.batch_size:
         cfg = cfg.with_(batch_size=args.batch_size)
     marks: dict[str, list[float]] = {}
+    rss_at_start: dict[str, float] = {}       # resident GB when each stage first reports
+    peak_by_stage: dict[str, float] = {}      # the process's peak so far, at each stage's end
     t_run = time.perf_counter()
 
     def progress(stage: str, fraction: float, message: str | None = None) -> None:
         now = time.perf_counter() - t_run
+        first = stage not in marks
         span = marks.setdefault(stage, [now, now])
         span[1] = now
-        if fraction >= 1.0 or int(now) % 60 == 0:
-            print(f"  {now:8.1f}s {stage} {fraction:.0%} rss {peak_rss_gb():.2f} GB",
-                  file=sys.stderr, flush=True)
+        if first:
+            rss_at_start[stage] = round(rss_now_gb(), 2)
+        peak_by_stage[stage] = round(peak_rss_gb(), 2)
+        if first or fraction >= 1.0 or int(now) % 60 == 0:
+            print(f"  {now:8.1f}s {stage} {fraction:.0%} rss now {rss_now_gb():.2f} GB, "
+                  f"peak {peak_rss_gb():.2f} GB", file=sys.stderr, flush=True)
 
     run_id = pipeline.run_training(store, dataset_id, cfg, project=False, progress=progress)
     total = time.perf_counter() - t_run
@@ -128,6 +144,7 @@ def main() -> None:
         "generate_s": t_generate, "store_dataset_s": t_add,
         "generator_peak_rss_gb": made["generator_peak_rss_gb"],
         "run_s": round(total, 1), "stages_s": stages, "peak_rss_gb": round(peak_rss_gb(), 2),
+        "rss_at_stage_start_gb": rss_at_start, "peak_rss_by_stage_end_gb": peak_by_stage,
         "status": str(run.status),
         "train_samples_per_second": summary.get("train_samples_per_second"),
         "test_i2u_recall@50": summary.get("i2u_recall@50"),

@@ -95,7 +95,8 @@ def run_path(args: argparse.Namespace) -> dict:
         if args.queries:
             queries = queries[:args.queries]
         t = time.perf_counter()
-        counts = evaluation._counts(scorer, "i2u", queries, rel, seen, None, ks)
+        counts = evaluation._counts(scorer, "i2u", queries, rel, seen, None, evaluation.KS,
+                                    tuple(k for k in ks if k not in evaluation.KS))
     seconds = time.perf_counter() - t
     hits = {k: float(counts[f"hits@{k}"].sum()) for k in ks}
     return {"path": args.path, "queries": int(len(queries)), "seconds": seconds,

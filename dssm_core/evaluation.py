@@ -4,9 +4,12 @@ A ``Question`` holds, in user/item codes (positions in ``dataset.users`` / ``dat
 the past pairs (what the scorers may know; excluded from every ranking), the relevant future
 pairs, and which users and items are candidates at all. ``ask`` ranks, for every query of
 each direction, all candidates (exact: every candidate scored, already-seen ones removed,
-ties to the lower index; ranked by ``retrieval.top_k_rows`` in float32, query chunks of
-bounded memory, partial selection for the largest cut-off needed) and returns recall@K pooled over relevant pairs (micro), per-query
-recall (macro), NDCG@K, and item->user recall at 1 % and 5 % of the candidate users.
+ties to the lower index: the ranking of ``retrieval.top_k_rows``) and returns recall@K pooled
+over relevant pairs (micro), per-query recall (macro), NDCG@K, and item->user recall at 1 %
+and 5 % of the candidate users. No ranked list is built: ``retrieval.rank_cutoffs`` places
+the relevant pairs against each query's cut-off scores (one partial selection per query, in
+float32 query chunks of bounded memory), and a query-independent scorer (popularity) is
+ranked once for all queries (``retrieval.SharedRanking``).
 
 Builders:
 
@@ -36,6 +39,9 @@ KS = (10, 50, 100)
 #: Audience sizes as shares of the candidate users (item->user only).
 SHARES = (0.01, 0.05)
 DIRECTIONS = ("i2u", "u2i")
+#: Queries per chunk of a scorer ranked once for all (``shared_scores``): bounds the
+#: chunk's sparse exclusions and their sort keys.
+SHARED_CHUNK = 65_536
 #: ``progress(done, total)``: queries ranked so far of all that ``ask`` ranks.
 Progress = Callable[[int, int], None]
 
@@ -121,13 +127,14 @@ def share_k(share: float, n_candidates: int) -> int:
 
 def ask(question: Question, scorers: Mapping[str, Scorer], *, ks: Iterable[int] = KS,
         shares: Iterable[float] = SHARES, prefix: str = "",
-        progress: Progress | None = None) -> dict[str, Any]:
+        progress: Progress | None = None, threads: int = 1) -> dict[str, Any]:
     """Every scorer's figures on ``question``: keys ``{prefix}{name}{direction}_{metric}``
     where ``name`` is "" for the scorer called "model" and ``baseline_<name>_`` otherwise;
     metrics ``recall@K`` (micro), ``macro_recall@K``, ``ndcg@K`` and, item->user only,
     ``recall@1%`` / ``recall@5%``. Also ``{prefix}{direction}_queries`` and
     ``{prefix}{direction}_relevant``. A metric without any relevant pair is None.
-    ``progress(done, total)``: queries ranked so far, over every scorer and direction."""
+    ``progress(done, total)``: queries ranked so far, over every scorer and direction.
+    ``threads``: threads that rank query groups side by side (``retrieval.rank_cutoffs``)."""
     ks = tuple(sorted({int(k) for k in ks}))
     shares = tuple(shares)
     out: dict[str, Any] = {}
@@ -148,11 +155,11 @@ def ask(question: Question, scorers: Mapping[str, Scorer], *, ks: Iterable[int] 
         ok = question.user_ok if direction == "i2u" else question.item_ok
         n_cand = question.candidates(direction)
         share_ks = {s: share_k(s, n_cand) for s in shares} if direction == "i2u" else {}
-        all_ks = tuple(sorted(set(ks) | set(share_ks.values())))
+        hit_ks = tuple(sorted(set(share_ks.values())))
         for name, scorer in scorers.items():
             tag = "" if name == "model" else f"baseline_{name}_"
-            counts = _counts(scorer, direction, queries, rel, seen[direction], ok, all_ks,
-                             tick)
+            counts = _counts(scorer, direction, queries, rel, seen[direction], ok, ks,
+                             hit_ks, tick, threads)
             done += len(queries)
             for k in ks:
                 out[f"{prefix}{tag}{direction}_recall@{k}"] = _micro(counts, k)
@@ -165,31 +172,70 @@ def ask(question: Question, scorers: Mapping[str, Scorer], *, ks: Iterable[int] 
 
 def _counts(scorer: Scorer, direction: str, queries: np.ndarray, rel: sparse.csr_matrix,
             seen: sparse.csr_matrix, ok: np.ndarray | None, ks: tuple[int, ...],
-            progress: Progress | None = None) -> dict[str, np.ndarray] | None:
-    """Per-query counts (``metrics.ranked_counts``) of ``scorer`` on ``queries``, ranked by
-    ``retrieval.top_k_rows`` in chunks of ``retrieval.chunk_rows`` queries (one chunk's
-    float32 score block within ``retrieval.BLOCK_BYTES``); relevance and exclusions stay
-    sparse. ``progress(done, total)`` after every chunk."""
+            hit_ks: tuple[int, ...] = (), progress: Progress | None = None,
+            threads: int = 1) -> dict[str, np.ndarray] | None:
+    """Per-query counts of ``scorer`` on ``queries``: ``n_relevant``, ``hits@k`` for every k
+    in ``ks`` and ``hit_ks``, ``ndcg@k`` for every k in ``ks`` (as ``metrics.ranked_counts``
+    gives from ranked lists). No ranked list is built: ``retrieval.rank_cutoffs`` tells,
+    for the relevant pairs only, whether each is within each cut-off and its exact rank
+    below ``max(ks)``, in query chunks of ``retrieval.chunk_rows`` (one chunk's float32
+    score block within ``retrieval.BLOCK_BYTES``). A scorer whose scores do not depend on
+    the query (``shared_scores``: popularity) is ranked once for all queries
+    (``retrieval.SharedRanking``). Relevance and exclusions stay sparse.
+    ``progress(done, total)`` after every chunk."""
     if len(queries) == 0:
         return None
     n = rel.shape[1]
-    k = max(ks)
-    chunk = retrieval.chunk_rows(n)
+    shared = getattr(scorer, "shared_scores", None)
+    once = retrieval.SharedRanking(shared(direction), ok) if shared is not None else None
+    cut = tuple(sorted(set(ks) | set(hit_ks)))
+    chunk = retrieval.chunk_rows(n) if once is None else SHARED_CHUNK
     parts = []
     for start in range(0, len(queries), chunk):
         q = queries[start:start + chunk]
-        s = scorer.scores(direction, q)                                      # (c, N)
         ex = seen[q]                                                         # (c, N) sparse
-        _, top = retrieval.top_k_rows(s, k, exclude=ex, allowed=ok)         # (c, k')
-        del s
         relevant = rel[q]
         relevant = relevant - relevant.multiply(ex)          # a seen pair is never relevant
         if ok is not None:
             relevant = relevant.multiply(ok[None, :].astype(relevant.dtype))
-        parts.append(metrics.ranked_counts(top, sparse.csr_matrix(relevant), ks))
+        relevant = sparse.csr_matrix(relevant)
+        relevant.eliminate_zeros()
+        if once is None:
+            s = scorer.scores(direction, q)                                  # (c, N)
+            ranks, within = retrieval.rank_cutoffs(s, relevant, cut, max(ks), exclude=ex,
+                                                   allowed=ok, threads=threads)
+            del s
+        else:
+            ranks = once.ranks(relevant, exclude=ex)
+            within = {k: (ranks >= 0) & (ranks < k) for k in cut}
+        parts.append(_tally(relevant, ranks, within, ks, hit_ks))
         if progress is not None:
             progress(start + len(q), len(queries))
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _tally(relevant: sparse.csr_matrix, ranks: np.ndarray, within: Mapping[int, np.ndarray],
+           ks: tuple[int, ...], hit_ks: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Per-query ``n_relevant``, ``hits@k`` and ``ndcg@k`` (binary relevance, log2 discount,
+    ideal DCG of min(n_relevant, k) hits) from each relevant pair's cut-off tests and rank
+    (-1 = not among the best ``max(ks)``)."""
+    nq = relevant.shape[0]
+    n_rel = np.diff(relevant.indptr).astype(np.int64)                        # (c,)
+    query = np.repeat(np.arange(nq), n_rel)                                  # (m,)
+    k_max = max(ks)
+    discount = 1.0 / np.log2(np.arange(2, k_max + 2))                        # (K,)
+    gain = np.where(ranks >= 0, discount[np.clip(ranks, 0, k_max - 1)], 0.0)  # (m,)
+    out: dict[str, np.ndarray] = {"n_relevant": n_rel}
+    for k in sorted(set(ks) | set(hit_ks)):
+        out[metrics.metric_name("hits", k)] = np.bincount(
+            query, weights=within[k], minlength=nq).astype(np.float64)
+    for k in ks:
+        dcg = np.bincount(query, weights=np.where((ranks >= 0) & (ranks < k), gain, 0.0),
+                          minlength=nq)
+        idcg = np.cumsum(np.r_[0.0, discount[:k]])[np.minimum(n_rel, k)]
+        out[metrics.metric_name("ndcg", k)] = np.where(idcg > 0, dcg / np.where(idcg > 0, idcg,
+                                                                                 1), 0.0)
+    return out
 
 
 def _micro(counts: dict[str, np.ndarray] | None, k: int) -> float | None:

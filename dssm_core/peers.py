@@ -61,8 +61,12 @@ class Popularity:
         self.user_count = np.asarray(x.sum(axis=1), dtype=np.float32).ravel()   # (U,)
         self.item_count = np.asarray(x.sum(axis=0), dtype=np.float32).ravel()   # (I,)
 
+    def shared_scores(self, direction: str) -> np.ndarray:
+        """The one score row every query of ``direction`` gets (evaluation ranks it once)."""
+        return self.user_count if direction == "i2u" else self.item_count
+
     def scores(self, direction: str, queries: np.ndarray) -> np.ndarray:
-        row = self.user_count if direction == "i2u" else self.item_count
+        row = self.shared_scores(direction)
         return np.broadcast_to(row, (len(queries), len(row)))
 
 

@@ -349,9 +349,15 @@ def _train(
     x_test = test_scores(model, enc, ctx, dataset, sp.test, cfg_used, seed=cfg.seed + 2)
     tell("evaluate", 0.1)
     eval_u, eval_i = eval_vectors(model, enc, dataset, sp, event_log=elog, context=ctx)
+    labels = item_label_counts(x_train, len(dataset.items) + 1, x_val)
     tell("evaluate", 0.2)
+    validator = None          # its closure holds a validation question evaluate builds anew
+    if sp.pool is not None:
+        # the past's context (and the rows that hold it) is not read again: the end's is
+        # built for the embedding. Gone before the questions are asked (peak memory at scale)
+        ctx = rows = fits = x_train = x_val = both = samplers = None  # type: ignore[assignment]
     _return_freed_memory()
-    summary = evaluate(model, enc, dataset, sp, cfg_used, x_train=x_train, x_val=x_val,
+    summary = evaluate(model, enc, dataset, sp, cfg_used, item_labels=labels,
                        x_test=x_test, vectors=(eval_u, eval_i),
                        val_model=fitted, progress=tell.part("evaluate", 0.4, 1.0),
                        event_log=elog, val_tables=val_tables)
@@ -359,12 +365,10 @@ def _train(
 
     # what the audience pages search: everyone as of the end of the data
     tell("embed", 0.0)
-    val_tables = monitor = validator = x_test = None        # type: ignore[assignment]
+    val_tables = x_test = None                              # type: ignore[assignment]
     if sp.pool is None:
         ctx_end = ctx
-    else:    # the past's context (and the rows that hold it) go before the whole data's
-        ctx = rows = fits = x_train = x_val = both = None   # type: ignore[assignment]
-        _return_freed_memory()
+    else:    # the past's context went before evaluation; now the whole data's
         ctx_end = enc.context(dataset, None, event_log=elog)
     user_ids, u_table = enc.user_table(dataset, None, context=ctx_end)
     user_vectors = training.embed(model, "user", u_table)                  # (n_users, D)
@@ -649,7 +653,8 @@ def _monitor(enc: FeatureEncoder, dataset: Dataset, sp: Split, cfg: TrainConfig,
     def validate(m: Any) -> dict[str, Any]:
         scorer = evaluation.VectorScorer(training.embed(m, "user", u_table),
                                          training.embed(m, "item", i_table))
-        fig = evaluation.ask(val_q, {"model": scorer}, ks=(50,), shares=())
+        fig = evaluation.ask(val_q, {"model": scorer}, ks=(50,), shares=(),
+                             threads=int(cfg.num_threads))
         return {"val_i2u_recall@50": fig["i2u_recall@50"],
                 "val_u2i_recall@50": fig["u2i_recall@50"],
                 VAL_RECALL: evaluation.recall_score(fig)}
@@ -784,12 +789,13 @@ class Peers:
 
 def fit_peers(val_q: evaluation.Question, test_q: evaluation.Question, *,
               lambdas: tuple[float, ...] = peers.EASE_LAMBDAS,
-              memory_bytes: int = peers.EASE_MEMORY_BYTES) -> Peers:
+              memory_bytes: int = peers.EASE_MEMORY_BYTES, threads: int = 1) -> Peers:
     """Popularity and EASE for ``test_q``. EASE's lambda is the one with the best mean
     recall@50 on ``val_q`` (fitted on its past), refitted on ``test_q``'s past. EASE runs
     when its matrices fit in ``memory_bytes`` (``peers.ease_skip_reason``): the grid shares
     one Gram matrix and one work matrix (each fit's B is the next one's work matrix), only
-    the best lambda's validation figures are kept, and the test's fit is one matrix."""
+    the best lambda's validation figures are kept, and the test's fit is one matrix.
+    ``threads``: for ``evaluation.ask``."""
     scorers: dict[str, Any] = {"popularity": peers.Popularity(test_q.past)}
     val_figures = evaluation.ask(val_q, {"popularity": peers.Popularity(val_q.past)},
                                  prefix="val_")
@@ -801,7 +807,7 @@ def fit_peers(val_q: evaluation.Question, test_q: evaluation.Question, *,
         for lam in lambdas:
             ease = peers.EASE(val_q.past, lam, gram=gram, out=work,
                               memory_bytes=memory_bytes)
-            fig = evaluation.ask(val_q, {"ease": ease}, prefix="val_")
+            fig = evaluation.ask(val_q, {"ease": ease}, prefix="val_", threads=threads)
             score = evaluation.recall_score(fig, prefix="val_", tag="baseline_ease_")
             val_figures[f"ease_lambda_{lam:g}"] = score
             if score is not None and score > best_score:
@@ -813,7 +819,7 @@ def fit_peers(val_q: evaluation.Question, test_q: evaluation.Question, *,
             best = lambdas[len(lambdas) // 2]
             best_figures = evaluation.ask(
                 val_q, {"ease": peers.EASE(val_q.past, best, memory_bytes=memory_bytes)},
-                prefix="val_")
+                prefix="val_", threads=threads)
         val_figures.update(best_figures)
         scorers["ease"] = peers.EASE(test_q.past, best, memory_bytes=memory_bytes)
     return Peers(scorers, best, note, val_figures)
@@ -826,8 +832,7 @@ def evaluate(
     sp: Split,
     cfg: TrainConfig,
     *,
-    x_train: EventBatches,
-    x_val: EventBatches,
+    item_labels: tuple[np.ndarray, np.ndarray],
     x_test: "ScoredRows",
     with_peers: bool = True,
     vectors: tuple[np.ndarray, np.ndarray] | None = None,
@@ -839,9 +844,9 @@ def evaluate(
     """Test AUC/logloss and the audience question (both directions) for the model and, on
     the same split, the peers: item-mean (AUC/logloss), popularity and EASE (retrieval).
     Also the validation figures (prefix ``val_``) every choice is made on. ``x_test``: the
-    model's scores of the test rows (``test_scores``); ``x_train`` / ``x_val``: the training
-    and validation rows, whose labels (with their negatives, as ``EventBatches.label_batches``
-    draws them) the item-mean baseline counts. ``vectors``: the model's ``eval_vectors``
+    model's scores of the test rows (``test_scores``); ``item_labels``: the training and
+    validation rows' labels by item (``item_label_counts``), what the item-mean baseline is
+    fitted on. ``vectors``: the model's ``eval_vectors``
     when the caller has them already. ``val_model``: the model whose validation figures are
     reported (the one fitted without the validation rows, when ``model`` was refitted on
     them; default ``model``). ``progress(done, total)``: queries of the test question
@@ -855,10 +860,7 @@ def evaluate(
     # item-mean like-rate baseline, fitted on train + validation labels by item (items first
     # seen in validation keep their own rate), with sampled negatives where the run samples
     # them: the same mixture as the test
-    size = len(dataset.items) + 1
-    n_tr, pos_tr = item_label_counts(x_train, size)
-    n_va, pos_va = item_label_counts(x_val, size)
-    p_base = item_mean_rates(n_tr + n_va, pos_tr + pos_va)[x_test.item_ref + 1]
+    p_base = item_mean_rates(*item_labels)[x_test.item_ref + 1]
     out.update(_auc_logloss("baseline_item_mean_test", y, p_base))
 
     codes = _Codes.of(dataset, event_log)
@@ -868,7 +870,7 @@ def evaluate(
                                                             event_log=event_log)
     scorers: dict[str, Any] = {"model": evaluation.VectorScorer(U, V)}
     if with_peers:
-        pe = fit_peers(val_q, test_q)
+        pe = fit_peers(val_q, test_q, threads=int(cfg.num_threads))
         scorers.update(pe.scorers)
         out.update(pe.validation)
         out["ease_lambda"] = pe.ease_lambda
@@ -876,8 +878,9 @@ def evaluate(
     Uv, Vv = eval_vectors(val_model if val_model is not None else model, enc, dataset, sp,
                           validation=True, event_log=event_log, tables=val_tables)
     out.update(evaluation.ask(val_q, {"model": evaluation.VectorScorer(Uv, Vv)},
-                              prefix="val_"))
-    out.update(evaluation.ask(test_q, scorers, progress=progress))
+                              prefix="val_", threads=int(cfg.num_threads)))
+    out.update(evaluation.ask(test_q, scorers, progress=progress,
+                              threads=int(cfg.num_threads)))
     out["test_targetable_users"] = test_q.candidates("i2u")
     out["test_known_items"] = test_q.candidates("u2i")
     return {k: (_finite(v) if isinstance(v, float) else v) for k, v in out.items()}
@@ -909,17 +912,19 @@ def item_mean_rates(n: np.ndarray, pos: np.ndarray, smoothing: float = BASELINE_
     return rate
 
 
-def item_label_counts(rows: EventBatches, size: int) -> tuple[np.ndarray, np.ndarray]:
+def item_label_counts(rows: EventBatches, size: int, *more: EventBatches
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Rows and positive labels per item index (``item_ref + 1``; 0: an item not listed) of
-    ``rows`` and the negatives ``rows.label_batches()`` draws for them, counted a batch at a time
-    (never every label at once). ``size``: number of item indices. -> ((size,), (size,))
-    float64"""
+    ``rows`` (and of ``more`` rows, added) and the negatives ``label_batches()`` draws for
+    them, counted a batch at a time (never every label at once). ``size``: number of item
+    indices. -> ((size,), (size,)) float64"""
     n = np.zeros(size, dtype=np.float64)
     pos = np.zeros(size, dtype=np.float64)
-    for b in rows.label_batches():
-        idx = b["item_ref"] + 1
-        n += np.bincount(idx, minlength=size)
-        pos += np.bincount(idx, weights=b["label"].astype(np.float64), minlength=size)
+    for part in (rows, *more):
+        for b in part.label_batches():
+            idx = b["item_ref"] + 1
+            n += np.bincount(idx, minlength=size)
+            pos += np.bincount(idx, weights=b["label"].astype(np.float64), minlength=size)
     return n, pos
 
 

@@ -176,3 +176,90 @@ def test_top_k_rows_equals_a_full_stable_sort_on_ties(sort_all_max, monkeypatch)
         full = np.argsort(-masked, axis=1, kind="stable")[:, :k]
         want = np.where(np.take_along_axis(masked, full, axis=1) == -np.inf, -1, full)
         np.testing.assert_array_equal(top, want)
+
+
+# ------------------------------------------------- retrieval.rank_cutoffs / SharedRanking
+def test_rank_cutoffs_hand_worked_ties_exclusions_and_mask() -> None:
+    from scipy import sparse
+
+    from dssm_core import retrieval
+
+    s = np.array([[0.5, 0.9, 0.5, 0.1, 0.5],     # ranking 1, 0, 2, 4, 3 (0.5 tie by row)
+                  [0.3, 0.3, 0.3, 0.3, 0.3]], dtype=np.float32)
+    # targets: q0 rows 2 and 4 (ranks 2 and 3), q1 rows 1 and 3 (ranks 1 and 3)
+    targets = sparse.csr_matrix(([1, 1, 1, 1], ([0, 0, 1, 1], [4, 2, 3, 1])), shape=(2, 5))
+    ranks, within = retrieval.rank_cutoffs(s, targets, (1, 3, 4, 9), exact=3)
+    np.testing.assert_array_equal(ranks, [2, -1, 1, -1])      # CSR order; rank 3 >= exact
+    np.testing.assert_array_equal(within[1], [False, False, False, False])
+    np.testing.assert_array_equal(within[3], [True, False, True, False])   # 0.5 tie: row 2 in
+    np.testing.assert_array_equal(within[4], [True, True, True, True])
+    np.testing.assert_array_equal(within[9], [True, True, True, True])     # k above N
+    # q0 excludes rows 1 and 0, row 2 not allowed: q0's ranking 4, 3; q1's 0, 1, 3
+    ex = sparse.csr_matrix(([1, 1], ([0, 0], [1, 0])), shape=(2, 5))
+    allowed = np.array([True, True, False, True, True])
+    ranks, within = retrieval.rank_cutoffs(s, targets, (1, 2), exact=5, exclude=ex,
+                                           allowed=allowed)
+    np.testing.assert_array_equal(ranks, [-1, 0, 1, 2])       # q0 row 2 is no candidate
+    np.testing.assert_array_equal(within[1], [False, True, False, False])
+    np.testing.assert_array_equal(within[2], [False, True, True, False])
+    # popularity-style scores: q0's row for every query, ranked once: 1, 0, 4, 3 (2 not
+    # allowed); q0 without rows 1 and 0: 4, 3
+    once = retrieval.SharedRanking(s[0], allowed)
+    np.testing.assert_array_equal(once.ranks(targets, exclude=ex), [-1, 0, 0, 3])
+    np.testing.assert_array_equal(once.ranks(targets), [-1, 2, 0, 3])
+    with pytest.raises(ValueError, match="NaN"):
+        retrieval.rank_cutoffs(np.array([[0.1, np.nan]], dtype=np.float32),
+                               sparse.csr_matrix(np.ones((1, 2))), (1,), 1)
+    with pytest.raises(ValueError, match="targets"):
+        retrieval.rank_cutoffs(s, sparse.csr_matrix((3, 5)), (1,), 1)
+
+
+@pytest.mark.parametrize("group_cells,threads", [(4_000_000, 1), (7, 1), (7, 2)])
+def test_cutoff_counts_equal_ranked_list_counts(group_cells, threads, monkeypatch) -> None:
+    """evaluation's counts (cut-off tests, popularity ranked once) equal what ranked lists of
+    every query give (top_k_rows + ranked_counts), on scores full of ties, with exclusions,
+    candidate masks and cut-offs beyond the candidates; one query per group ranked in one
+    thread or two side by side."""
+    from scipy import sparse
+
+    from dssm_core import evaluation, peers, retrieval
+
+    monkeypatch.setattr(retrieval, "RANK_GROUP_CELLS", group_cells)
+    rng = np.random.default_rng(11)
+    for trial in range(40):
+        nu, ni = int(rng.integers(3, 120)), int(rng.integers(3, 80))
+        u = rng.integers(0, 3, (nu, 2)).astype(np.float32)
+        v = rng.integers(0, 3, (ni, 2)).astype(np.float32)
+        if trial % 2:
+            u = rng.normal(size=(nu, 2)).astype(np.float32)
+        past = sparse.random(nu, ni, density=0.3, format="csr", random_state=trial)
+        past.data[:] = 1
+        rel = sparse.random(nu, ni, density=0.2, format="csr", random_state=100 + trial)
+        rel.data[:] = 1
+        rel = (rel - rel.multiply(past)).tocsr()
+        rel.eliminate_zeros()
+        user_ok = rng.random(nu) > 0.3 if trial % 3 else None
+        q = evaluation.Question(past, rel, user_ok, None)
+        for name, scorer in (("model", evaluation.VectorScorer(u, v)),
+                             ("popularity", peers.Popularity(past))):
+            for direction in evaluation.DIRECTIONS:
+                r = q.relevant if direction == "u2i" else q.relevant.T.tocsr()
+                seen = q.past if direction == "u2i" else q.past.T.tocsr()
+                ok = q.user_ok if direction == "i2u" else q.item_ok
+                queries = np.flatnonzero(np.diff(r.indptr) > 0)
+                if not len(queries):
+                    continue
+                n = r.shape[1]
+                ks, hit_ks = (1, 3, n + 2), (int(rng.integers(1, n + 1)),)
+                got = evaluation._counts(scorer, direction, queries, r, seen, ok, ks, hit_ks,
+                                         threads=threads)
+                ex = seen[queries]
+                _, top = retrieval.top_k_rows(scorer.scores(direction, queries), n, exclude=ex,
+                                              allowed=ok)
+                want_rel = r[queries] - r[queries].multiply(ex)
+                if ok is not None:
+                    want_rel = want_rel.multiply(ok[None, :].astype(np.float32))
+                want = metrics.ranked_counts(top, sparse.csr_matrix(want_rel),
+                                             sorted(set(ks) | set(hit_ks)))
+                for key, val in got.items():
+                    np.testing.assert_allclose(val, want[key], err_msg=f"{name} {key}")
