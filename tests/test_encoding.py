@@ -392,3 +392,28 @@ def test_features_do_not_depend_on_the_order_of_the_query_rows(tiny_synthetic) -
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_array_equal(np.asarray(a[name])[perm], np.asarray(b[name]))
+
+
+def test_tables_computed_in_chunks_equal_the_whole_table(tiny_synthetic, monkeypatch) -> None:
+    """user_table / item_table build their features (and the context every user's genre
+    start) a chunk of entities at a time (bounded temporaries at 1M users): every feature
+    equals the one-pass table, as of the end and as of a time per entity."""
+    from dssm_core import encoding
+
+    ds = tiny_synthetic
+    enc = FeatureEncoder().fit(ds, np.arange(len(ds.interactions) * 4 // 5))
+    ctx = enc.context(ds)
+    t = int(ds.interactions["timestamp"].median())
+    whole = [getattr(enc, f"{kind}_table")(ds, as_of, context=ctx)
+             for kind in ("user", "item") for as_of in (None, t)]
+    monkeypatch.setattr(encoding, "TABLE_CHUNK", 7)
+    ctx = enc.context(ds)                # every user's genre start, 7 users at a time too
+    assert ctx.genre_prefix is not None
+    chunked = [getattr(enc, f"{kind}_table")(ds, as_of, context=ctx)
+               for kind in ("user", "item") for as_of in (None, t)]
+    for (ids_a, feats_a), (ids_b, feats_b) in zip(whole, chunked):
+        np.testing.assert_array_equal(ids_a, ids_b)
+        assert feats_a.keys() == feats_b.keys()
+        for name in feats_a:
+            assert feats_a[name].dtype == feats_b[name].dtype, name
+            np.testing.assert_array_equal(feats_a[name], feats_b[name], err_msg=name)
