@@ -30,6 +30,7 @@ import resource  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -133,8 +134,34 @@ def main() -> None:
             print(f"  {now:8.1f}s {stage} {fraction:.0%} rss now {rss_now_gb():.2f} GB, "
                   f"peak {peak_rss_gb():.2f} GB", file=sys.stderr, flush=True)
 
-    run_id = pipeline.run_training(store, dataset_id, cfg, project=False, progress=progress)
+    # where the memory peaks: a sampler thread reads the resident set every 0.2 s and keeps,
+    # per 10-second window, the largest reading and the stage/fraction reported last
+    last = {"stage": "start", "fraction": 0.0}
+    windows: dict[int, list] = {}
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.2):
+            now = time.perf_counter() - t_run
+            rss = rss_now_gb()
+            w = windows.setdefault(int(now // 10), [0.0, "", 0.0])
+            if rss > w[0]:
+                windows[int(now // 10)] = [rss, last["stage"], last["fraction"]]
+
+    def tracked(stage: str, fraction: float, message: str | None = None) -> None:
+        last["stage"], last["fraction"] = stage, fraction
+        progress(stage, fraction, message)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    run_id = pipeline.run_training(store, dataset_id, cfg, project=False, progress=tracked)
     total = time.perf_counter() - t_run
+    sampling.set()
+    sampler.join()
+    top = sorted(windows.items(), key=lambda kv: -kv[1][0])[:8]
+    print("  highest resident sets (10 s windows): " + "; ".join(
+        f"{w * 10}-{w * 10 + 10} s {v[0]:.2f} GB in {v[1]} {v[2]:.0%}" for w, v in top),
+        file=sys.stderr, flush=True)
     run = store.get_run(run_id)
     summary = run.summary
     stages = {k: round(v[1] - v[0], 1) for k, v in marks.items()}
@@ -145,6 +172,8 @@ def main() -> None:
         "generator_peak_rss_gb": made["generator_peak_rss_gb"],
         "run_s": round(total, 1), "stages_s": stages, "peak_rss_gb": round(peak_rss_gb(), 2),
         "rss_at_stage_start_gb": rss_at_start, "peak_rss_by_stage_end_gb": peak_by_stage,
+        "highest_rss_windows": [{"from_s": w * 10, "rss_gb": round(v[0], 2), "stage": v[1],
+                                 "fraction": round(v[2], 3)} for w, v in top],
         "status": str(run.status),
         "train_samples_per_second": summary.get("train_samples_per_second"),
         "test_i2u_recall@50": summary.get("i2u_recall@50"),
