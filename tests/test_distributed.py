@@ -38,7 +38,19 @@ def _run(tmp_path: Path, mode: str, nproc: int, tag: str, **env: str
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", WORKER, str(out), mode]
     proc = subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=120)
+    if nproc > 1 and proc.returncode != 0 and out.exists() and _TEARDOWN_ABORT in proc.stderr:
+        # A rank aborted in gloo's teardown after the work was done and written (seen only
+        # with both cores busy with a 25M-interaction training beside the suite): launched
+        # once more, from scratch. Any other failure, or the same abort twice, fails the test.
+        out.unlink()
+        proc = subprocess.run(cmd, env=_env(**env), capture_output=True, text=True,
+                              timeout=120)
     return proc, (json.loads(out.read_text()) if out.exists() else None)
+
+
+#: What a C++ thread left running at a process's exit prints (std::terminate): gloo's
+#: teardown race under heavy load.
+_TEARDOWN_ABORT = "terminate called without an active exception"
 
 
 def _why(proc: subprocess.CompletedProcess) -> str:
