@@ -34,12 +34,10 @@ users by training activity) for both retrieval directions, and the per-item mean
 """
 from __future__ import annotations
 
-import ctypes
 import io
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -51,6 +49,7 @@ from .config import TrainConfig
 from .dataset import Dataset
 from .encoding import FeatureEncoder, as_str_array, negative_generators
 from .events import EventLog
+from .heap import return_freed_memory
 from .stream import EventBatches, by_event
 from . import evaluation, metrics, peers
 from .progress import Progress, Reporter, Throttled
@@ -290,7 +289,7 @@ def _train(
             for trial_cfg in space]
     t_features += time.perf_counter() - tf
     tell("encode", 1.0)
-    _return_freed_memory()
+    return_freed_memory()
     tell("train", 0.0)
     # (a generator, not a loop: a loop variable would keep the last trial's rows, and with
     # them the past's context, alive until the function returns)
@@ -368,7 +367,7 @@ def _train(
             early.cancel()
             early = None
     tell("train", 1.0)
-    _return_freed_memory()
+    return_freed_memory()
     tell("evaluate", 0.0)
     t1 = time.perf_counter()
     # the test rows (and their negatives) are encoded and scored a chunk at a time: only
@@ -383,7 +382,7 @@ def _train(
         # the past's context (and the rows that hold it) is not read again: the end's is
         # built for the embedding. Gone before the questions are asked (peak memory at scale)
         ctx = rows = fits = x_train = x_val = samplers = refit_train = None  # type: ignore
-    _return_freed_memory()
+    return_freed_memory()
     summary = evaluate(model, enc, dataset, sp, cfg_used, item_labels=labels,
                        x_test=x_test, vectors=(eval_u, eval_i),
                        val_model=fitted, progress=tell.part("evaluate", 0.4, 1.0),
@@ -434,21 +433,6 @@ def _train(
                        audience_user_vectors=user_vectors, audience_item_vectors=item_vectors,
                        timings={"features": t_features, "eval": t_eval,
                                 "total": time.perf_counter() - t0})
-
-
-def _return_freed_memory() -> None:
-    """Give the C heap's free pages back to the system between stages (glibc's
-    ``malloc_trim``). The batches' many mid-sized arrays are freed into the heap, which keeps
-    them: at 2M interactions that held 0.10-0.28 GB of resident memory at each stage's start
-    (27 % at the embedding stage), on top of which the next stage's peak was built. A no-op
-    where the C library has no such call."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim(0)
 
 
 def _events(enc: FeatureEncoder, ctx: Any, samplers: dict[str, Any], dataset: Dataset,

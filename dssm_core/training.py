@@ -39,6 +39,7 @@ from torch import Tensor
 
 from .config import TrainConfig
 from .features import ROW_KEYS, DenseFeature, Feature
+from .heap import return_freed_memory
 from . import optim, tasks
 from .model import DSSM
 from .stream import EventBatches
@@ -316,6 +317,10 @@ def fit(
                 loss_sum += float(loss.detach()) * (end - start)
                 loss_rows += end - start
             result.train_seconds += time.perf_counter() - t0
+            if streaming:
+                # the epoch's batches, freed (many in the prefetch thread's arena), stay
+                # resident until trimmed: the validation pass would build its peak on them
+                return_freed_memory()
             if streaming and epoch == 1:
                 result.train_rows = loss_rows if dist is None else len(train) * train.per_event
             if dist is not None:
