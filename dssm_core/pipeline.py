@@ -370,18 +370,23 @@ def _train(
     return_freed_memory()
     tell("evaluate", 0.0)
     t1 = time.perf_counter()
+    labels = item_label_counts(x_train, len(dataset.items) + 1, x_val)
+    # the training rows, their negative samplers and the trials are not read again: gone
+    # before the test's own sampler is built (25M: two samplers and 20M training row
+    # numbers held at once at the start of evaluation); ``validator``'s closure holds a
+    # validation question evaluate builds anew
+    rows = fits = x_train = x_val = samplers = refit_train = validator = None  # type: ignore
+    return_freed_memory()
     # the test rows (and their negatives) are encoded and scored a chunk at a time: only
     # their labels, items and scores are kept
     x_test = test_scores(model, enc, ctx, dataset, sp.test, cfg_used, seed=cfg.seed + 2)
     tell("evaluate", 0.1)
     eval_u, eval_i = eval_vectors(model, enc, dataset, sp, event_log=elog, context=ctx)
-    labels = item_label_counts(x_train, len(dataset.items) + 1, x_val)
     tell("evaluate", 0.2)
-    validator = None          # its closure holds a validation question evaluate builds anew
     if sp.pool is not None:
-        # the past's context (and the rows that hold it) is not read again: the end's is
-        # built for the embedding. Gone before the questions are asked (peak memory at scale)
-        ctx = rows = fits = x_train = x_val = samplers = refit_train = None  # type: ignore
+        # the past's context is not read again: the end's is built for the embedding. Gone
+        # before the questions are asked (peak memory at scale)
+        ctx = None  # type: ignore[assignment]
     return_freed_memory()
     summary = evaluate(model, enc, dataset, sp, cfg_used, item_labels=labels,
                        x_test=x_test, vectors=(eval_u, eval_i),
