@@ -325,7 +325,7 @@ def _train(
     # end leaves idle (trials.EarlyRefit: the model is the same, only sooner)
     early = EarlyRefit(refit_for, len(space), monitor, training.MONITORS[monitor],
                        int(cfg.epochs), int(cfg.batch_size)) \
-        if EARLY_REFIT and side_by_side and cfg.refit else None
+        if EARLY_REFIT and side_by_side and cfg.refit and all(len(v) for _, v in rows) else None
     try:
         fits = fit_trials(fit_trial, len(space), side_by_side, tell, on_epoch_end,
                           should_stop, [(_stream_rows(x), c) for (x, _), c in zip(rows, space)],
