@@ -70,6 +70,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, declared_attr, mapped_column
 
 from .dataset import Dataset
+from .heap import return_freed_memory
 from .records import ACTIVE_STATUSES, STATUSES, AudienceInfo, DatasetInfo, RunInfo, RunStatus
 from .retrieval import hash_ids, ids_from_utf8, put_columns
 
@@ -863,13 +864,13 @@ class Store:
                 parts[kind].append(data)
             meta = self._dataset_dict(r)
             truth = _truth_from_json(r.truth)
-        return Dataset(
-            interactions=_frame_from_parts(parts["interactions"]),
-            users=_frame_from_parts(parts["users"]),
-            items=_frame_from_parts(parts["items"]),
-            format=meta.format, name=meta.name, rating_scale=meta.rating_scale,
-            warnings=meta.warnings, truth=truth,
-        )
+        # each table's Parquet is dropped once converted; Arrow's pool keeps the pages its
+        # decoding freed (0.61 GB at 25M interactions) until they are given back
+        frames = {kind: _frame_from_parts(parts.pop(kind))
+                  for kind in DATASET_KINDS}
+        return_freed_memory()
+        return Dataset(**frames, format=meta.format, name=meta.name,
+                       rating_scale=meta.rating_scale, warnings=meta.warnings, truth=truth)
 
     def load_dataset_table(self, dataset_id: int, kind: str,
                            columns: Sequence[str] | None = None) -> pd.DataFrame:
