@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dssm_core.config import TrainConfig
-from dssm_core.encoding import FeatureEncoder, _GenrePrefix
+from dssm_core.encoding import FeatureEncoder, _EventIndex, _GenrePrefix
 from dssm_core.events import EventLog, NegativeSampler, codes_in, is_in_sorted
 from dssm_core.features import ITEM_ROW, USER_ROW
 from dssm_core.model import DSSM
@@ -152,6 +152,7 @@ def test_genre_prefix_checkpoints_match_a_direct_count() -> None:
     value = rng.normal(size=40)
     gp = _GenrePrefix(item_of, value, genres, 3)
     counts, sums = gp.at(np.arange(41))
+    assert counts.dtype == np.int32 and sums.dtype == np.float64     # counts exact, half size
     for p in range(41):
         onehot = np.zeros((p, 3))
         for q in range(p):
@@ -160,6 +161,30 @@ def test_genre_prefix_checkpoints_match_a_direct_count() -> None:
                     onehot[q, g - 1] += 1
         np.testing.assert_array_equal(counts[p], onehot.sum(axis=0))
         np.testing.assert_allclose(sums[p], (onehot * value[:p, None]).sum(axis=0), atol=1e-12)
+
+
+def test_event_index_counts_in_int32_and_drops_its_sort_when_finished() -> None:
+    """A bool value's running sum is an int32 count, a float one float64, both equal to a
+    direct sum over each entity's events before a time; after ``finish`` the sort is gone
+    and adding another value is refused."""
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 5, 60)
+    ranks = rng.integers(0, 9, 60)
+    like = rng.random(60) < 0.4
+    rating = rng.integers(1, 11, 60) / 2.0
+    index = _EventIndex(codes, ranks, 10, {"like": like, "rating": rating}, 5)
+    assert index.prefix["like"].dtype == np.int32
+    assert index.prefix["rating"].dtype == np.float64
+    index.finish()
+    assert index.order is None
+    with pytest.raises(RuntimeError, match="finish"):
+        index.add("other", rating)
+    qc, qr = np.repeat(np.arange(5), 10), np.tile(np.arange(10), 5)
+    start, end = index.bounds(qc, qr)
+    for c, r, a, b in zip(qc, qr, start, end):
+        before = (codes == c) & (ranks < r)
+        assert index.sums("like", a[None], b[None])[0] == like[before].sum()
+        assert index.sums("rating", a[None], b[None])[0] == rating[before].sum()
 
 
 def test_fit_reads_a_stream_like_the_materialised_rows(tiny_synthetic) -> None:
