@@ -30,48 +30,70 @@ def metric_name(metric: str, k: int) -> str:
     return f"{metric}@{int(k)}"
 
 
+#: Elements worked on at a time by ``auc`` and ``logloss`` (their temporaries stay a few MB).
+METRIC_CHUNK = 1 << 20
+
+
+def _scores(values: np.ndarray | Sequence[float]) -> np.ndarray:
+    """float32 or float64 as given (no copy), anything else as float64 -> (N,)."""
+    s = np.asarray(values).ravel()
+    return s if s.dtype in (np.float32, np.float64) else s.astype(np.float64)
+
+
 def auc(labels: np.ndarray | Sequence[float], scores: np.ndarray | Sequence[float]) -> float:
     """Area under the ROC curve: the probability that a random positive outranks a random
-    negative, ties counted one half (Mann-Whitney U with average ranks).
+    negative, ties counted one half (Mann-Whitney U).
+
+    U is counted exactly: for each positive, the negatives below it plus half those equal
+    to it, found by binary search in the sorted negatives (the same value as the mean-rank
+    formula, bit for bit, while U fits a float64's integers). Memory: the sorted negatives,
+    the sorted positives and a chunk of counts (a 15M-row validation set once took 1.3 GB of
+    float64 ranks and sort orders).
 
     Raises ValueError when the lengths differ or only one class is present.
     """
-    y = np.asarray(labels, dtype=np.float64).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel()
+    s = _scores(scores)
     if y.shape != s.shape:
         raise ValueError(f"labels ({len(y)}) and scores ({len(s)}) differ in length")
     pos = y > 0.5
-    n_pos = int(pos.sum())
+    n_pos = int(np.count_nonzero(pos))
     n_neg = len(y) - n_pos
     if n_pos == 0 or n_neg == 0:
         raise ValueError("AUC needs both positive and negative labels")
     if not np.all(np.isfinite(s)):
         raise ValueError("scores contain NaN or infinity")
-    order = np.argsort(s, kind="mergesort")
-    sorted_s = s[order]
-    # average rank (1-based) of each tie group
-    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
-    ends = np.r_[starts[1:], len(s)]
-    avg = (starts + ends + 1) / 2.0                      # mean of ranks starts+1 .. ends
-    ranks = np.empty(len(s), dtype=np.float64)
-    ranks[order] = np.repeat(avg, ends - starts)
-    u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    negatives = np.sort(s[~pos])
+    positives = np.sort(s[pos])          # sorted queries: the searches walk the table once
+    del pos
+    twice_u = 0                          # 2 U: below counts twice, ties once (exact int)
+    for lo in range(0, n_pos, METRIC_CHUNK):
+        q = positives[lo:lo + METRIC_CHUNK]
+        twice_u += int(np.searchsorted(negatives, q, side="left").sum()) \
+            + int(np.searchsorted(negatives, q, side="right").sum())
+    return float((twice_u / 2.0) / (n_pos * n_neg))
 
 
 def logloss(labels: np.ndarray | Sequence[float], probs: np.ndarray | Sequence[float],
             eps: float = EPS) -> float:
-    """Mean binary cross-entropy of probabilities clipped to ``[eps, 1 - eps]``."""
-    y = np.asarray(labels, dtype=np.float64).ravel()
-    p = np.asarray(probs, dtype=np.float64).ravel()
+    """Mean binary cross-entropy of probabilities clipped to ``[eps, 1 - eps]``.
+
+    Each element's term is computed in float64 a chunk at a time into one array, whose mean
+    is taken as a whole (the same value as without chunks, bit for bit)."""
+    y = np.asarray(labels).ravel()
+    p = _scores(probs)
     if y.shape != p.shape:
         raise ValueError(f"labels ({len(y)}) and probs ({len(p)}) differ in length")
     if len(y) == 0:
         raise ValueError("logloss of zero samples")
     if not 0 < eps < 0.5:
         raise ValueError(f"eps must be in (0, 0.5), got {eps}")
-    p = np.clip(p, eps, 1.0 - eps)
-    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))
+    terms = np.empty(len(y), dtype=np.float64)
+    for lo in range(0, len(y), METRIC_CHUNK):
+        yc = y[lo:lo + METRIC_CHUNK].astype(np.float64)
+        pc = np.clip(p[lo:lo + METRIC_CHUNK].astype(np.float64), eps, 1.0 - eps)
+        terms[lo:lo + len(yc)] = yc * np.log(pc) + (1.0 - yc) * np.log(1.0 - pc)
+    return float(-np.mean(terms))
 
 
 def _as_mask(x: Relevance | None, shape: tuple[int, int], what: str) -> np.ndarray:

@@ -40,7 +40,7 @@ from torch import Tensor
 from .config import TrainConfig
 from .features import ROW_KEYS, DenseFeature, Feature
 from .heap import return_freed_memory
-from . import optim, tasks
+from . import metrics, optim, tasks
 from .model import DSSM
 from .stream import EventBatches
 
@@ -644,28 +644,15 @@ def _as_tensors(
 
 
 def _auc_logloss(labels: np.ndarray, scores: np.ndarray) -> tuple[float | None, float | None]:
-    """AUC (None when only one class is present) and clipped logloss of probabilities."""
-    labels = np.asarray(labels, dtype=np.float64)
-    scores = np.asarray(scores, dtype=np.float64)
+    """AUC (None when only one class is present) and clipped logloss of probabilities.
+    (float32 stays float32: the metrics work a chunk at a time, never on float64 copies of a
+    whole validation set.)"""
+    labels = np.asarray(labels).ravel()
+    scores = np.asarray(scores).ravel()
     if len(labels) == 0:
         return None, None
     if not np.all(np.isfinite(scores)):
         raise ValueError("the model's predictions are not finite: training diverged "
                          "(try a lower learning rate)")
-    try:
-        from . import metrics as m  # the project's own metrics, once they exist
-        auc_fn: Callable[..., float] = m.auc
-        logloss_fn: Callable[..., float] = m.logloss
-    except (ImportError, AttributeError):
-        from sklearn.metrics import log_loss, roc_auc_score
-
-        def auc_fn(y: np.ndarray, s: np.ndarray) -> float:
-            return float(roc_auc_score(y, s))
-
-        def logloss_fn(y: np.ndarray, s: np.ndarray) -> float:
-            p = np.clip(s, 1e-7, 1 - 1e-7)
-            return float(log_loss(y, p, labels=[0.0, 1.0]))
-
-    both = 0 < labels.sum() < len(labels)
-    auc_value = float(auc_fn(labels, scores)) if both else None
-    return auc_value, float(logloss_fn(labels, scores))
+    both = 0 < np.count_nonzero(labels > 0.5) < len(labels)
+    return (metrics.auc(labels, scores) if both else None), metrics.logloss(labels, scores)

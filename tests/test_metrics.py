@@ -41,6 +41,38 @@ def test_auc_rejects_one_class_and_bad_input() -> None:
         metrics.auc([1, 0], [0.1, float("nan")])
 
 
+def _mean_rank_auc(y: np.ndarray, s: np.ndarray) -> float:
+    """The textbook formula: average ranks of tie groups, positives' rank sum."""
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    ranks = np.empty(len(s))
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    n_pos = int((y > 0.5).sum())
+    return float((ranks[y > 0.5].sum() - n_pos * (n_pos + 1) / 2.0)
+                 / (n_pos * (len(y) - n_pos)))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_auc_and_logloss_in_chunks_equal_the_whole_array_formulas(monkeypatch, ties) -> None:
+    """The counted U equals the mean-rank formula bit for bit (with and without ties, float32
+    or float64 scores), and chunks of 7 give the same AUC and logloss as one chunk."""
+    rng = np.random.default_rng(3)
+    y = (rng.random(5000) < 0.3).astype(np.float32)
+    s = (rng.random(5000) + 0.2 * y).astype(np.float32) / 1.2
+    if ties:
+        s = np.round(s * 20).astype(np.float32) / 20
+    whole = (metrics.auc(y, s), metrics.logloss(y, s))
+    assert whole[0] == _mean_rank_auc(y.astype(np.float64), s.astype(np.float64))
+    assert whole[1] == float(-np.mean(y * np.log(np.clip(s.astype(np.float64), 1e-7, 1 - 1e-7))
+                                      + (1.0 - y) * np.log(1.0 - np.clip(
+                                          s.astype(np.float64), 1e-7, 1 - 1e-7))))
+    assert metrics.auc(y.astype(np.float64), s.astype(np.float64)) == whole[0]
+    monkeypatch.setattr(metrics, "METRIC_CHUNK", 7)
+    assert (metrics.auc(y, s), metrics.logloss(y, s)) == whole
+
+
 def test_logloss_hand_worked_and_clipped() -> None:
     # -(ln 0.8 + ln(1 - 0.4)) / 2 = (0.223144 + 0.510826) / 2 = 0.366985
     assert metrics.logloss([1, 0], [0.8, 0.4]) == pytest.approx(0.366985, abs=1e-6)
