@@ -45,7 +45,7 @@ _HASH_PRIME = np.uint64(1_099_511_628_211)
 
 
 #: Bytes of one chunk's float32 score block (queries x candidates) ranked at once. (256 MiB:
-#: at 1M users a chunk is 64 queries. Each chunk also pays for its queries' sparse rows and
+#: at 1M users a chunk is 67 queries. Each chunk also pays for its queries' sparse rows and
 #: a thread pool: 64 MiB chunks made the 1M-user evaluation 1.5x slower, 9.4 against 5.9 ms
 #: an item query, and 512 MiB saves only 5 % more, ``bench/eval_block_bench.py``.)
 BLOCK_BYTES = 256 * 2**20

@@ -183,7 +183,7 @@ def test_top_k_rows_hand_worked_exclusions_mask_and_ties(sort_all_max, monkeypat
         retrieval.top_k_rows(s, 0)
     with pytest.raises(ValueError):
         retrieval.top_k_rows(s, 1, allowed=np.ones(4, dtype=bool))
-    assert retrieval.chunk_rows(1_000_000) == 64          # 256 MiB / 4 MB per query
+    assert retrieval.chunk_rows(1_000_000) == 67          # 256 MiB / 4,000,000 B a query
     assert retrieval.chunk_rows(10, block_bytes=4) == 1
 
 
