@@ -27,22 +27,16 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.eval_rank_bench import make_question  # noqa: E402
+from bench.eval_rank_bench import make_question, question_args  # noqa: E402
 from bench.machine import cpu_model, load_1min  # noqa: E402
 from dssm_core import evaluation, retrieval  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--users", type=int, default=1_000_000)
-    p.add_argument("--items", type=int, default=47_200)
-    p.add_argument("--dim", type=int, default=32)
-    p.add_argument("--past", type=int, default=16_000_000)
-    p.add_argument("--future", type=int, default=4_000_000)
-    p.add_argument("--sample", type=int, default=512)
+    question_args(p, 512)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 256],
                    help="block sizes to compare, MiB (the first is the reference)")
     args = p.parse_args()

@@ -80,15 +80,20 @@ def make_question(args: argparse.Namespace):
     return q, evaluation.VectorScorer(u, v), peers.Popularity(q.past)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def question_args(p: argparse.ArgumentParser, sample: int) -> None:
+    """The question's shape (``make_question``) and the sampled queries, as options."""
     p.add_argument("--users", type=int, default=1_000_000)
     p.add_argument("--items", type=int, default=47_200)
     p.add_argument("--dim", type=int, default=32)
     p.add_argument("--past", type=int, default=16_000_000)
     p.add_argument("--future", type=int, default=4_000_000)
-    p.add_argument("--sample", type=int, default=256)
+    p.add_argument("--sample", type=int, default=sample)
     p.add_argument("--seed", type=int, default=0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    question_args(p, 256)
     p.add_argument("--threads", type=int, default=1,
                    help="threads of the cut-off path's ranking (BLAS stays at 1)")
     p.add_argument("--json", default=None)
