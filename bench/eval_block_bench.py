@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.eval_rank_bench import make_question, question_args  # noqa: E402
+from bench.eval_rank_bench import direction_parts, make_question, question_args  # noqa: E402
 from bench.machine import cpu_model, load_1min  # noqa: E402
 from dssm_core import evaluation, retrieval  # noqa: E402
 
@@ -47,14 +47,7 @@ def main() -> None:
     sizes = {f"{m} MiB": m * 2**20 for m in args.sizes}
     chunk_rows = retrieval.chunk_rows
     for direction in evaluation.DIRECTIONS:
-        rel = q.relevant if direction == "u2i" else q.relevant.T.tocsr()
-        seen = q.past if direction == "u2i" else q.past.T.tocsr()
-        ok = q.user_ok if direction == "i2u" else q.item_ok
-        queries = np.flatnonzero(np.diff(rel.indptr) > 0)
-        n_cand = q.candidates(direction)
-        hit_ks = tuple(evaluation.share_k(s, n_cand) for s in evaluation.SHARES) \
-            if direction == "i2u" else ()
-        sample = queries[:args.sample * (1 if direction == "i2u" else 16)]
+        rel, seen, ok, queries, hit_ks, sample = direction_parts(q, direction, args.sample)
         times: dict[str, list[float]] = {k: [] for k in sizes}
         counts = {}
         for r in range(args.rounds):

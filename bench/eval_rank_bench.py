@@ -80,6 +80,19 @@ def make_question(args: argparse.Namespace):
     return q, evaluation.VectorScorer(u, v), peers.Popularity(q.past)
 
 
+def direction_parts(q, direction: str, sample: int) -> tuple:
+    """(relevant, seen, allowed, queries, hit cut-offs, sampled queries) of one direction, as
+    ``evaluation.ask`` has them: ``sample`` item queries, or ``sample * 16`` user queries."""
+    rel = q.relevant if direction == "u2i" else q.relevant.T.tocsr()
+    seen = q.past if direction == "u2i" else q.past.T.tocsr()
+    ok = q.user_ok if direction == "i2u" else q.item_ok
+    queries = np.flatnonzero(np.diff(rel.indptr) > 0)
+    n_cand = q.candidates(direction)
+    hit_ks = tuple(evaluation.share_k(s, n_cand) for s in evaluation.SHARES) \
+        if direction == "i2u" else ()
+    return rel, seen, ok, queries, hit_ks, queries[:sample * (1 if direction == "i2u" else 16)]
+
+
 def question_args(p: argparse.ArgumentParser, sample: int) -> None:
     """The question's shape (``make_question``) and the sampled queries, as options."""
     p.add_argument("--users", type=int, default=1_000_000)
@@ -109,14 +122,7 @@ def main() -> None:
           f"x {args.items:,} items, "
           f"{q.past.nnz:,} seen pairs, {q.n_relevant:,} relevant; load {out['load_before']}")
     for direction in evaluation.DIRECTIONS:
-        rel = q.relevant if direction == "u2i" else q.relevant.T.tocsr()
-        seen = q.past if direction == "u2i" else q.past.T.tocsr()
-        ok = q.user_ok if direction == "i2u" else q.item_ok
-        queries = np.flatnonzero(np.diff(rel.indptr) > 0)
-        n_cand = q.candidates(direction)
-        hit_ks = tuple(evaluation.share_k(s, n_cand) for s in evaluation.SHARES) \
-            if direction == "i2u" else ()
-        sample = queries[:args.sample * (1 if direction == "i2u" else 16)]
+        rel, seen, ok, queries, hit_ks, sample = direction_parts(q, direction, args.sample)
         for name, scorer in (("model", model), ("popularity", pop)):
             times = {}
             res = {}
